@@ -1,0 +1,35 @@
+# Ferry: `make demo` and `make test` each bootstrap .venv on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ferry-installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint golden clean bench
+
+install: $(STAMP)
+
+# torch first, pinned exactly: a looser spec (or letting another package pull it) drags in a
+# CUDA build with several GB of packages. Everything else is pinned by constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[train,serve,optimize,operator,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m ferry.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Regenerate the golden manifests under manifests/examples (never in CI).
+golden: $(STAMP)
+	FERRY_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden.py
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .ferry .pytest_cache

@@ -1,0 +1,46 @@
+"""Ferry: typed PyTorch training jobs rendered to Kubeflow PyTorchJobs, tracked in MLflow,
+promoted through gates and served on KServe. Importing ``ferry`` is cheap: no torch, mlflow,
+kserve or Kubernetes client is imported until a function that needs one runs."""
+
+from ferry.errors import ConfigError, FerryError, JobFileError, ManifestInvalid, SpecError
+from ferry.spec import (
+    Checkpointing,
+    ConfigMapKeyRef,
+    ConfigMapVolume,
+    Elastic,
+    EmptyDirVolume,
+    GangScheduling,
+    PVCVolume,
+    Resources,
+    RunPolicy,
+    SecretRef,
+    SecretVolume,
+    Toleration,
+    Tracking,
+    TrainingJob,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpointing",
+    "ConfigError",
+    "ConfigMapKeyRef",
+    "ConfigMapVolume",
+    "Elastic",
+    "EmptyDirVolume",
+    "FerryError",
+    "GangScheduling",
+    "JobFileError",
+    "ManifestInvalid",
+    "PVCVolume",
+    "Resources",
+    "RunPolicy",
+    "SecretRef",
+    "SecretVolume",
+    "SpecError",
+    "Toleration",
+    "Tracking",
+    "TrainingJob",
+    "__version__",
+]

@@ -1,0 +1,106 @@
+"""The ``ferry`` command line. Heavy imports happen inside the commands that need them, so
+``ferry --help`` and ``ferry render`` never import torch, mlflow or kserve."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ferry.errors import FerryError
+
+app = typer.Typer(
+    name="ferry",
+    help="Typed PyTorch jobs → Kubeflow PyTorchJobs, MLflow tracking, gated promotion, KServe serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CrdDirOption = Annotated[
+    Path | None,
+    typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, ./crds or ../shared/crds)."),
+]
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail_cleanly(func: F) -> F:
+    """Print a FerryError as one clear message (no traceback) and exit with its code:
+    2 for bad input, 1 for manifests that fail validation."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FerryError as exc:
+            from rich.markup import escape
+
+            _stderr().print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@fail_cleanly
+def render(
+    job_files: Annotated[list[Path], typer.Argument(help="Python files defining TrainingJob objects.")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
+    crd_dir: CrdDirOption = None,
+) -> None:
+    """Render job files into validated Kubernetes manifests."""
+    from ferry.render import dump_yaml, render_spec, write_rendered
+    from ferry.spec import load_specs
+    from ferry.validate import find_crd_dir, validate_manifests
+
+    rendered = [item for loaded in load_specs(job_files) for item in render_spec(loaded.spec)]
+    crd_dir = crd_dir or find_crd_dir()
+    if crd_dir is None:
+        _stderr().print("[yellow]warning:[/] no CRD directory found; schema validation skipped (pass --crd-dir)")
+    validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir, require_crds=crd_dir is not None)
+    if out is None:
+        sys.stdout.write(dump_yaml([item.doc for item in rendered]))
+        return
+    for path in write_rendered(rendered, out):
+        _stderr().print(f"wrote {path}")
+
+
+@app.command()
+@fail_cleanly
+def validate(
+    manifests: Annotated[list[Path], typer.Argument(help="YAML files (multi-document allowed).")],
+    crd_dir: CrdDirOption = None,
+) -> None:
+    """Validate manifests against the real CRD schemas, Kubernetes' own schemas and Pod Security 'restricted'."""
+    from ferry.validate import find_crd_dir, load_manifest_file, validate_manifests
+
+    docs = [doc for path in manifests for doc in load_manifest_file(path)]
+    validate_manifests(docs, crd_dir or find_crd_dir())
+    _stderr().print(f"[green]ok:[/] {len(docs)} manifest(s) valid")
+
+
+@app.command()
+def version() -> None:
+    """Print Ferry's version."""
+    from ferry import __version__
+
+    typer.echo(f"ferry {__version__}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,66 @@
+"""Ferry's exceptions: one small tree, so callers can catch exactly what they mean.
+
+    FerryError                 anything Ferry raises on purpose (CLI exit code 2)
+    ├── SpecError              a spec field is invalid; the message names the field and the fix
+    ├── JobFileError           a job file cannot be imported, holds no job, or repeats a name
+    ├── ConfigError            Ferry's own configuration is missing or wrong (e.g. no CRD dir)
+    └── ManifestInvalid        a manifest fails its schema or policy checks (CLI exit code 1)
+
+Every ``raise`` of one of these from another exception uses ``raise ... from exc`` so the
+cause stays visible to a debugger, while the CLI prints only the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "FerryError",
+    "JobFileError",
+    "ManifestInvalid",
+    "ManifestIssue",
+    "SpecError",
+]
+
+
+class FerryError(Exception):
+    """Base of every error Ferry raises on purpose."""
+
+    exit_code: int = 2
+
+
+class SpecError(FerryError, ValueError):
+    """A spec (``TrainingJob``, ``Resources``, ...) was given an invalid value."""
+
+
+class JobFileError(FerryError):
+    """A job file could not be turned into spec objects."""
+
+
+class ConfigError(FerryError):
+    """Ferry's own configuration (settings, CRD directory, ...) is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class ManifestIssue:
+    """One problem in one manifest: where (a JSON path) and what."""
+
+    source: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.path}: {self.message}"
+
+
+class ManifestInvalid(FerryError):
+    """One or more manifests failed schema or policy validation."""
+
+    exit_code = 1
+
+    def __init__(self, issues: Sequence[ManifestIssue]):
+        self.issues = tuple(issues)
+        lines = "\n".join(f"  - {issue}" for issue in self.issues)
+        super().__init__(f"{len(self.issues)} validation error(s):\n{lines}")

@@ -1,0 +1,86 @@
+"""From spec objects to files: deterministic YAML, written all-or-nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferry.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One manifest: its path relative to the output directory and its document."""
+
+    relpath: str
+    doc: dict[str, Any]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style everywhere; multi-line strings as literal blocks for readable diffs."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(docs: Sequence[dict[str, Any]]) -> str:
+    """Deterministic YAML: keys in the wire models' declared order, no line folding, no
+    timestamps; several documents are separated by ``---``."""
+    return "---\n".join(
+        yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 16,
+                  allow_unicode=True)
+        for doc in docs
+    )
+
+
+def render_spec(spec: Any) -> list[Rendered]:
+    """Every manifest one spec object turns into."""
+    from ferry.render._pytorchjob import render_pytorchjob
+    from ferry.spec import TrainingJob
+
+    if isinstance(spec, TrainingJob):
+        return [Rendered(f"{spec.name}/pytorchjob.yaml", render_pytorchjob(spec))]
+    raise TypeError(f"no renderer for {type(spec).__name__}")  # pragma: no cover - loader filters kinds
+
+
+def write_rendered(rendered: Iterable[Rendered], out_dir: Path) -> list[Path]:
+    """Write every manifest under ``out_dir``, all or nothing.
+
+    Files are first written into a temporary directory beside ``out_dir`` and only then moved
+    into place, each with an atomic rename: a failure part-way leaves ``out_dir`` as it was
+    (and does not create it).
+    """
+    items = list(rendered)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output {out_dir} exists and is not a directory; choose another -o")
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(f"output {out_dir}: parent directory {parent} does not exist; create it first")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    try:
+        for item in items:
+            target = staging / item.relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(dump_yaml([item.doc]))
+        written = []
+        for item in items:
+            final = out_dir / item.relpath
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / item.relpath, final)
+            written.append(final)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

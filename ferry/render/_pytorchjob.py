@@ -1,0 +1,181 @@
+"""TrainingJob → Kubeflow PyTorchJob (kubeflow.org/v1). The one place this happens."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubeflow.training import models as kf
+from kubernetes import client as k8s
+
+from ferry.render import _pod
+from ferry.spec import ConfigMapVolume, EmptyDirVolume, PVCVolume, SecretVolume, TrainingJob
+
+API_VERSION = "kubeflow.org/v1"
+KIND = "PyTorchJob"
+CONTAINER_NAME = "pytorch"  # the operator finds the container by this name
+PORT_NAME = "pytorchjob-port"  # ... and the rendezvous port by this one
+JOB_LABEL = "ferry.dev/job"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def ferry_env(job: TrainingJob) -> dict[str, str]:
+    """The FERRY_* / MLflow environment the runtime reads: one table shared by the manifest and
+    the local executor, so both give a replica the same configuration."""
+    env = {
+        "FERRY_JOB_NAME": job.name,
+        "FERRY_NAMESPACE": job.namespace,
+        "FERRY_IMAGE": job.image,
+        "FERRY_HYPERPARAMETERS": json.dumps(job.hyperparameters, sort_keys=True, separators=(",", ":")),
+    }
+    if job.tracking is not None:
+        env["MLFLOW_EXPERIMENT_NAME"] = job.experiment
+        if job.tracking.register_as:
+            env["FERRY_REGISTER_AS"] = job.tracking.register_as
+    if job.checkpointing is not None:
+        env["FERRY_CHECKPOINT_URI"] = job.checkpointing.uri
+        env["FERRY_CHECKPOINT_EVERY"] = str(job.checkpointing.every_steps)
+        env["FERRY_CHECKPOINT_KEEP"] = str(job.checkpointing.keep)
+    return env
+
+
+def _env(job: TrainingJob) -> list[k8s.V1EnvVar]:
+    env = [_pod.env_value(k, v) for k, v in job.env.items()]
+    env += [_pod.env_from_ref(k, ref) for k, ref in job.secret_env.items()]
+    env += [_pod.env_value(k, v) for k, v in ferry_env(job).items()]
+    if job.tracking is not None:
+        env.append(_pod.env_from_ref("MLFLOW_TRACKING_URI", job.tracking.uri_from))
+    return env
+
+
+def _volume(spec: PVCVolume | ConfigMapVolume | SecretVolume | EmptyDirVolume) -> k8s.V1Volume:
+    name = spec.volume_name()
+    if isinstance(spec, PVCVolume):
+        return k8s.V1Volume(name=name, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=spec.claim, read_only=spec.read_only or None))
+    if isinstance(spec, ConfigMapVolume):
+        return k8s.V1Volume(name=name, config_map=k8s.V1ConfigMapVolumeSource(name=spec.config_map))
+    if isinstance(spec, SecretVolume):
+        return k8s.V1Volume(name=name, secret=k8s.V1SecretVolumeSource(secret_name=spec.secret))
+    return k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource(
+        medium="Memory" if spec.memory else None, size_limit=spec.size_limit))
+
+
+def _resources(job: TrainingJob) -> k8s.V1ResourceRequirements:
+    res = job.resources
+    requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, Any] = {"memory": res.memory}
+    if res.gpu:
+        requests[res.gpu_resource] = str(res.gpu)
+        limits[res.gpu_resource] = str(res.gpu)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
+    shm, shm_mount = _pod.shm_volume(job.shm_size)
+    container = k8s.V1Container(
+        name=CONTAINER_NAME,
+        image=job.image,
+        image_pull_policy="IfNotPresent",
+        command=job.entrypoint(),
+        ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=job.port, protocol="TCP")],
+        env=_env(job),
+        resources=_resources(job),
+        volume_mounts=[shm_mount] + [
+            k8s.V1VolumeMount(name=v.volume_name(), mount_path=v.mount_path, read_only=v.read_only or None)
+            for v in job.volumes
+        ],
+        security_context=_pod.container_security_context(),
+    )
+    spec = k8s.V1PodSpec(
+        containers=[container],
+        volumes=[shm] + [_volume(v) for v in job.volumes],
+        security_context=_pod.pod_security_context(job.run_as_user),
+        node_selector=dict(job.node_selector) or None,
+        tolerations=[
+            k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect,
+                             toleration_seconds=t.toleration_seconds)
+            for t in job.tolerations
+        ] or None,
+        service_account_name=job.service_account,
+        # Training code does not talk to the Kubernetes API: no token unless an account is named
+        # (workload-identity setups mount their own projected token either way).
+        automount_service_account_token=None if job.service_account else False,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
+    )
+    labels = _pod.common_labels(JOB_LABEL, job.name, job.labels)
+    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=spec)
+
+
+def _replica_specs(job: TrainingJob) -> dict[str, kf.KubeflowOrgV1ReplicaSpec]:
+    def replica(count: int) -> kf.KubeflowOrgV1ReplicaSpec:
+        return kf.KubeflowOrgV1ReplicaSpec(
+            replicas=count, restart_policy=job.restart_policy, template=_pod_template(job)
+        )
+
+    if job.elastic is not None:
+        # Elastic jobs are a Worker set only: the operator scales Workers between min and max
+        # replicas, PET_NNODES becomes "min:max" and rendezvous runs on <name>-worker-0.
+        return {"Worker": replica(job.workers)}
+    specs = {"Master": replica(1)}  # the operator requires exactly one Master
+    if job.workers > 1:
+        specs["Worker"] = replica(job.workers - 1)
+    return specs
+
+
+def _run_policy(job: TrainingJob) -> kf.KubeflowOrgV1RunPolicy:
+    rp = job.run_policy
+    scheduling = None
+    if job.gang is not None:
+        g = job.gang
+        scheduling = kf.KubeflowOrgV1SchedulingPolicy(
+            min_available=g.min_available or job.workers,
+            priority_class=g.priority_class,
+            queue=g.queue,
+            schedule_timeout_seconds=g.schedule_timeout_seconds,
+        )
+    return kf.KubeflowOrgV1RunPolicy(
+        backoff_limit=rp.backoff_limit,
+        active_deadline_seconds=rp.active_deadline_seconds,
+        ttl_seconds_after_finished=rp.ttl_seconds_after_finished,
+        clean_pod_policy=rp.clean_pod_policy,
+        scheduling_policy=scheduling,
+    )
+
+
+def build_pytorchjob(job: TrainingJob) -> kf.KubeflowOrgV1PyTorchJob:
+    """The PyTorchJob wire object for ``job``."""
+    labels = _pod.common_labels(JOB_LABEL, job.name, job.labels)
+    if job.queue:
+        labels[KUEUE_QUEUE_LABEL] = job.queue
+    elastic = None
+    if job.elastic is not None:
+        elastic = kf.KubeflowOrgV1ElasticPolicy(
+            min_replicas=job.elastic.min_workers,
+            max_replicas=job.elastic.max_workers,
+            max_restarts=job.elastic.max_restarts,
+            rdzv_backend=job.elastic.rdzv_backend,
+        )
+    return kf.KubeflowOrgV1PyTorchJob(
+        api_version=API_VERSION,
+        kind=KIND,
+        metadata=k8s.V1ObjectMeta(
+            name=job.name,
+            namespace=job.namespace,
+            labels=labels,
+            annotations=dict(job.annotations) or None,
+        ),
+        spec=kf.KubeflowOrgV1PyTorchJobSpec(
+            # nprocPerNode is a string in the CRD (auto|cpu|gpu|<int>); elasticPolicy.nProcPerNode
+            # is deprecated and never set alongside it.
+            nproc_per_node=str(job.procs_per_worker),
+            elastic_policy=elastic,
+            run_policy=_run_policy(job),
+            pytorch_replica_specs=_replica_specs(job),
+        ),
+    )
+
+
+def render_pytorchjob(job: TrainingJob) -> dict[str, Any]:
+    """The PyTorchJob for ``job`` as a plain dict, ready for YAML."""
+    return _pod.to_dict(build_pytorchjob(job))

@@ -1,0 +1,37 @@
+"""What users write: typed, immutable, validated specs. Knows nothing of YAML."""
+
+from ferry.spec._job import RESERVED_ENV, TrainingJob
+from ferry.spec._loader import load_specs
+from ferry.spec._pod import (
+    ConfigMapKeyRef,
+    ConfigMapVolume,
+    EmptyDirVolume,
+    PVCVolume,
+    Resources,
+    SecretRef,
+    SecretVolume,
+    Toleration,
+    Volume,
+)
+from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
+from ferry.spec._tracking import Checkpointing, Tracking
+
+__all__ = [
+    "RESERVED_ENV",
+    "Checkpointing",
+    "ConfigMapKeyRef",
+    "ConfigMapVolume",
+    "Elastic",
+    "EmptyDirVolume",
+    "GangScheduling",
+    "PVCVolume",
+    "Resources",
+    "RunPolicy",
+    "SecretRef",
+    "SecretVolume",
+    "Toleration",
+    "Tracking",
+    "TrainingJob",
+    "Volume",
+    "load_specs",
+]

@@ -1,0 +1,279 @@
+"""``TrainingJob``: what a team writes to describe one distributed PyTorch training job."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ferry import _k8s
+from ferry.spec._base import Spec
+from ferry.spec._pod import Resources, SecretRef, Toleration, Volume
+from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
+from ferry.spec._tracking import Checkpointing, Tracking
+
+__all__ = ["RESERVED_ENV", "TrainingJob"]
+
+Scalar = bool | int | float | str
+
+# Names the training operator or Ferry itself sets in every replica: a user value would be
+# silently overwritten (or would break rendezvous), so they are refused up front.
+RESERVED_ENV = frozenset(
+    {
+        "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+        "PYTHONUNBUFFERED", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
+    }
+)
+RESERVED_ENV_PREFIXES = ("PET_", "FERRY_")
+# Env names that almost always hold a credential: inline values are refused (use secret_env).
+_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.I)
+_HPARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+MANAGED_LABELS = ("app.kubernetes.io/managed-by", "ferry.dev/job", "kueue.x-k8s.io/queue-name")
+
+
+class TrainingJob(Spec):
+    """A distributed PyTorch training job.
+
+    ``workers`` is the number of pods (nodes); each runs ``procs_per_worker`` processes
+    (one per GPU on GPU jobs). Give the entry point as ``module`` (run as ``python -m``, or
+    through torchrun when there are several processes per worker or the job is elastic) or
+    as an explicit ``command``; ``args`` follow either.
+    """
+
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    module: str | None = None
+    args: tuple[str, ...] = ()
+    workers: int = 1
+    procs_per_worker: int = 1
+    resources: Resources = Resources()
+    hyperparameters: dict[str, Scalar] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, SecretRef] = Field(default_factory=dict)
+    volumes: tuple[Volume, ...] = ()
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    service_account: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    namespace: str = "default"
+    elastic: Elastic | None = None
+    run_policy: RunPolicy = RunPolicy()
+    queue: str | None = None
+    gang: GangScheduling | None = None
+    tracking: Tracking | None = Tracking()
+    checkpointing: Checkpointing | None = None
+    restart_policy: Literal["OnFailure", "Never", "ExitCode", "Always"] = "OnFailure"
+    port: int = 23456
+    shm_size: str = "1Gi"
+    run_as_user: int = 1000
+
+    # ---- single fields -------------------------------------------------------------------
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if problem := _k8s.dns1035_problem(v):
+            raise ValueError(f"{problem} (got {v!r}); e.g. name='digits-ddp'")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if problem := _k8s.dns1123_problem(v):
+            raise ValueError(f"{problem} (got {v!r})")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v) or v != v.strip():
+            raise ValueError(f"must be an image reference without spaces (got {v!r}); e.g. 'ghcr.io/acme/train:1.0'")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v}); use workers=1 for a single-process job")
+        return v
+
+    @field_validator("procs_per_worker")
+    @classmethod
+    def _procs(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v}); it is the number of processes per worker pod")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 1024 <= v <= 65535:
+            raise ValueError(f"must be in 1024..65535 (got {v}); pods run as non-root and cannot bind below 1024")
+        return v
+
+    @field_validator("run_as_user")
+    @classmethod
+    def _uid(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be a non-root UID >= 1 (got {v}); pods meet the 'restricted' Pod Security profile")
+        return v
+
+    @field_validator("shm_size", mode="before")
+    @classmethod
+    def _shm(cls, v: Any) -> str:
+        try:
+            amount = _k8s.parse_quantity(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc}") from None
+        if amount <= 0:
+            raise ValueError(f"must be > 0 (got {v!r}); e.g. shm_size='2Gi'")
+        return str(v)
+
+    @field_validator("command", "args")
+    @classmethod
+    def _argv(cls, v: tuple[str, ...] | None, info) -> tuple[str, ...] | None:  # type: ignore[no-untyped-def]
+        if v is not None and info.field_name == "command" and not v:
+            raise ValueError("must not be empty; give the program to run, e.g. command=['python', 'train.py']")
+        return v
+
+    @field_validator("module")
+    @classmethod
+    def _module(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", v):
+            raise ValueError(f"must be a dotted Python module name (got {v!r}); e.g. module='jobs.digits.train'")
+        return v
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _hparams(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
+        for key in v:
+            if not _HPARAM_KEY.match(key):
+                raise ValueError(f"key {key!r} must start with a letter or '_' and hold only letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            _check_env_name(name, "env")
+            if _SECRET_NAME.search(name) and value:
+                raise ValueError(
+                    f"{name!r} looks like a credential and must not be inline; create a Secret and use "
+                    f"secret_env={{{name!r}: SecretRef(name='...', key='...')}}"
+                )
+        return v
+
+    @field_validator("secret_env", mode="before")
+    @classmethod
+    def _secret_env(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for name, ref in v.items():
+                _check_env_name(name, "secret_env")
+                if isinstance(ref, str):
+                    raise ValueError(
+                        f"{name!r} is an inline value; secrets are taken only by reference: "
+                        f"secret_env={{{name!r}: SecretRef(name='my-secret', key='{name.lower()}')}}"
+                    )
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if problem := _k8s.label_key_problem(key) or _k8s.label_value_problem(value):
+                raise ValueError(problem)
+            if key in MANAGED_LABELS:
+                raise ValueError(f"label {key!r} is set by Ferry; remove it (use queue= for Kueue)")
+        return v
+
+    @field_validator("annotations", "node_selector")
+    @classmethod
+    def _keys(cls, v: dict[str, str], info) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        for key, value in v.items():
+            if problem := _k8s.label_key_problem(key):
+                raise ValueError(problem.replace("label key", "key"))
+            if info.field_name == "node_selector" and (problem := _k8s.label_value_problem(value)):
+                raise ValueError(problem)
+        return v
+
+    @field_validator("service_account", "queue")
+    @classmethod
+    def _object_name(cls, v: str | None, info) -> str | None:  # type: ignore[no-untyped-def]
+        if v is not None and (problem := _k8s.dns1123_problem(v, subdomain=True)):
+            raise ValueError(f"{info.field_name} {problem} (got {v!r})")
+        return v
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if problem := _k8s.dns1123_problem(name, subdomain=True):
+                raise ValueError(f"Secret name {problem} (got {name!r})")
+        return v
+
+    # ---- across fields -------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingJob:
+        if (self.command is None) == (self.module is None):
+            raise ValueError(
+                "give exactly one entry point: module='pkg.train' (run with python -m / torchrun) "
+                "or command=['python', 'train.py']"
+            )
+        gpus = self.resources.gpu
+        if gpus and self.procs_per_worker > gpus:
+            raise ValueError(
+                f"procs_per_worker ({self.procs_per_worker}) exceeds resources.gpu ({gpus}); each process "
+                f"needs its own GPU: set procs_per_worker<={gpus} or raise resources.gpu"
+            )
+        if self.elastic is not None and not self.elastic.min_workers <= self.workers <= self.elastic.max_workers:
+            raise ValueError(
+                f"workers ({self.workers}) must lie within elastic min_workers..max_workers "
+                f"({self.elastic.min_workers}..{self.elastic.max_workers}); it is the starting size"
+            )
+        if self.queue is not None and self.gang is not None:
+            raise ValueError("use either queue= (Kueue) or gang= (Volcano/scheduler-plugins), not both")
+        if self.gang and self.gang.min_available and self.gang.min_available > self.workers:
+            raise ValueError(
+                f"gang.min_available ({self.gang.min_available}) exceeds the job's {self.workers} replica(s)"
+            )
+        if overlap := sorted(set(self.env) & set(self.secret_env)):
+            raise ValueError(f"{overlap[0]!r} is in both env and secret_env; keep one (duplicate env name)")
+        names = [volume.volume_name() for volume in self.volumes] + ["dshm"]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"volume name {dupes[0]!r} is used twice; give the volumes distinct name=")
+        paths = [volume.mount_path.rstrip("/") for volume in self.volumes]
+        if dupes := sorted({p for p in paths if paths.count(p) > 1}):
+            raise ValueError(f"mount_path {dupes[0]!r} is used by two volumes; mount each at its own path")
+        return self
+
+    # ---- derived values used by the renderer and the local executor ------------------------
+    @property
+    def experiment(self) -> str:
+        return (self.tracking.experiment if self.tracking else None) or self.name
+
+    @property
+    def uses_torchrun(self) -> bool:
+        """Several processes per pod, or elastic membership, need torchrun as the launcher."""
+        return self.procs_per_worker > 1 or self.elastic is not None
+
+    def entrypoint(self) -> list[str]:
+        """The container's full argv."""
+        if self.command is not None:
+            return [*self.command, *self.args]
+        assert self.module is not None
+        if self.uses_torchrun:
+            return ["python", "-m", "torch.distributed.run", "--module", self.module, *self.args]
+        return ["python", "-m", self.module, *self.args]
+
+
+def _check_env_name(name: str, field: str) -> None:
+    if not _k8s.ENV_VAR_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid environment variable name")
+    if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(
+            f"{name!r} is set by the training operator or Ferry; remove it from {field} "
+            "(tracking, checkpoints and hyperparameters have their own fields)"
+        )

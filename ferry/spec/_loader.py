@@ -1,0 +1,104 @@
+"""Load spec objects (``TrainingJob``, later ``Deployment``) from Python job files."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ferry.errors import FerryError, JobFileError, SpecError
+
+__all__ = ["LoadedSpec", "load_specs"]
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    path: Path
+    attribute: str
+    spec: Any
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.attribute}"
+
+
+def _import_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise JobFileError(f"{path}: no such job file; give the path to a .py file that defines a TrainingJob")
+    if path.suffix != ".py":
+        raise JobFileError(f"{path}: a job file must be a Python file ending in .py")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"_ferry_jobfile_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - suffix checked above
+        raise JobFileError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from exc
+    except FerryError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
+    except SyntaxError as exc:
+        raise JobFileError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
+    except BaseException as exc:  # noqa: BLE001 - a job file may raise anything, even SystemExit
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path.resolve()]
+        line = f":{frames[-1].lineno}" if frames else ""
+        raise JobFileError(
+            f"{path}{line}: raised {type(exc).__name__} while being imported: {exc}; "
+            "fix the job file so that importing it only defines jobs"
+        ) from exc
+    finally:
+        sys.modules.pop(module_name, None)
+        if folder in sys.path:
+            sys.path.remove(folder)
+    return vars(module)
+
+
+def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None) -> list[LoadedSpec]:
+    """Import each job file and collect every module-level object of the given spec kinds.
+
+    Raises :class:`JobFileError` when a file cannot be imported, defines none of them, or when
+    two specs of the same kind share a name in the same namespace.
+    """
+    if kinds is None:
+        from ferry.spec._job import TrainingJob
+
+        kinds = (TrainingJob,)
+    kinds = tuple(kinds)
+    found: list[LoadedSpec] = []
+    seen_names: dict[tuple[str, str, str], LoadedSpec] = {}
+    for raw in paths:
+        path = Path(raw)
+        seen_ids: set[int] = set()
+        in_file = 0
+        for attribute, value in _import_file(path).items():
+            if not isinstance(value, kinds) or id(value) in seen_ids:
+                continue
+            seen_ids.add(id(value))
+            loaded = LoadedSpec(path, attribute, value)
+            key = (type(value).__name__, getattr(value, "namespace", ""), value.name)
+            if key in seen_names:
+                raise JobFileError(
+                    f"two {key[0]}s are named {value.name!r} in namespace {key[1]!r}: "
+                    f"{seen_names[key].where} and {loaded.where}; give each a unique name"
+                )
+            seen_names[key] = loaded
+            found.append(loaded)
+            in_file += 1
+        if in_file == 0:
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise JobFileError(
+                f"{path}: defines no {wanted} at module level; add one, e.g. job = TrainingJob(name=..., image=..., module=...)"
+            )
+    return found

@@ -1,0 +1,68 @@
+"""Where a job records itself: MLflow tracking and checkpoints."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from pydantic import field_validator
+
+from ferry.spec._base import Spec
+from ferry.spec._pod import ConfigMapKeyRef, SecretRef
+
+__all__ = ["Checkpointing", "Tracking"]
+
+
+class Tracking(Spec):
+    """MLflow tracking for a job.
+
+    ``experiment`` defaults to the job's name. ``uri_from`` says where the pod finds
+    ``MLFLOW_TRACKING_URI``: a ConfigMap key (the Helm chart creates ``ferry-mlflow``) or, when
+    the URI carries credentials, a Secret key. On a laptop the local executor sets it instead.
+    ``register_as`` registers the final model under that name in the MLflow registry.
+    """
+
+    experiment: str | None = None
+    register_as: str | None = None
+    uri_from: ConfigMapKeyRef | SecretRef = ConfigMapKeyRef(name="ferry-mlflow", key="tracking-uri")
+
+    @field_validator("experiment", "register_as")
+    @classmethod
+    def _non_empty(cls, v: str | None, info) -> str | None:  # type: ignore[no-untyped-def]
+        if v is not None and not v.strip():
+            raise ValueError(f"{info.field_name} must not be empty; leave it None for the default")
+        return v
+
+
+class Checkpointing(Spec):
+    """Periodic checkpoints: every ``every_steps`` optimizer steps, keep the newest ``keep``.
+
+    ``uri`` is a local path (a PVC mount on a cluster) or ``s3://bucket/prefix``; S3
+    credentials and endpoint come from the usual AWS environment (put them in ``secret_env``).
+    """
+
+    uri: str
+    every_steps: int = 100
+    keep: int = 3
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme == "s3":
+            if not parsed.netloc:
+                raise ValueError(f"an s3 URI needs a bucket: s3://BUCKET/prefix (got {v!r})")
+        elif parsed.scheme not in ("", "file"):
+            raise ValueError(
+                f"scheme {parsed.scheme!r} is not supported (got {v!r}); "
+                "use a path, file:///path or s3://bucket/prefix"
+            )
+        elif not v.strip():
+            raise ValueError("must not be empty; e.g. uri='s3://my-bucket/checkpoints'")
+        return v
+
+    @field_validator("every_steps", "keep")
+    @classmethod
+    def _positive(cls, v: int, info) -> int:  # type: ignore[no-untyped-def]
+        if v < 1:
+            raise ValueError(f"{info.field_name} must be >= 1 (got {v})")
+        return v

@@ -1,0 +1,23 @@
+"""A small CNN on scikit-learn's bundled digits, trained with DDP on 2 CPU workers.
+
+    ferry render jobs/digits/job.py -o manifests/   # the PyTorchJob for the cluster
+    ferry run jobs/digits/job.py                    # the same job on this machine
+"""
+
+from ferry import Checkpointing, PVCVolume, Resources, Tracking, TrainingJob
+
+# Ferry's training image: ferry, torch 2.13 and this repository's jobs/ package.
+TRAIN_IMAGE = "ghcr.io/ferry-ml/ferry-train:0.1.0"
+
+job = TrainingJob(
+    name="digits",
+    image=TRAIN_IMAGE,
+    module="jobs.digits.train",
+    workers=2,
+    resources=Resources(cpu="1", memory="2Gi"),
+    hyperparameters={"epochs": 15, "lr": 0.003, "batch_size": 32, "seed": 7},
+    tracking=Tracking(experiment="digits", register_as="digits-classifier"),
+    volumes=[PVCVolume(claim="ferry-checkpoints", mount_path="/mnt/checkpoints")],
+    checkpointing=Checkpointing(uri="/mnt/checkpoints/digits", every_steps=20, keep=3),
+    run_policy={"backoff_limit": 3, "ttl_seconds_after_finished": 86400},
+)

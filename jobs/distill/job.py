@@ -1,0 +1,25 @@
+"""A small student for the digits classifier, trained by knowledge distillation: it learns
+the teacher's softened outputs (temperature, alpha) as well as the labels."""
+
+from ferry import Resources, Tracking, TrainingJob
+
+# Ferry's training image: ferry, torch 2.13 and this repository's jobs/ package.
+TRAIN_IMAGE = "ghcr.io/ferry-ml/ferry-train:0.1.0"
+
+job = TrainingJob(
+    name="digits-student",
+    image=TRAIN_IMAGE,
+    module="jobs.distill.train",
+    workers=1,
+    resources=Resources(cpu="1", memory="1Gi"),
+    hyperparameters={
+        "teacher": "models:/digits-classifier@champion",
+        "temperature": 4.0,
+        "alpha": 0.7,
+        "epochs": 20,
+        "lr": 0.005,
+        "batch_size": 64,
+        "seed": 7,
+    },
+    tracking=Tracking(experiment="digits-distill", register_as="digits-classifier"),
+)

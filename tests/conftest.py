@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CRDS = REPO.parent / "shared" / "crds"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def crd_dir() -> Path:
+    if not (SHARED_CRDS / "kubeflow.org_pytorchjobs.yaml").is_file():
+        pytest.skip(f"the real CRD schemas are not at {SHARED_CRDS} (check out shared/ beside the repo)")
+    return SHARED_CRDS
+
+
+@pytest.fixture
+def ferry_cli():
+    """Run the installed ``ferry`` console script as a user would."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("ferry")
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), *args], cwd=cwd or REPO, capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=120)
+
+    return run

@@ -1,0 +1,38 @@
+"""Pin each package's public surface: a change here is an API change, made on purpose."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+SURFACE = {
+    "ferry": [
+        "Checkpointing", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume", "Elastic",
+        "EmptyDirVolume", "FerryError", "GangScheduling", "JobFileError", "ManifestInvalid",
+        "PVCVolume", "Resources", "RunPolicy", "SecretRef", "SecretVolume", "SpecError",
+        "Toleration", "Tracking", "TrainingJob", "__version__",
+    ],
+    "ferry.errors": ["ConfigError", "FerryError", "JobFileError", "ManifestInvalid", "ManifestIssue", "SpecError"],
+    "ferry.render": [
+        "Rendered", "build_pytorchjob", "dump_yaml", "ferry_env", "render_pytorchjob", "render_spec",
+        "write_rendered",
+    ],
+    "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
+}
+
+
+@pytest.mark.parametrize("module", list(SURFACE))
+def test_public_surface(module):
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(SURFACE[module])
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name} is in __all__ but missing"
+
+
+def test_error_tree():
+    from ferry import errors
+
+    for name in ("SpecError", "JobFileError", "ConfigError", "ManifestInvalid"):
+        assert issubclass(getattr(errors, name), errors.FerryError)
+    assert errors.ManifestInvalid.exit_code == 1 and errors.SpecError.exit_code == 2
