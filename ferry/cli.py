@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ferry.errors import FerryError
+from ferry.errors import FerryError, JobFileError
 
 app = typer.Typer(
     name="ferry",
@@ -27,6 +27,12 @@ CrdDirOption = Annotated[
     Path | None,
     typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, ./crds or ../shared/crds)."),
 ]
+
+
+def _stdout() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
 
 
 def _stderr() -> Any:
@@ -88,6 +94,54 @@ def validate(
     docs = [doc for path in manifests for doc in load_manifest_file(path)]
     validate_manifests(docs, crd_dir or find_crd_dir())
     _stderr().print(f"[green]ok:[/] {len(docs)} manifest(s) valid")
+
+
+@app.command()
+@fail_cleanly
+def run(
+    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: key=value (repeatable).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Override the number of workers.")] = None,
+    job_name: Annotated[str | None, typer.Option("--job", help="Which job, when the file defines several.")] = None,
+) -> None:
+    """Run a job on this machine exactly as the training operator would run it on a cluster."""
+    from ferry.local import apply_overrides, run_job
+    from ferry.local._report import report
+    from ferry.spec import load_specs
+
+    specs = [loaded.spec for loaded in load_specs([job_file])]
+    if job_name is not None:
+        specs = [s for s in specs if s.name == job_name]
+        if not specs:
+            raise JobFileError(f"{job_file}: no TrainingJob named {job_name!r}")
+    if len(specs) > 1:
+        names = ", ".join(s.name for s in specs)
+        raise JobFileError(f"{job_file} defines several jobs ({names}); choose one with --job NAME")
+    job = apply_overrides(specs[0], set_ or (), workers)
+    console = _stdout()
+    result = run_job(job, console=console, progress=console.is_terminal)
+    raise typer.Exit(report(job, result, console))
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI (127.0.0.1).")] = 5000,
+) -> None:
+    """Open the MLflow UI on the embedded store (.ferry/), or say where your server is."""
+    import os
+
+    from ferry import settings
+    from ferry.local import LocalStore
+
+    if settings.MLFLOW_TRACKING_URI.is_set():
+        typer.echo(f"MLFLOW_TRACKING_URI is set: open {settings.MLFLOW_TRACKING_URI.get()} in a browser")
+        return
+    store = LocalStore.default()
+    store.ensure()
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
+            "--default-artifact-root", store.artifact_root, "--host", "127.0.0.1", "--port", str(port)]
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {store.home}); Ctrl-C to stop")
+    os.execv(sys.executable, argv)
 
 
 @app.command()

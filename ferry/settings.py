@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EnvSetting", "FERRY_CRD_DIR", "FERRY_HOME", "FERRY_K8S_VERSION", "find_crd_dir"]
+__all__ = ["EnvSetting", "find_crd_dir"]  # plus the FERRY_* / MLFLOW_* settings below
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,32 @@ FERRY_HOME = EnvSetting(
 FERRY_K8S_VERSION = EnvSetting(
     "FERRY_K8S_VERSION", None, "Kubernetes version whose schemas validate built-in kinds."
 )
+
+# ---- set in every replica (by the renderer's manifest or the local executor) -----------------
+FERRY_JOB_NAME = EnvSetting("FERRY_JOB_NAME", None, "The TrainingJob's name.")
+FERRY_NAMESPACE = EnvSetting("FERRY_NAMESPACE", "default", "The TrainingJob's namespace.")
+FERRY_IMAGE = EnvSetting("FERRY_IMAGE", None, "The container image the job runs in.")
+FERRY_HYPERPARAMETERS = EnvSetting("FERRY_HYPERPARAMETERS", "{}", "The job's hyperparameters, as JSON.")
+FERRY_SUBMISSION_ID = EnvSetting(
+    "FERRY_SUBMISSION_ID", None,
+    "Identifies one submission: every rank and restart of it logs to the same MLflow run.",
+)
+FERRY_REGISTER_AS = EnvSetting("FERRY_REGISTER_AS", None, "Register the final model under this name.")
+FERRY_CHECKPOINT_URI = EnvSetting("FERRY_CHECKPOINT_URI", None, "Checkpoint location: a path or s3://bucket/prefix.")
+FERRY_CHECKPOINT_EVERY = EnvSetting("FERRY_CHECKPOINT_EVERY", "100", "Checkpoint every N steps.")
+FERRY_CHECKPOINT_KEEP = EnvSetting("FERRY_CHECKPOINT_KEEP", "3", "Keep the newest N checkpoints.")
+FERRY_ARTIFACT_ROOT = EnvSetting(
+    "FERRY_ARTIFACT_ROOT", None, "Artifact root for experiments Ferry creates (the embedded store sets it)."
+)
+FERRY_GIT_COMMIT = EnvSetting("FERRY_GIT_COMMIT", None, "The source commit the job was built from, when known.")
+FERRY_METRICS_BUFFER = EnvSetting(
+    "FERRY_METRICS_BUFFER", "100000", "Metric points kept while the tracking server is unreachable."
+)
+FERRY_FLUSH_TIMEOUT = EnvSetting(
+    "FERRY_FLUSH_TIMEOUT", "300", "Seconds the end of a job waits for an unreachable tracking server."
+)
+MLFLOW_TRACKING_URI = EnvSetting("MLFLOW_TRACKING_URI", None, "MLflow tracking server (or store) URI.")
+MLFLOW_EXPERIMENT_NAME = EnvSetting("MLFLOW_EXPERIMENT_NAME", None, "MLflow experiment of the job.")
 
 _CRD_MARKER = "kubeflow.org_pytorchjobs.yaml"
 

@@ -1,0 +1,116 @@
+"""The local executor: run a TrainingJob's PyTorchJob on this machine, no cluster needed.
+
+It renders the job through the same code path as ``ferry render`` and starts every replica
+with exactly the environment the training operator would inject.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ferry import settings
+from ferry.errors import SpecError
+from ferry.local._executor import JobResult, LocalExecutor
+from ferry.local._plan import Replica, free_port, operator_env, plan
+from ferry.local._store import LocalStore, tracking_env
+from ferry.spec import TrainingJob
+
+__all__ = [
+    "JobResult",
+    "LocalExecutor",
+    "LocalStore",
+    "Replica",
+    "apply_overrides",
+    "free_port",
+    "operator_env",
+    "plan",
+    "run_job",
+    "tracking_env",
+]
+
+
+def _parse_value(raw: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(like, int):
+        return int(raw)
+    if isinstance(like, float):
+        return float(raw)
+    return raw
+
+
+def apply_overrides(job: TrainingJob, sets: Sequence[str] = (), workers: int | None = None) -> TrainingJob:
+    """``--set key=value`` (hyperparameters; the value takes the type of the current one) and
+    ``--workers N``, validated like any spec: the result is a new TrainingJob."""
+    hparams = dict(job.hyperparameters)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set lr=0.01")
+        if key not in hparams:
+            known = ", ".join(sorted(hparams)) or "none"
+            raise SpecError(f"--set {key}: {job.name} has no hyperparameter {key!r}; known: {known}")
+        try:
+            hparams[key] = _parse_value(raw, hparams[key])
+        except ValueError as exc:
+            raise SpecError(f"--set {key}={raw!r}: {exc}; {key} is a {type(hparams[key]).__name__}") from None
+    update: dict[str, Any] = {"hyperparameters": hparams}
+    if workers is not None:
+        update["workers"] = workers
+    # Rebuild from the validated attribute values (not a dump: nested specs stay as they are).
+    fields = {name: getattr(job, name) for name in type(job).model_fields}
+    return TrainingJob(**{**fields, **update})
+
+
+def _git_commit(workdir: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path | None = None,
+            console: Any = None, progress: bool = False, submission_id: str | None = None) -> JobResult:
+    """Run ``job`` locally to completion; returns its outcome (never raises for a failed job)."""
+    from ferry.render import render_pytorchjob
+
+    store = store or LocalStore.default()
+    workdir = (workdir or Path.cwd()).resolve()
+    submission_id = submission_id or uuid.uuid4().hex[:12]
+    local_env = tracking_env(store)
+    if commit := _git_commit(workdir):
+        local_env["FERRY_GIT_COMMIT"] = commit
+    manifest = render_pytorchjob(job)
+    bar = None
+    on_progress = None
+    if progress and console is not None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=console, transient=True)
+        task = bar.add_task(job.name, total=None, metrics="")
+
+        def on_progress(step: int, total: int, metrics: str) -> None:
+            bar.update(task, completed=step, total=total, metrics=metrics)
+
+    executor = LocalExecutor(manifest, submission_id=submission_id, run_dir=store.run_dir(job.name, submission_id),
+                             local_env=local_env, volumes_dir=store.volumes, workdir=workdir, console=console,
+                             on_progress=on_progress)
+    if bar is not None:
+        with bar:
+            return executor.run()
+    return executor.run()
+
+
+def embedded_tracking_uri(store: LocalStore | None = None) -> str:
+    """The tracking URI local jobs use: $MLFLOW_TRACKING_URI, else the embedded store."""
+    return settings.MLFLOW_TRACKING_URI.get() or (store or LocalStore.default()).tracking_uri

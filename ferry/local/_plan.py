@@ -1,0 +1,116 @@
+"""From a rendered PyTorchJob to local processes: exactly the environment the training
+operator would give each replica's container, with cluster-only values made local."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ferry.local")
+
+
+@dataclass(frozen=True)
+class Replica:
+    role: str  # "master" | "worker", as the operator names pods: <job>-<role>-<index>
+    index: int
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def operator_env(manifest: dict[str, Any], role: str, index: int, master_port: int) -> dict[str, str]:
+    """The variables the training operator injects into one replica (see DESIGN.md):
+    MASTER_*, WORLD_SIZE, RANK and the PET_* set torchrun reads, PET_RDZV_* when elastic."""
+    spec = manifest["spec"]
+    replicas = spec["pytorchReplicaSpecs"]
+    total = sum(r["replicas"] for r in replicas.values())
+    nproc = spec.get("nprocPerNode", "1")
+    nproc_n = int(nproc) if nproc.isdigit() else 1
+    node_rank = index + 1 if role == "worker" and "Master" in replicas else index
+    env = {"PYTHONUNBUFFERED": "0", "PET_NPROC_PER_NODE": nproc}
+    elastic = spec.get("elasticPolicy")
+    if "Master" in replicas:
+        env |= {
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port),
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port),
+            "WORLD_SIZE": str(total * nproc_n), "RANK": str(node_rank),
+            "PET_NNODES": str(total), "PET_NODE_RANK": str(node_rank),
+        }
+    if elastic is not None:
+        lo, hi = elastic.get("minReplicas"), elastic.get("maxReplicas")
+        env |= {
+            "PET_RDZV_ENDPOINT": f"127.0.0.1:{master_port}",
+            "PET_RDZV_BACKEND": elastic.get("rdzvBackend", "c10d"),
+            "PET_NNODES": f"{lo}:{hi}" if lo is not None and hi is not None else str(total),
+        }
+        if elastic.get("maxRestarts") is not None:
+            env["PET_MAX_RESTARTS"] = str(elastic["maxRestarts"])
+    return env
+
+
+def _local_value(item: dict[str, Any], local: dict[str, str]) -> str | None:
+    """A container env entry's value on this machine: literal values as they are; values
+    from Secrets or ConfigMaps from this process's environment (same name) when set there."""
+    if "value" in item:
+        return str(item["value"])
+    name = item["name"]
+    if name in local:
+        return local[name]
+    if name in os.environ:
+        return os.environ[name]
+    source = item.get("valueFrom", {})
+    ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
+    kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
+    log.warning("%s comes from %s %s/%s on a cluster; not set here (export %s to set it)",
+                name, kind, ref.get("name"), ref.get("key"), name)
+    return None
+
+
+def _map_volumes(value: str, mounts: dict[str, Path]) -> str:
+    for mount_path, local_dir in mounts.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(local_dir) + value[len(mount_path.rstrip("/")):]
+    return value
+
+
+def plan(manifest: dict[str, Any], *, master_port: int, local_env: dict[str, str], volumes_dir: Path,
+         workdir: Path) -> list[Replica]:
+    """Every replica of the job, each with its argv and full environment."""
+    replicas: list[Replica] = []
+    for role_key, spec in manifest["spec"]["pytorchReplicaSpecs"].items():
+        pod = spec["template"]["spec"]
+        (container,) = [c for c in pod["containers"] if c["name"] == "pytorch"]
+        # PVC mounts become folders under the local store, shared by all replicas as a PVC is.
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+        mounts = {m["mountPath"]: volumes_dir / claims[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in claims}
+        for local_dir in mounts.values():
+            local_dir.mkdir(parents=True, exist_ok=True)
+        base: dict[str, str] = {}
+        for item in container.get("env", []):
+            value = _local_value(item, local_env)
+            if value is not None:
+                base[item["name"]] = _map_volumes(value, mounts)
+        argv = [*container.get("command", []), *container.get("args", [])]
+        if argv and argv[0] in ("python", "python3"):
+            argv[0] = sys.executable  # the interpreter Ferry runs in, with its packages
+        for index in range(spec["replicas"]):
+            role = role_key.lower()
+            env = {**base, **operator_env(manifest, role, index, master_port), **local_env}
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+            replicas.append(Replica(role, index, argv, env))
+    return replicas

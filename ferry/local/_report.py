@@ -1,0 +1,46 @@
+"""What ``ferry run`` says when a job ends: outcome, its MLflow run, where to look next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ferry.local._executor import JobResult
+from ferry.spec import TrainingJob
+
+
+def find_run(job: TrainingJob, submission_id: str) -> Any:
+    """The MLflow run of a submission (None when tracking is off or it was never created)."""
+    from mlflow import MlflowClient
+
+    from ferry.local import embedded_tracking_uri
+    from ferry.runtime import SUBMISSION_TAG
+
+    client = MlflowClient(tracking_uri=embedded_tracking_uri())
+    exp = client.get_experiment_by_name(job.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SUBMISSION_TAG}` = '{submission_id}'", max_results=2)
+    return runs[0] if runs else None
+
+
+def report(job: TrainingJob, result: JobResult, console: Any) -> int:
+    from rich.markup import escape
+
+    if result.exit_code != 0 and result.failed_replica is None:
+        console.print(f"[yellow]stopped[/] {job.name} (signal); every replica was terminated")
+        return result.exit_code
+    if result.exit_code != 0:
+        console.print(f"[bold red]failed:[/] {job.name}: replica {result.failed_replica} failed after "
+                      f"{result.restarts} restart(s); its log: {result.run_dir / (result.failed_replica + '.log')}")
+        for line in result.last_lines[-10:]:
+            console.print(f"  [dim]{escape(line)}[/]")
+        return result.exit_code
+    run = find_run(job, result.submission_id) if job.tracking is not None else None
+    console.print(f"[bold green]succeeded:[/] {job.name} (submission {result.submission_id}, {result.restarts} restart(s))")
+    if run is not None:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.data.metrics.items()) if k in ("test_accuracy", "loss"))
+        console.print(f"MLflow run {run.info.run_id} in experiment {job.experiment!r}: {metrics}")
+        if registered := run.data.tags.get("ferry.registered_model"):
+            console.print(f"registered model version: {registered}")
+        console.print("compare runs in the MLflow UI: [bold]ferry ui[/] (then http://127.0.0.1:5000)")
+    return 0
