@@ -34,3 +34,27 @@ def ferry_cli():
                               env={**os.environ, **(env or {})}, timeout=120)
 
     return run
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite store; stopped after the test."""
+    from tests._servers import MlflowServer
+
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moto_s3(tmp_path, monkeypatch):
+    """moto's standalone S3 server on 127.0.0.1 (a real HTTP endpoint for boto3)."""
+    from tests._servers import MotoServer
+
+    server = MotoServer(tmp_path)
+    server.start()
+    for key, value in server.aws_env.items():
+        monkeypatch.setenv(key, value)
+    yield server
+    server.stop()

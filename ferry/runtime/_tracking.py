@@ -30,8 +30,10 @@ def _default_mlflow_http_env() -> None:
     """MLflow retries a failed request up to 7 times with exponential backoff (minutes in
     all). The flush thread does its own retrying, so keep MLflow's short unless the user set it."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # MLflow samples system metrics every 10 s; short jobs would record none.
+    os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "2")
 
 
 class Tracker:
@@ -100,6 +102,7 @@ class Tracker:
         self._log_job_identity()
         self._thread = threading.Thread(target=self._flush_loop, name="ferry-metrics", daemon=True)
         self._thread.start()
+        _exit_cleanly_on_sigterm()
         return self.run_id
 
     def _log_job_identity(self) -> None:
@@ -290,6 +293,19 @@ class Tracker:
         if self.run_id is None or not str(self.tracking_uri).startswith("http"):
             return None
         return f"{str(self.tracking_uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Kubernetes (and the local executor) stop a replica with SIGTERM. Python's default is to
+    die on the spot, losing buffered metrics; raise SystemExit instead so ``with Tracker``
+    flushes them and marks the attempt. Left alone if the program set its own handler."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def handler(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _requirements() -> list[str]:

@@ -1,0 +1,115 @@
+"""Checkpoints: atomic saves, ``keep``, full restore (model, optimizer, scheduler, step, RNG),
+on a local path and on S3 through boto3 against moto's real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from ferry.runtime import Checkpointer, LocalStorage, storage_for
+
+
+def _objects(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    return model, opt, sched
+
+
+def _roundtrip(ckpt: Checkpointer):
+    model, opt, sched = _objects()
+    ckpt.save(7, model=model, optimizer=opt, scheduler=sched)
+    expected_next = (torch.rand(3), random.random())
+    fresh_model, fresh_opt, fresh_sched = _objects(seed=1)
+    torch.rand(5)  # move the RNG on: restore must bring it back
+    step = ckpt.restore(model=fresh_model, optimizer=fresh_opt, scheduler=fresh_sched)
+    assert step == 7
+    assert torch.equal(fresh_model.weight, model.weight)
+    assert fresh_opt.state_dict()["state"][0]["momentum_buffer"].equal(opt.state_dict()["state"][0]["momentum_buffer"])
+    assert fresh_sched.last_epoch == sched.last_epoch
+    assert torch.equal(torch.rand(3), expected_next[0]) and random.random() == expected_next[1]
+
+
+def test_local_roundtrip_and_keep(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ck"), every_steps=2, keep=2)
+    _roundtrip(ckpt)
+    model, *_ = _objects()
+    for step in range(1, 11):
+        ckpt.maybe_save(step, model=model)
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["ckpt-000000008.pt", "ckpt-000000010.pt", "latest"]
+    assert ckpt.latest_step() == 10
+
+
+def test_restore_without_checkpoint_starts_at_zero(tmp_path):
+    assert Checkpointer(str(tmp_path / "none")).restore(model=torch.nn.Linear(1, 1)) == 0
+
+
+def test_non_primary_ranks_do_not_write(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ck"), is_primary=False)
+    assert ckpt.save(1, model=torch.nn.Linear(1, 1)) is None
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.integration
+def test_s3_roundtrip_and_keep(moto_s3):
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="ckpts")
+    ckpt = Checkpointer("s3://ckpts/jobs/digits", every_steps=1, keep=3)
+    _roundtrip(ckpt)
+    model, *_ = _objects()
+    for step in range(8, 14):
+        ckpt.save(step, model=model)
+    keys = storage_for("s3://ckpts/jobs/digits").keys()
+    assert keys == ["ckpt-000000011.pt", "ckpt-000000012.pt", "ckpt-000000013.pt", "latest"]
+
+
+SAVER = textwrap.dedent("""
+    import sys, torch
+    from ferry.runtime import Checkpointer
+    ckpt = Checkpointer(sys.argv[1], every_steps=1, keep=3)
+    ckpt.save(10, model=torch.nn.Linear(4, 2))
+    print("saved 10", flush=True)
+    big = torch.nn.Linear(8192, 8192)  # ~256 MB: the kill lands while it is being written
+    print("saving 20", flush=True)
+    ckpt.save(20, model=big)
+    print("saved 20", flush=True)
+""")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_kill_during_save_leaves_previous_checkpoint(backend, tmp_path, request):
+    if backend == "s3":
+        import boto3
+
+        request.getfixturevalue("moto_s3")
+        boto3.client("s3").create_bucket(Bucket="atomic")
+        uri = "s3://atomic/ck"
+    else:
+        uri = str(tmp_path / "ck")
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, uri], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saved 10"
+    assert proc.stdout.readline().strip() == "saving 20"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = Checkpointer(uri)
+    assert ckpt.latest_step() == 10
+    assert ckpt.restore(model=torch.nn.Linear(4, 2)) == 10
+    if backend == "local":  # no half-written file is visible under a checkpoint name
+        assert sorted(p.name for p in (tmp_path / "ck").iterdir() if not p.name.startswith(".")) == ["ckpt-000000010.pt", "latest"]
+        assert json.loads((tmp_path / "ck" / "latest").read_text())["step"] == 10

@@ -1,0 +1,197 @@
+"""``ferry run`` end to end with real parts: gloo DDP processes, an ``mlflow server`` process
+on 127.0.0.1, the embedded SQLite store, SIGKILL of a replica, a tracking-server outage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+FERRY = str(Path(sys.executable).with_name("ferry"))
+
+
+def ferry_run(*args: str, env: dict[str, str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FERRY, "run", *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def runs_of(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def steps_of(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_ddp_run_logs_one_run_and_registers(tmp_path, mlflow_server):
+    result = ferry_run("jobs/digits/job.py", env={"FERRY_HOME": str(tmp_path / ".ferry"), "MLFLOW_TRACKING_URI": mlflow_server.url})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[master-0]" in result.stdout
+    (run_dir,) = (tmp_path / ".ferry" / "runs" / "digits").iterdir()
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["master-0.log", "worker-0.log"]
+    client = client_for(mlflow_server.url)
+    (run,) = runs_of(client, "digits")  # exactly one run for a 2-process job
+    assert run.data.metrics["test_accuracy"] >= 0.95
+    assert run.data.params["world_size"] == "2" and run.data.params["epochs"] == "15"
+    assert run.data.tags["ferry.job"] == "digits" and "mlflow.source.git.commit" in run.data.tags
+    final = int(run.data.tags["ferry.final_step"])
+    assert steps_of(client, run.info.run_id, "loss") == list(range(1, final + 1))  # every step, from rank 0 only
+    assert any(k.startswith("system/") for k in run.data.metrics)  # MLflow system metrics
+    (version,) = client.search_model_versions("name='digits-classifier'")
+    assert version.run_id == run.info.run_id
+    assert "succeeded: digits" in result.stdout and run.info.run_id in result.stdout
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
+    home = tmp_path / ".ferry"
+    proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=80"], cwd=REPO,
+                            env={**os.environ, "FERRY_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    latest = home / "volumes" / "ferry-checkpoints" / "digits" / "latest"
+    try:
+        _wait_for(lambda: latest.exists() and json.loads(latest.read_text())["step"] >= 60, 180, "no checkpoint at step >= 60")
+        (state_file,) = home.glob("runs/digits/*/replicas.json")
+        state = json.loads(state_file.read_text())
+        worker = next(r for r in state["replicas"] if r["name"] == "worker-0")
+        os.kill(worker["pid"], signal.SIGKILL)
+        killed_after = json.loads(latest.read_text())["step"]
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert "replica worker-0 failed (signal 9); restarting the group (1/3)" in output
+    resumed = int(output.split("resumed from checkpoint at step ")[1].split()[0])
+    assert resumed >= killed_after >= 60  # resumed, not started over
+    client = client_for(f"sqlite:///{home / 'mlflow.db'}")
+    (run,) = runs_of(client, "digits")  # still ONE run
+    assert int(run.data.tags["ferry.resumed_from_step"]) == resumed
+    assert run.data.metrics["test_accuracy"] >= 0.95
+    final = int(run.data.tags["ferry.final_step"])
+    assert set(steps_of(client, run.info.run_id, "loss")) == set(range(1, final + 1))
+
+
+def test_tracking_outage_loses_no_metric(tmp_path, mlflow_server):
+    from tests._servers import _wait_http
+
+    proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=60"], cwd=REPO,
+                            env={**os.environ, "FERRY_HOME": str(tmp_path / ".ferry"), "MLFLOW_TRACKING_URI": mlflow_server.url},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = client_for(mlflow_server.url)
+    try:
+        run_id = _wait_for(lambda: next((r.info.run_id for r in runs_of(client, "digits") if "loss" in r.data.metrics), None),
+                           120, "the run never logged a loss")
+        mlflow_server.stop()
+        time.sleep(6)
+        mlflow_server.start()  # same port, same database
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert "unreachable" in output and "reachable again" in output
+    (run,) = runs_of(client, "digits")
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    final = int(run.data.tags["ferry.final_step"])
+    assert steps_of(client, run_id, "loss") == list(range(1, final + 1))
+    assert run.data.metrics["test_accuracy"] >= 0.95
+
+
+def _probe_job(tmp_path: Path, module: str, **extra: str) -> Path:
+    fields = ", ".join(f"{k}={v}" for k, v in extra.items())
+    path = tmp_path / "job.py"
+    path.write_text(
+        "from ferry import TrainingJob\n"
+        f"job = TrainingJob(name='probe', image='i', module='{module}', workers=2, tracking=None{', ' + fields if fields else ''})\n"
+    )
+    return path
+
+
+def test_replicas_get_the_operator_env_even_when_the_job_port_is_taken(tmp_path):
+    with socket.socket() as busy:  # the job's declared port (23456) is in use on this machine
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            busy.bind(("127.0.0.1", 23456))
+            busy.listen()
+        except OSError:
+            pass  # already taken by something else: the point stands
+        result = ferry_run(str(_probe_job(tmp_path, "tests.jobs.probe")), env={"FERRY_HOME": str(tmp_path / ".ferry")}, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    probes = [json.loads(line.split("PROBE ", 1)[1]) for line in result.stdout.splitlines() if "PROBE " in line]
+    assert sorted(p["rank"] for p in probes) == [0, 1] and all(p["sum"] == 1.0 for p in probes)
+    envs = {p["rank"]: p["env"] for p in probes}
+    assert envs[0]["WORLD_SIZE"] == envs[1]["WORLD_SIZE"] == "2"
+    assert envs[1]["PET_NODE_RANK"] == "1" and envs[0]["MASTER_ADDR"] == "127.0.0.1"
+    assert envs[0]["MASTER_PORT"] != "23456" and envs[0]["FERRY_SUBMISSION_ID"] == envs[1]["FERRY_SUBMISSION_ID"]
+
+
+def test_script_crashing_at_import_fails_clearly(tmp_path):
+    job = _probe_job(tmp_path, "tests.jobs.crash", run_policy="{'backoff_limit': 1}")
+    start = time.monotonic()
+    result = ferry_run(str(job), env={"FERRY_HOME": str(tmp_path / ".ferry")}, timeout=120)
+    assert result.returncode == 1
+    assert "failed: probe: replica" in result.stdout and "after 1 restart(s)" in result.stdout
+    assert "No module named 'transformers_typo'" in result.stdout
+    assert time.monotonic() - start < 60
+
+
+def test_never_restart_policy_fails_at_once(tmp_path):
+    job = _probe_job(tmp_path, "tests.jobs.crash", restart_policy="'Never'")
+    result = ferry_run(str(job), env={"FERRY_HOME": str(tmp_path / ".ferry")}, timeout=120)
+    assert result.returncode == 1 and "after 0 restart(s)" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "nope=1"], "has no hyperparameter 'nope'"),
+    (["--set", "epochs=ten"], "epochs is a int"),
+    (["--workers", "0"], "TrainingJob.workers"),
+    (["--job", "other"], "no TrainingJob named 'other'"),
+])
+def test_bad_run_arguments_exit_2(args, message, tmp_path):
+    result = ferry_run("jobs/digits/job.py", *args, env={"FERRY_HOME": str(tmp_path / ".ferry")}, timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / ".ferry").exists()
+
+
+def test_ctrl_c_stops_every_replica(tmp_path):
+    home = tmp_path / ".ferry"
+    proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=500"], cwd=REPO,
+                            env={**os.environ, "FERRY_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        state_file = _wait_for(lambda: next(iter(home.glob("runs/digits/*/replicas.json")), None), 60, "no replicas started")
+        time.sleep(3)
+        pids = [r["pid"] for r in json.loads(state_file.read_text())["replicas"]]
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    for pid in pids:  # no orphan left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
