@@ -83,6 +83,7 @@ def test_env_secrets_by_reference_and_tracking():
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"key": "secret", "name": "s3"}}
     assert env["MLFLOW_TRACKING_URI"] == {"configMapKeyRef": {"key": "tracking-uri", "name": "ferry-mlflow"}}
     assert env["MLFLOW_EXPERIMENT_NAME"] == "exp"
+    assert env["FERRY_SUBMISSION_ID"] == {"fieldRef": {"fieldPath": "metadata.labels['ferry.dev/submission']"}}
     assert env["FERRY_REGISTER_AS"] == "digits-classifier"
     assert json.loads(env["FERRY_HYPERPARAMETERS"]) == {"epochs": 3, "lr": 0.1}
     assert (env["FERRY_CHECKPOINT_URI"], env["FERRY_CHECKPOINT_EVERY"], env["FERRY_CHECKPOINT_KEEP"]) == ("s3://bucket/ckpt", "10", "2")

@@ -74,6 +74,8 @@ def _local_value(item: dict[str, Any], local: dict[str, str]) -> str | None:
     if name in os.environ:
         return os.environ[name]
     source = item.get("valueFrom", {})
+    if "fieldRef" in source:
+        return None  # pod metadata: the executor sets these itself
     ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
     kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
     log.warning("%s comes from %s %s/%s on a cluster; not set here (export %s to set it)",

@@ -17,6 +17,10 @@ CONTAINER_NAME = "pytorch"  # the operator finds the container by this name
 PORT_NAME = "pytorchjob-port"  # ... and the rendezvous port by this one
 JOB_LABEL = "ferry.dev/job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Set on the pod template at submission (`ferry submit`, or by hand) so every replica and
+# restart of one submission logs to the same MLflow run. Absent, the value is empty and the
+# runtime falls back to <namespace>/<job>.
+SUBMISSION_LABEL = "ferry.dev/submission"
 
 
 def ferry_env(job: TrainingJob) -> dict[str, str]:
@@ -45,6 +49,8 @@ def _env(job: TrainingJob) -> list[k8s.V1EnvVar]:
     env += [_pod.env_value(k, v) for k, v in ferry_env(job).items()]
     if job.tracking is not None:
         env.append(_pod.env_from_ref("MLFLOW_TRACKING_URI", job.tracking.uri_from))
+        env.append(k8s.V1EnvVar(name="FERRY_SUBMISSION_ID", value_from=k8s.V1EnvVarSource(
+            field_ref=k8s.V1ObjectFieldSelector(field_path=f"metadata.labels['{SUBMISSION_LABEL}']"))))
     return env
 
 

@@ -4,22 +4,32 @@ rank-0 MLflow tracking (one run per submission), and atomic checkpoints (local o
     ctx = ferry.runtime.init()
     with ferry.runtime.Tracker(is_primary=ctx.is_primary) as tracker:
         ...
+
+Names resolve lazily (PEP 562): importing ``ferry.runtime`` (as the tracking sidecar's
+``python -m`` does) does not import torch.
 """
 
-from ferry.runtime._checkpoint import Checkpointer, LocalStorage, S3Storage, storage_for
-from ferry.runtime._dist import PROGRESS_PREFIX, Context, init, progress, shutdown
-from ferry.runtime._tracking import SUBMISSION_TAG, Tracker
+from __future__ import annotations
 
-__all__ = [
-    "PROGRESS_PREFIX",
-    "SUBMISSION_TAG",
-    "Checkpointer",
-    "Context",
-    "LocalStorage",
-    "S3Storage",
-    "Tracker",
-    "init",
-    "progress",
-    "shutdown",
-    "storage_for",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Checkpointer": "_checkpoint", "LocalStorage": "_checkpoint", "S3Storage": "_checkpoint", "storage_for": "_checkpoint",
+    "Context": "_dist", "init": "_dist", "progress": "_dist", "shutdown": "_dist", "PROGRESS_PREFIX": "_dist",
+    "SUBMISSION_TAG": "_tracking", "Tracker": "_tracking",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ferry.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ferry.runtime.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

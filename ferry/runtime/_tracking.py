@@ -3,10 +3,12 @@ waits for the tracking server.
 
 - Every rank and every restart of a submission writes to the SAME run: the run is found by the
   ``ferry.submission_id`` tag and resumed, never created per process.
-- ``log_metrics`` only appends to a bounded in-memory buffer; a background thread sends
-  batches. While the server is unreachable the buffer holds the points (oldest dropped past
-  the bound, with a warning) and they are sent when it is back.
-- ``close`` flushes what is left, waiting for the server up to ``FERRY_FLUSH_TIMEOUT`` seconds.
+- ``log_metrics`` only appends to a list; the points travel down a pipe to the tracking
+  sidecar (``_sidecar.py``), a separate niced process that owns MLflow's client and the
+  system-metrics sampler, so tracking never contends for the trainer's GIL. While the server
+  is unreachable the sidecar holds the points (bounded) and sends them when it is back.
+- ``close`` ends the pipe; the sidecar flushes what is left, waiting for the server up to
+  ``FERRY_FLUSH_TIMEOUT`` seconds. Points in the pipe survive even a SIGKILL of the trainer.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from ferry import settings
@@ -23,7 +24,6 @@ from ferry import settings
 log = logging.getLogger("ferry.tracking")
 
 SUBMISSION_TAG = "ferry.submission_id"
-_BATCH = 1000  # MLflow's per-request limit for log_batch metrics
 
 
 def _default_mlflow_http_env() -> None:
@@ -52,14 +52,9 @@ class Tracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.resumed = False
-        self.dropped = 0
+        self.buffer_size = buffer_size or int(settings.FERRY_METRICS_BUFFER.get() or 100000)
         self._client = client
-        self._buffer: deque[Any] = deque(maxlen=buffer_size or int(settings.FERRY_METRICS_BUFFER.get() or 100000))
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._unreachable_since: float | None = None
+        self._pipe: _MetricPipe | None = None
 
     @staticmethod
     def _fallback_submission() -> str:
@@ -97,11 +92,12 @@ class Tracker:
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={SUBMISSION_TAG: self.submission_id})
             self.run_id = run.info.run_id
-        # The fluent run drives MLflow's system-metrics thread and log_model.
-        mlflow.start_run(run_id=self.run_id, log_system_metrics=self.system_metrics)
+        # The fluent run is for log_model; metrics and system metrics go through the sidecar.
+        mlflow.start_run(run_id=self.run_id, log_system_metrics=False)
+        self._pipe = _MetricPipe(self.tracking_uri, self.run_id, buffer_size=self.buffer_size,
+                                 interval=self.flush_interval, system_metrics=self.system_metrics,
+                                 resume=self.resumed, flush_timeout=_flush_timeout())
         self._log_job_identity()
-        self._thread = threading.Thread(target=self._flush_loop, name="ferry-metrics", daemon=True)
-        self._thread.start()
         _exit_cleanly_on_sigterm()
         return self.run_id
 
@@ -140,19 +136,19 @@ class Tracker:
         run with ``status``. A FAILED run is still resumed by the submission's next attempt."""
         if not self.is_primary or self.run_id is None:
             return
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-        deadline = time.monotonic() + (timeout if timeout is not None else float(settings.FERRY_FLUSH_TIMEOUT.get() or 300))
-        while self._buffer and time.monotonic() < deadline:
-            if not self._flush_once():
-                time.sleep(1.0)
-        if self._buffer:
-            log.error("gave up on %d metric point(s): tracking server %s unreachable", len(self._buffer), self.tracking_uri)
         import mlflow
 
-        self._retry(lambda: mlflow.end_run(status=status), deadline)
+        deadline = time.monotonic() + (timeout if timeout is not None else _flush_timeout())
+        if status != "FINISHED":
+            # Mark the attempt first: if this process is cut short now, MLflow's atexit hook
+            # would otherwise end the active run as FINISHED and the restart would not resume it.
+            mlflow.end_run(status=status)
+        if self._pipe is not None:
+            if self._pipe.close(timeout=max(1.0, deadline - time.monotonic()) + 15) != 0:
+                log.error("some metrics could not be sent to %s (see the sidecar's messages above)", self.tracking_uri)
+            self._pipe = None
+        if status == "FINISHED":
+            self._retry(lambda: mlflow.end_run(status=status), deadline)
 
     def __enter__(self) -> Tracker:
         self.start()
@@ -162,85 +158,31 @@ class Tracker:
         if exc_type is None:
             self.close("FINISHED")
         else:
-            if self.is_primary and self.run_id:
-                try:
-                    self.client.set_tag(self.run_id, "ferry.last_error", f"{exc_type.__name__}: {exc}"[:5000])
-                except Exception:  # noqa: BLE001 - best effort while failing anyway
-                    pass
+            _ignore_sigterm()  # a second SIGTERM must not cut the clean-up short
+            self.set_tags({"ferry.last_error": f"{exc_type.__name__}: {exc}"})
             self.close("FAILED", timeout=30)
 
     # ---- logging -------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
-        """Log parameters once per run (a resumed run keeps those already logged)."""
-        if not self.is_primary or self.run_id is None:
-            return
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100])
+        """Log parameters once per run (a resumed run keeps those already logged). Sent by the
+        sidecar, so an unreachable server does not stop training."""
+        if self._pipe is not None:
+            self._pipe.put_fields("p", {k: str(v)[:6000] for k, v in params.items()})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if self.is_primary and self.run_id is not None:
-            from mlflow.entities import RunTag
+        if self._pipe is not None:
+            self._pipe.put_fields("t", {k: str(v)[:5000] for k, v in tags.items()})
 
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Block until the tracking sidecar has started (it starts in the background; a job
+        need not wait, points queue up meanwhile). True when ready."""
+        return self._pipe.wait_ready(timeout) if self._pipe is not None else True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Queue metric points; returns at once, whatever the server's state."""
-        if not self.is_primary or self.run_id is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        with self._lock:
-            for key, value in metrics.items():
-                if len(self._buffer) == self._buffer.maxlen:
-                    self.dropped += 1
-                    if self.dropped == 1:
-                        log.warning("metric buffer full (%d points): dropping the oldest", self._buffer.maxlen)
-                self._buffer.append(Metric(key, float(value), now, int(step)))
-        if len(self._buffer) >= _BATCH:
-            self._wake.set()
-
-    def pending(self) -> int:
-        return len(self._buffer)
-
-    def _flush_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            while self._buffer and not self._stop.is_set():
-                if not self._flush_once():
-                    self._stop.wait(min(5.0, self.flush_interval * 2))
-                    break
-
-    def _flush_once(self) -> bool:
-        with self._lock:
-            batch = [self._buffer[i] for i in range(min(_BATCH, len(self._buffer)))]
-        if not batch:
-            return True
-        try:
-            self.client.log_batch(self.run_id, metrics=batch)
-        except Exception as exc:  # noqa: BLE001 - any failure means: keep the points, retry later
-            if self._unreachable_since is None:
-                self._unreachable_since = time.monotonic()
-                log.warning("tracking server %s unreachable (%s); buffering metrics, training goes on",
-                            self.tracking_uri, type(exc).__name__)
-            return False
-        with self._lock:
-            for _ in range(len(batch)):
-                if self._buffer and self._buffer[0] is batch[0]:
-                    self._buffer.popleft()
-                    batch.pop(0)
-                else:
-                    break
-        if self._unreachable_since is not None:
-            log.warning("tracking server reachable again after %.1fs; buffered metrics sent",
-                        time.monotonic() - self._unreachable_since)
-            self._unreachable_since = None
-        return True
+        """Queue metric points for the sidecar; returns at once, whatever the server's state."""
+        if self._pipe is not None:
+            now = int(time.time() * 1000)
+            self._pipe.put([(key, float(value), now, int(step)) for key, value in metrics.items()])
 
     def _retry(self, call: Any, deadline: float) -> Any:
         while True:
@@ -275,7 +217,7 @@ class Tracker:
         with torch.no_grad():
             output = model(torch.as_tensor(input_example)).numpy()
         signature = infer_signature(input_example, output)
-        deadline = time.monotonic() + (timeout if timeout is not None else float(settings.FERRY_FLUSH_TIMEOUT.get() or 300))
+        deadline = time.monotonic() + (timeout if timeout is not None else _flush_timeout())
         info = self._retry(
             lambda: mlflow.pytorch.log_model(
                 model, name="model", signature=signature, input_example=input_example,
@@ -295,6 +237,88 @@ class Tracker:
         return f"{str(self.tracking_uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
+def _flush_timeout() -> float:
+    return float(settings.FERRY_FLUSH_TIMEOUT.get() or 300)
+
+
+class _MetricPipe:
+    """The trainer's end of the sidecar: points go into a list; a writer thread sends them
+    down the pipe as one JSON line per interval (C-speed encoding, no MLflow in this process)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, *, buffer_size: int, interval: float,
+                 system_metrics: bool, resume: bool, flush_timeout: float):
+        import subprocess
+        import sys
+
+        argv = [sys.executable, "-m", "ferry.runtime._sidecar", "--tracking-uri", tracking_uri, "--run-id", run_id,
+                "--buffer", str(buffer_size), "--interval", str(interval), "--flush-timeout", str(flush_timeout)]
+        argv += ["--system-metrics"] if system_metrics else []
+        argv += ["--resume"] if resume else []
+        # Its own session: stopping the trainer's process group (SIGTERM, then SIGKILL) must not
+        # cut the final flush short; it ends by itself at end of input.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        self.interval = interval
+        self._points: list[tuple[str, float, int, int]] = []
+        self._fields: dict[str, dict[str, str]] = {"p": {}, "t": {}}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._broken = False
+        self._writer = threading.Thread(target=self._write_loop, name="ferry-metrics", daemon=True)
+        self._writer.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        import select
+
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return bool(ready) and self.proc.stdout.readline().strip() == b"ready"
+
+    def put(self, points: list[tuple[str, float, int, int]]) -> None:
+        with self._lock:
+            self._points.extend(points)
+
+    def put_fields(self, kind: str, values: dict[str, str]) -> None:
+        """Params ("p") or tags ("t"), sent with the next batch."""
+        with self._lock:
+            self._fields[kind].update(values)
+
+    def _send(self) -> None:
+        import json
+
+        with self._lock:
+            message = {"m": self._points, **{k: v for k, v in self._fields.items() if v}}
+            self._points, self._fields = [], {"p": {}, "t": {}}
+        if len(message) == 1 and not message["m"] or self._broken:
+            return
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._broken = True
+            log.error("the tracking sidecar exited (code %s); metrics are no longer recorded", self.proc.poll())
+
+    def _write_loop(self) -> None:
+        while not self._done.wait(self.interval):
+            self._send()
+        self._send()
+
+    def close(self, timeout: float) -> int:
+        """Send what is left, end the input, wait for the sidecar's final flush."""
+        self._done.set()
+        self._writer.join()
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            return self.proc.wait(timeout=timeout)
+        except Exception:  # noqa: BLE001 - TimeoutExpired: do not hang the job's end
+            self.proc.kill()
+            return self.proc.wait()
+
+
 def _exit_cleanly_on_sigterm() -> None:
     """Kubernetes (and the local executor) stop a replica with SIGTERM. Python's default is to
     die on the spot, losing buffered metrics; raise SystemExit instead so ``with Tracker``
@@ -306,6 +330,13 @@ def _exit_cleanly_on_sigterm() -> None:
             raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, handler)
+
+
+def _ignore_sigterm() -> None:
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _requirements() -> list[str]:

@@ -1,0 +1,227 @@
+"""The tracking sidecar: a separate, niced process that owns every MLflow write of metrics.
+
+Rank 0 starts it (``python -m ferry.runtime._sidecar``) and pipes metric points to it as JSON
+lines. Keeping MLflow's client (~55 µs of Python per point in the SQL store) and the system
+metrics sampler out of the training process means they never contend for its GIL, and the
+lower priority lets the kernel schedule them into the trainer's idle gaps.
+
+It buffers points (bounded; the oldest are dropped past the bound, with a warning), sends
+them in batches, keeps them while the tracking server is unreachable, and on end of input
+(the trainer closed the pipe, or died) flushes what is left, waiting for the server up to
+``--flush-timeout`` seconds. Exit code 0: everything sent; 3: points were given up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+log = logging.getLogger("ferry.tracking")
+_BATCH = 1000  # MLflow's per-request limit for log_batch metrics
+
+
+class Sender:
+    def __init__(self, client: Any, run_id: str, buffer_size: int, interval: float):
+        self.client, self.run_id, self.interval = client, run_id, interval
+        self.buffer: deque[tuple[str, float, int, int]] = deque(maxlen=buffer_size)
+        self.params: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.eof = threading.Event()
+        self.dropped = 0
+        self.unreachable_since: float | None = None
+
+    def read(self, stream: Any) -> None:
+        for line in stream:
+            message = json.loads(line)
+            with self.lock:
+                self.params.update(message.get("p", {}))
+                self.tags.update(message.get("t", {}))
+                for point in message.get("m", []):
+                    if len(self.buffer) == self.buffer.maxlen:
+                        self.dropped += 1
+                        if self.dropped == 1:
+                            log.warning("metric buffer full (%d points): dropping the oldest", self.buffer.maxlen)
+                    self.buffer.append(tuple(point))
+        self.eof.set()
+
+    def pending(self) -> bool:
+        return bool(self.buffer or self.params or self.tags)
+
+    def _send_fields(self) -> None:
+        from mlflow.entities import Param, RunTag
+
+        with self.lock:
+            params, tags = dict(self.params), dict(self.tags)
+        if params:  # a resumed run keeps the params it has (MLflow refuses to change one)
+            existing = self.client.get_run(self.run_id).data.params
+            new = [Param(k, v) for k, v in params.items() if k not in existing]
+            for i in range(0, len(new), 100):
+                self.client.log_batch(self.run_id, params=new[i : i + 100])
+        items = [RunTag(k, v) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
+        with self.lock:
+            for key in params:
+                if self.params.get(key) == params[key]:
+                    del self.params[key]
+            for key in tags:
+                if self.tags.get(key) == tags[key]:
+                    del self.tags[key]
+
+    def flush_once(self) -> bool:
+        from mlflow.entities import Metric
+
+        with self.lock:
+            batch = [self.buffer[i] for i in range(min(_BATCH, len(self.buffer)))]
+        if not batch and not self.params and not self.tags:
+            return True
+        try:
+            if self.params or self.tags:
+                self._send_fields()
+            if batch:
+                self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v, ts, step in batch])
+        except Exception as exc:  # noqa: BLE001 - any failure: keep the points, retry later
+            if self.unreachable_since is None:
+                self.unreachable_since = time.monotonic()
+                log.warning("tracking server unreachable (%s); buffering metrics, training goes on", type(exc).__name__)
+            return False
+        with self.lock:
+            for point in batch:  # drop what was sent (unless the bound already pushed it out)
+                if self.buffer and self.buffer[0] is point:
+                    self.buffer.popleft()
+        if self.unreachable_since is not None:
+            log.warning("tracking server reachable again after %.1fs; buffered metrics sent",
+                        time.monotonic() - self.unreachable_since)
+            self.unreachable_since = None
+        return True
+
+    def run_until_eof(self) -> None:
+        while not self.eof.is_set():
+            self.eof.wait(self.interval)
+            while self.pending() and self.flush_once():
+                if len(self.buffer) < _BATCH:
+                    break
+            if self.unreachable_since is not None:
+                time.sleep(min(5.0, self.interval * 2))
+
+    def run(self, flush_timeout: float) -> int:
+        """After end of input: send everything left, waiting for the server up to the timeout."""
+        deadline = time.monotonic() + flush_timeout
+        while self.pending() and time.monotonic() < deadline:
+            if not self.flush_once():
+                time.sleep(1.0)
+        if self.pending():
+            log.error("gave up on %d metric point(s), %d param(s), %d tag(s): tracking server unreachable",
+                      len(self.buffer), len(self.params), len(self.tags))
+            return 3
+        return 0
+
+
+class SystemSampler:
+    """System metrics (CPU, memory, disk, network, GPU when present) with MLflow's own
+    collectors, fed into the Sender as ``system/*`` points: the same buffering and outage
+    handling as training metrics (MLflow's monitor thread stops for good on one failed call)."""
+
+    PREFIX = "system/"
+
+    def __init__(self, sender: Sender, interval: float, resume: bool):
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
+        self.sender, self.interval = sender, interval
+        self.monitors: list[Any] = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+        try:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+            self.monitors.append(GPUMonitor())
+        except Exception:  # noqa: BLE001 - no NVIDIA GPU / pynvml: CPU metrics only
+            pass
+        self.step = self._next_step() if resume else 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="ferry-system-metrics", daemon=True)
+
+    def _next_step(self) -> int:
+        try:
+            history = self.sender.client.get_metric_history(self.sender.run_id, f"{self.PREFIX}cpu_utilization_percentage")
+            return max((m.step for m in history), default=-1) + 1
+        except Exception:  # noqa: BLE001 - unreachable at start: steps restart at 0
+            return 0
+
+    def sample(self) -> None:
+        now = int(time.time() * 1000)
+        metrics: dict[str, float] = {}
+        for monitor in self.monitors:
+            try:
+                monitor.collect_metrics()
+                metrics.update(monitor.aggregate_metrics())
+                monitor.clear_metrics()
+            except Exception:  # noqa: BLE001 - one collector failing must not stop the rest
+                continue
+        with self.sender.lock:
+            for key, value in metrics.items():
+                self.sender.buffer.append((self.PREFIX + key, float(value), now, self.step))
+        self.step += 1
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self.thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sample()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferry-tracking-sidecar")
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--buffer", type=int, default=100_000)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--flush-timeout", type=float, default=300.0)
+    parser.add_argument("--system-metrics", action="store_true")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s %(message)s")
+    # Stop only at end of input: the trainer decides when tracking ends (and SIGKILL still works).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(10)
+    except OSError:  # pragma: no cover - not permitted: run at normal priority
+        pass
+    from mlflow import MlflowClient
+
+    sender = Sender(MlflowClient(tracking_uri=args.tracking_uri), args.run_id, args.buffer, args.interval)
+    reader = threading.Thread(target=sender.read, args=(sys.stdin.buffer,), daemon=True)
+    reader.start()
+    flusher = threading.Thread(target=sender.run_until_eof, daemon=True)
+    flusher.start()
+    sampler = None
+    if args.system_metrics:
+        sampler = SystemSampler(sender, float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10), args.resume)
+        sampler.start()
+    print("ready", flush=True)  # the trainer may wait for this (Tracker.wait_ready)
+    sender.eof.wait()
+    if sampler is not None:
+        sampler.finish()  # a last sample, so even a short job has system metrics
+    flusher.join()
+    return sender.run(args.flush_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
