@@ -19,6 +19,14 @@ SURFACE = {
         "write_rendered",
     ],
     "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
+    "ferry.runtime": [
+        "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "S3Storage", "SUBMISSION_TAG", "Tracker",
+        "init", "progress", "shutdown", "storage_for",
+    ],
+    "ferry.local": [
+        "JobResult", "LocalExecutor", "LocalStore", "Replica", "apply_overrides", "free_port", "operator_env",
+        "plan", "run_job", "tracking_env",
+    ],
 }
 
 
