@@ -195,3 +195,17 @@ def test_ctrl_c_stops_every_replica(tmp_path):
     for pid in pids:  # no orphan left behind
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("extra,world,nnodes", [
+    ({"procs_per_worker": "2"}, 4, "2"),  # torchrun launches 2 processes in each of 2 "pods"
+    ({"elastic": "Elastic(min_workers=1, max_workers=2)"}, 2, "1:2"),  # c10d rendezvous
+], ids=["procs-per-worker", "elastic"])
+def test_torchrun_launch_paths(extra, world, nnodes, tmp_path):
+    job = _probe_job(tmp_path, "tests.jobs.probe", **extra)
+    job.write_text("from ferry import Elastic\n" + job.read_text())
+    result = ferry_run(str(job), env={"FERRY_HOME": str(tmp_path / ".ferry")}, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:]
+    probes = [json.loads(line.split("PROBE ", 1)[1]) for line in result.stdout.splitlines() if "PROBE " in line]
+    assert sorted(p["rank"] for p in probes) == list(range(world))
+    assert all(p["sum"] == sum(range(world)) and p["env"]["PET_NNODES"] == nnodes for p in probes)
