@@ -145,6 +145,32 @@ def ui(
 
 
 @app.command()
+@fail_cleanly
+def serve(
+    model_uri: Annotated[str, typer.Argument(help="models:/name@alias, models:/name/N, runs:/..., s3://... or a local path.")],
+    name: Annotated[str | None, typer.Option(help="Model name in the API (default: from the URI).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a pod).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    max_batch_size: Annotated[int, typer.Option(help="Most rows per model call.")] = 32,
+    max_latency_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch under load.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Requests queued before answering 503.")] = 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 8 << 20,
+) -> None:
+    """Serve a model over KServe's Open Inference Protocol v2 and v1 REST APIs."""
+    from ferry import settings
+    from ferry.local import embedded_tracking_uri
+
+    if not settings.MLFLOW_TRACKING_URI.is_set():
+        import os
+
+        os.environ["MLFLOW_TRACKING_URI"] = embedded_tracking_uri()  # models:/ from the embedded store
+    from ferry.serve import serve as run_server
+
+    run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
+               max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes)
+
+
+@app.command()
 def version() -> None:
     """Print Ferry's version."""
     from ferry import __version__

@@ -23,6 +23,7 @@ SURFACE = {
         "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "S3Storage", "SUBMISSION_TAG", "Tracker",
         "init", "progress", "shutdown", "storage_for",
     ],
+    "ferry.serve": ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"],
     "ferry.local": [
         "JobResult", "LocalExecutor", "LocalStore", "Replica", "apply_overrides", "free_port", "operator_env",
         "plan", "run_job", "tracking_env",

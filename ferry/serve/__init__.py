@@ -1,0 +1,51 @@
+"""Ferry's model server: Open Inference Protocol v2 and KServe v1 REST, dynamic batching,
+Prometheus metrics, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+from ferry.serve._app import Metrics, ModelServer
+from ferry.serve._batcher import DynamicBatcher
+from ferry.serve._errors import InferenceError
+from ferry.serve._model import LoadedModel, TensorInfo, load_model
+
+__all__ = ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"]
+
+
+def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8080,
+          max_batch_size: int = 32, max_latency_ms: float = 5.0, max_queue: int = 1024,
+          max_body_bytes: int = 8 << 20, drain_seconds: int = 30) -> None:
+    """Serve ``model_uri`` until SIGTERM/SIGINT; in-flight requests are answered first."""
+    import uvicorn
+
+    served_name = name or _default_name(model_uri)
+    app = ModelServer(lambda: load_model(model_uri, served_name), name=served_name, max_batch_size=max_batch_size,
+                      max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # uvicorn drains on SIGTERM, then re-raises the signal through the handler it found at
+    # start; make that one a no-op so a drained server exits 0 (not 143), whatever the model's
+    # libraries installed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                timeout_graceful_shutdown=drain_seconds, http="httptools", loop="uvloop" if _has_uvloop() else "asyncio")
+
+
+def _default_name(uri: str) -> str:
+    from pathlib import PurePosixPath
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "models":
+        return uri[len("models:/"):].split("@")[0].split("/")[0]
+    parts = [p for p in PurePosixPath(parsed.path or uri).parts if p not in ("/", "model", "artifacts")]
+    return parts[-1] if parts else "model"
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

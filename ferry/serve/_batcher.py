@@ -1,0 +1,97 @@
+"""Dynamic batching across concurrent requests.
+
+Requests queue up (bounded: a full queue answers 503 rather than growing without limit). One
+worker takes everything queued, up to ``max_batch_size`` rows, runs the model once in a
+single inference thread and splits the result. It waits up to ``max_latency_ms`` for more
+rows only when it found more than one request queued (the server is under load): at low load
+a lone request runs at once and pays no batching delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ferry.serve._errors import Overloaded
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray] = field(repr=False)
+
+
+class DynamicBatcher:
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 32,
+                 max_latency_ms: float = 5.0, max_queue: int = 1024, on_batch: Callable[[int], None] | None = None):
+        self.predict, self.max_batch_size, self.max_latency = predict, max_batch_size, max_latency_ms / 1000
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
+        self.on_batch = on_batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-infer")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=True)
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(_Item(x, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"server overloaded: {self.queue.maxsize} requests already queued; retry later") from None
+        return await future
+
+    def _drain(self, items: list[_Item], rows: int) -> int:
+        while rows < self.max_batch_size and not self.queue.empty():
+            item = self.queue.get_nowait()
+            items.append(item)
+            rows += len(item.x)
+        return rows
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            items = [first]
+            rows = self._drain(items, len(first.x))
+            if len(items) > 1 and rows < self.max_batch_size and self.max_latency > 0:
+                deadline = loop.time() + self.max_latency
+                while rows < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                    items.append(item)
+                    rows = self._drain(items, rows + len(item.x))
+            await self._execute(loop, items, rows)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, items: list[_Item], rows: int) -> None:
+        batch = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+        if self.on_batch is not None:
+            self.on_batch(rows)
+        try:
+            out = await loop.run_in_executor(self._executor, self.predict, batch)
+        except Exception as exc:  # noqa: BLE001 - the model failed: each caller gets the error
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        start = 0
+        for item in items:
+            n = len(item.x)
+            if not item.future.done():
+                item.future.set_result(out[start:start + n])
+            start += n

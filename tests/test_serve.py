@@ -1,0 +1,222 @@
+"""``ferry serve`` with real parts: a model trained and logged with MLflow in the test, the
+server as a separate process on 127.0.0.1, KServe's own REST client and data models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+FERRY = str(Path(sys.executable).with_name("ferry"))
+
+
+def _train_and_log(tmp: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    """A tiny digits MLP, trained for a moment and registered as tiny-digits/1 (pt2) and /2 (ONNX)."""
+    import mlflow
+    import mlflow.onnx
+    import mlflow.pytorch
+    import onnx
+    import torch
+    from mlflow.models import infer_signature
+
+    from jobs.digits.data import load_split
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("serve-test", artifact_location=(tmp / "artifacts").as_uri())
+    (x, y), (x_test, _) = load_split(7)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    example = x_test[:8]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x_test[:16])).numpy()
+    signature = infer_signature(example, model(torch.from_numpy(example)).detach().numpy())
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                 registered_model_name="tiny-digits", serialization_format="pt2", pip_requirements=["torch"])
+        onnx_path = tmp / "tiny.onnx"
+        torch.onnx.export(model, (torch.from_numpy(example),), str(onnx_path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="onnx", signature=signature,
+                              registered_model_name="tiny-digits", pip_requirements=["onnxruntime"])
+    return uri, x_test[:16], expected
+
+
+class Server:
+    def __init__(self, uri: str, tracking: str, *args: str):
+        from tests._servers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([FERRY, "serve", uri, "--port", str(self.port), *args],
+                                     env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.saw_not_ready = False
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            try:
+                r = httpx.get(f"{self.url}/v2/health/ready", timeout=1)
+                if r.status_code == 200:
+                    return
+                self.saw_not_ready |= r.status_code == 503 and r.json() == {"ready": False}
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("server never became ready")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return _train_and_log(tmp_path_factory.mktemp("serve-model"))
+
+
+@pytest.fixture(scope="module", params=["models:/tiny-digits/1", "models:/tiny-digits/2"], ids=["pytorch-pt2", "onnx"])
+def server(request, model):
+    tracking, _, _ = model
+    srv = Server(request.param, tracking, "--name", "tiny-digits")
+    srv.wait_ready()
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_readiness_false_until_loaded(server):
+    assert server.saw_not_ready  # /v2/health/ready answered 503 while the model loaded
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+
+
+def test_v2_and_v1_with_kserve_client_match_the_model(server, model):
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    _, x, expected = model
+
+    async def call():
+        v2 = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+        request = InferRequest(model_name="tiny-digits", infer_inputs=[InferInput("x", list(x.shape), "FP32", x)], request_id="r-1")
+        response = await v2.infer(server.url, request, model_name="tiny-digits")
+        assert await v2.is_model_ready(server.url, "tiny-digits")
+        await v2.close()
+        v1 = InferenceRESTClient(RESTConfig(protocol="v1", retries=0))
+        predictions = await v1.infer(server.url, {"instances": x.tolist()}, model_name="tiny-digits")
+        await v1.close()
+        return response, predictions
+
+    response, predictions = asyncio.run(call())
+    assert response.id == "r-1" and response.model_name == "tiny-digits"
+    out = response.outputs[0].as_numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(predictions["predictions"]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_metadata(server):
+    meta = httpx.get(f"{server.url}/v2/models/tiny-digits").json()
+    assert meta["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert meta["platform"] in ("pytorch", "onnx")
+    assert httpx.get(f"{server.url}/v1/models/tiny-digits").json() == {"name": "tiny-digits", "ready": True}
+
+
+def _v2(data, shape, datatype="FP32"):
+    return {"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]}
+
+
+BAD = [
+    ("POST", "/v2/models/tiny-digits/infer", b"{not json", 400, "not valid JSON"),
+    ("POST", "/v2/models/tiny-digits/infer", _v2([0.0] * 64, [1, 64]), 400, "does not match the model's input [N, 1, 8, 8]"),
+    ("POST", "/v2/models/tiny-digits/infer", _v2([0.0] * 10, [1, 1, 8, 8]), 400, "has 10 values; shape [1, 1, 8, 8] needs 64"),
+    ("POST", "/v2/models/tiny-digits/infer", _v2(["a"] * 64, [1, 1, 8, 8], "BYTES"), 400, "the model expects 'FP32'"),
+    ("POST", "/v2/models/tiny-digits/infer", _v2(["a"] * 64, [1, 1, 8, 8]), 400, "not a flat list of FP32"),
+    ("POST", "/v2/models/tiny-digits/infer", {"input": []}, 400, '"inputs" is missing'),
+    ("POST", "/v1/models/tiny-digits:predict", {"instances": [[1, 2], [3]]}, 400, "rectangular array"),
+    ("POST", "/v1/models/tiny-digits:predict", {"rows": []}, 400, '{"instances": [...]}'),
+    ("POST", "/v2/models/other/infer", _v2([0.0] * 64, [1, 1, 8, 8]), 404, "model 'other' is not served here"),
+    ("GET", "/v2/models/tiny-digits/infer", None, 405, "use POST"),
+    ("GET", "/v3/anything", None, 404, "no route"),
+    ("POST", "/v2/models/tiny-digits/infer", _v2([0.0] * 64 * 40000, [40000, 1, 8, 8]), 413, "over the limit"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,message", BAD, ids=[f"{b[3]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_requests_get_4xx_with_a_message(server, method, path, body, status, message):
+    content = body if isinstance(body, bytes) or body is None else httpx.Request("POST", "/", json=body).content
+    r = httpx.request(method, f"{server.url}{path}", content=content, timeout=30)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+
+
+def test_load_with_malformed_payloads_never_5xx(server, model):
+    _, x, _ = model
+    good = httpx.Request("POST", "/", json=_v2(x[:1].ravel().tolist(), [1, 1, 8, 8])).content
+    bad = [b"{oops", httpx.Request("POST", "/", json=_v2([1.0], [1, 1, 8, 8])).content]
+
+    async def run():
+        codes: list[tuple[bool, int, str]] = []
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+            async def worker(offset: int):
+                for i in range(offset, 5000, 32):
+                    malformed = i % 10 == 0
+                    body = bad[i % 2] if malformed else good
+                    r = await client.post("/v2/models/tiny-digits/infer", content=body)
+                    codes.append((malformed, r.status_code, r.text))
+            await asyncio.gather(*(worker(k) for k in range(32)))
+        return codes
+
+    codes = asyncio.run(run())
+    assert len(codes) == 5000
+    assert not [c for c in codes if c[1] >= 500]
+    malformed = [c for c in codes if c[0]]
+    assert len(malformed) == 500 and all(400 <= code < 500 and '"error"' in text for _, code, text in malformed)
+    assert all(code == 200 for m, code, _ in codes if not m)
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'ferry_requests_total{code="400",model="tiny-digits",protocol="v2"}' in metrics
+    assert "ferry_batch_size_bucket" in metrics and "ferry_queue_depth" in metrics
+
+
+def test_sigterm_drains_in_flight_requests(model):
+    tracking, x, _ = model
+    srv = Server("models:/tiny-digits/1", tracking, "--name", "tiny-digits", "--max-batch-size", "4096")
+    srv.wait_ready()
+    big = httpx.Request("POST", "/", json=_v2(np.tile(x, (256, 1, 1, 1)).ravel().tolist(), [4096, 1, 8, 8])).content
+
+    async def run():
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            tasks = [asyncio.create_task(client.post("/v2/models/tiny-digits/infer", content=big)) for _ in range(16)]
+            await asyncio.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert srv.proc.wait(timeout=60) == 0
+    answered = [r for r in results if isinstance(r, httpx.Response)]
+    assert answered and all(r.status_code == 200 for r in answered)
+    # requests already received were answered; any refused ones were refused at connect, not dropped mid-way
+    assert all(isinstance(r, (httpx.Response, httpx.ConnectError)) for r in results), results
