@@ -26,7 +26,7 @@ test: $(STAMP)
 
 # Regenerate the golden manifests under manifests/examples (never in CI).
 golden: $(STAMP)
-	FERRY_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden.py
+	FERRY_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden.py tests/test_deploy.py -k golden
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -4,9 +4,11 @@ kserve or Kubernetes client is imported until a function that needs one runs."""
 
 from ferry.errors import ConfigError, FerryError, JobFileError, ManifestInvalid, SpecError
 from ferry.spec import (
+    Autoscaling,
     Checkpointing,
     ConfigMapKeyRef,
     ConfigMapVolume,
+    Deployment,
     Elastic,
     EmptyDirVolume,
     GangScheduling,
@@ -23,10 +25,12 @@ from ferry.spec import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autoscaling",
     "Checkpointing",
     "ConfigError",
     "ConfigMapKeyRef",
     "ConfigMapVolume",
+    "Deployment",
     "Elastic",
     "EmptyDirVolume",
     "FerryError",

@@ -84,6 +84,43 @@ def render(
 
 @app.command()
 @fail_cleanly
+def deploy(
+    deploy_files: Annotated[list[Path], typer.Argument(help="Python files defining Deployment objects.")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/inferenceservice.yaml and OUT/clusterservingruntime.yaml; default: stdout.")] = None,
+    crd_dir: CrdDirOption = None,
+    image: Annotated[str | None, typer.Option(help="Image of Ferry's serving runtime.")] = None,
+) -> None:
+    """Resolve each Deployment's model to a pinned version and render its InferenceService."""
+    from ferry import settings
+    from ferry.local import embedded_tracking_uri
+    from ferry.registry import resolve_model
+    from ferry.render import Rendered, dump_yaml, render_serving_runtime, render_spec, write_rendered
+    from ferry.spec import SERVE_IMAGE, Deployment, load_specs
+    from ferry.validate import find_crd_dir, validate_manifests
+
+    specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.MLFLOW_TRACKING_URI.get() or embedded_tracking_uri())
+    rendered = []
+    for spec in specs:
+        resolved = resolve_model(spec.model, client)
+        if resolved.storage_uri.startswith("file:"):
+            _stderr().print(f"[yellow]warning:[/] {spec.name}: {resolved.storage_uri} is a local path a cluster cannot "
+                            "fetch; track to a server with an S3 artifact store for cluster deployments")
+        rendered += render_spec(spec, resolved)
+    rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image or SERVE_IMAGE)))
+    crd_dir = crd_dir or find_crd_dir()
+    validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir, require_crds=crd_dir is not None)
+    if out is None:
+        sys.stdout.write(dump_yaml([item.doc for item in rendered]))
+        return
+    for path in write_rendered(rendered, out):
+        _stderr().print(f"wrote {path}")
+
+
+@app.command()
+@fail_cleanly
 def validate(
     manifests: Annotated[list[Path], typer.Argument(help="YAML files (multi-document allowed).")],
     crd_dir: CrdDirOption = None,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -58,3 +59,22 @@ def moto_s3(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def scoped_tracking_uri(uri: str):
+    """``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into os.environ, which every
+    later subprocess would inherit: set it for a block only, then put both back."""
+    import mlflow
+
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env

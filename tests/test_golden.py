@@ -24,7 +24,7 @@ def _rendered():
 def test_every_example_job_has_a_golden_file():
     assert len(JOB_FILES) >= 3
     rendered = {item.relpath for item in _rendered()}
-    on_disk = {str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*.yaml")}
+    on_disk = {str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*.yaml") if p.relative_to(GOLDEN).parts[0] != "deploy"}
     if UPDATE:
         for stale in on_disk - rendered:
             (GOLDEN / stale).unlink()

@@ -20,8 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 FERRY = str(Path(sys.executable).with_name("ferry"))
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without a tracking URI (each test names its own store)."""
+    return {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **extra}
+
+
 def ferry_run(*args: str, env: dict[str, str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FERRY, "run", *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([FERRY, "run", *args], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
 def client_for(uri: str):
@@ -71,7 +76,7 @@ def _wait_for(predicate, timeout: float, what: str):
 def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
     home = tmp_path / ".ferry"
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=80"], cwd=REPO,
-                            env={**os.environ, "FERRY_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=clean_env(FERRY_HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latest = home / "volumes" / "ferry-checkpoints" / "digits" / "latest"
     try:
         _wait_for(lambda: latest.exists() and json.loads(latest.read_text())["step"] >= 60, 180, "no checkpoint at step >= 60")
@@ -100,7 +105,7 @@ def test_tracking_outage_loses_no_metric(tmp_path, mlflow_server):
     from tests._servers import _wait_http
 
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=60"], cwd=REPO,
-                            env={**os.environ, "FERRY_HOME": str(tmp_path / ".ferry"), "MLFLOW_TRACKING_URI": mlflow_server.url},
+                            env=clean_env(FERRY_HOME=str(tmp_path / ".ferry"), MLFLOW_TRACKING_URI=mlflow_server.url),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = client_for(mlflow_server.url)
     try:
@@ -181,7 +186,7 @@ def test_bad_run_arguments_exit_2(args, message, tmp_path):
 def test_ctrl_c_stops_every_replica(tmp_path):
     home = tmp_path / ".ferry"
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=500"], cwd=REPO,
-                            env={**os.environ, "FERRY_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=clean_env(FERRY_HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         state_file = _wait_for(lambda: next(iter(home.glob("runs/digits/*/replicas.json")), None), 60, "no replicas started")
         time.sleep(3)

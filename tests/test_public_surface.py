@@ -8,21 +8,22 @@ import pytest
 
 SURFACE = {
     "ferry": [
-        "Checkpointing", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume", "Elastic",
+        "Autoscaling", "Checkpointing", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume", "Deployment", "Elastic",
         "EmptyDirVolume", "FerryError", "GangScheduling", "JobFileError", "ManifestInvalid",
         "PVCVolume", "Resources", "RunPolicy", "SecretRef", "SecretVolume", "SpecError",
         "Toleration", "Tracking", "TrainingJob", "__version__",
     ],
     "ferry.errors": ["ConfigError", "FerryError", "JobFileError", "ManifestInvalid", "ManifestIssue", "SpecError"],
     "ferry.render": [
-        "Rendered", "build_pytorchjob", "dump_yaml", "ferry_env", "render_pytorchjob", "render_spec",
-        "write_rendered",
+        "Rendered", "ResolvedModel", "build_pytorchjob", "dump_yaml", "ferry_env", "render_inferenceservice",
+        "render_pytorchjob", "render_serving_runtime", "render_spec", "write_rendered",
     ],
     "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
     "ferry.runtime": [
         "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "S3Storage", "SUBMISSION_TAG", "Tracker",
         "init", "progress", "shutdown", "storage_for",
     ],
+    "ferry.registry": ["resolve_model"],
     "ferry.serve": ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"],
     "ferry.local": [
         "JobResult", "LocalExecutor", "LocalStore", "Replica", "apply_overrides", "free_port", "operator_env",

@@ -30,8 +30,14 @@ def _train_and_log(tmp: Path) -> tuple[str, np.ndarray, np.ndarray]:
 
     from jobs.digits.data import load_split
 
+    from tests.conftest import scoped_tracking_uri
+
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
+    with scoped_tracking_uri(uri):
+        return _train_and_log_to(uri, tmp, mlflow, mlflow.onnx, mlflow.pytorch, onnx, torch, infer_signature, load_split)
+
+
+def _train_and_log_to(uri, tmp, mlflow, mlflow_onnx, mlflow_pytorch, onnx, torch, infer_signature, load_split):
     exp = mlflow.create_experiment("serve-test", artifact_location=(tmp / "artifacts").as_uri())
     (x, y), (x_test, _) = load_split(7)
     torch.manual_seed(0)
@@ -48,12 +54,12 @@ def _train_and_log(tmp: Path) -> tuple[str, np.ndarray, np.ndarray]:
         expected = model(torch.from_numpy(x_test[:16])).numpy()
     signature = infer_signature(example, model(torch.from_numpy(example)).detach().numpy())
     with mlflow.start_run(experiment_id=exp):
-        mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+        mlflow_pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                  registered_model_name="tiny-digits", serialization_format="pt2", pip_requirements=["torch"])
         onnx_path = tmp / "tiny.onnx"
         torch.onnx.export(model, (torch.from_numpy(example),), str(onnx_path), dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-        mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="onnx", signature=signature,
+        mlflow_onnx.log_model(onnx.load(str(onnx_path)), name="onnx", signature=signature,
                               registered_model_name="tiny-digits", pip_requirements=["onnxruntime"])
     return uri, x_test[:16], expected
 

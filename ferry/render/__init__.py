@@ -1,15 +1,19 @@
 """Specs → Kubernetes objects. One function per kind builds the wire object with the field's
 own client models (kubeflow-training, kubernetes); output is deterministic YAML."""
 
+from ferry.render._inferenceservice import ResolvedModel, render_inferenceservice, render_serving_runtime
 from ferry.render._output import Rendered, dump_yaml, render_spec, write_rendered
 from ferry.render._pytorchjob import build_pytorchjob, ferry_env, render_pytorchjob
 
 __all__ = [
     "Rendered",
+    "ResolvedModel",
     "build_pytorchjob",
     "dump_yaml",
     "ferry_env",
+    "render_inferenceservice",
     "render_pytorchjob",
+    "render_serving_runtime",
     "render_spec",
     "write_rendered",
 ]

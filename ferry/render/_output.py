@@ -45,13 +45,16 @@ def dump_yaml(docs: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def render_spec(spec: Any) -> list[Rendered]:
-    """Every manifest one spec object turns into."""
+def render_spec(spec: Any, resolved: Any = None) -> list[Rendered]:
+    """Every manifest one spec object turns into (a Deployment needs its resolved model)."""
+    from ferry.render._inferenceservice import render_inferenceservice
     from ferry.render._pytorchjob import render_pytorchjob
-    from ferry.spec import TrainingJob
+    from ferry.spec import Deployment, TrainingJob
 
     if isinstance(spec, TrainingJob):
         return [Rendered(f"{spec.name}/pytorchjob.yaml", render_pytorchjob(spec))]
+    if isinstance(spec, Deployment):
+        return [Rendered(f"{spec.name}/inferenceservice.yaml", render_inferenceservice(spec, resolved))]
     raise TypeError(f"no renderer for {type(spec).__name__}")  # pragma: no cover - loader filters kinds
 
 

@@ -31,7 +31,10 @@ def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[list[Any], dict[str, Any]]]
     elif kind == "InferenceService":
         for component in ("predictor", "transformer", "explainer"):
             if component in spec:
-                yield ["spec", component], spec[component]
+                pod = dict(spec[component])
+                if "model" in pod:  # the predictor's model is its serving container
+                    pod["containers"] = [pod["model"], *pod.get("containers", [])]
+                yield ["spec", component], pod
     elif kind in ("ServingRuntime", "ClusterServingRuntime"):
         yield ["spec"], spec
 

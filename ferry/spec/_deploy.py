@@ -1,0 +1,160 @@
+"""``Deployment``: a model served on KServe with Ferry's runtime, and how it scales."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ferry import _k8s
+from ferry.spec._base import Spec
+from ferry.spec._pod import Resources, Toleration
+
+__all__ = ["Autoscaling", "Deployment", "SERVE_IMAGE"]
+
+SERVE_IMAGE = "ghcr.io/ferry-ml/ferry-serve:0.1.0"
+_MODEL_URI = re.compile(r"^(models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)|runs:/\S+|s3://\S+|gs://\S+|pvc://\S+|https?://\S+|file://\S+)$")
+
+# metric -> the deployment mode whose autoscaler can act on it (KServe's rules):
+# Knative's KPA scales on concurrency/RPS (and to zero); in Standard mode HPA scales on CPU and
+# KEDA on Prometheus queries (DCGM GPU utilization, Ferry's queue depth).
+_METRIC_MODE = {"concurrency": "serverless", "rps": "serverless", "cpu": "standard",
+                "gpu-utilization": "standard", "queue-depth": "standard"}
+
+
+class Autoscaling(Spec):
+    """Replicas between ``min_replicas`` and ``max_replicas``, aiming ``metric`` at ``target``:
+    in-flight requests per replica (``concurrency``), requests/s per replica (``rps``), CPU %
+    (``cpu``), GPU utilization % from the DCGM exporter (``gpu-utilization``) or requests
+    waiting in Ferry's batcher per replica (``queue-depth``)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 3
+    metric: Literal["concurrency", "rps", "cpu", "gpu-utilization", "queue-depth"] = "concurrency"
+    target: int = 10
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    scale_up_stabilization_seconds: int = 0
+    scale_down_stabilization_seconds: int = 300
+
+    @field_validator("min_replicas", "scale_up_stabilization_seconds", "scale_down_stabilization_seconds")
+    @classmethod
+    def _nonneg(cls, v: int, info) -> int:  # type: ignore[no-untyped-def]
+        if v < 0:
+            raise ValueError(f"{info.field_name} must be >= 0 (got {v})")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v}); e.g. target=70 for 70% GPU utilization")
+        return v
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://\S+$", v):
+            raise ValueError(f"must be an http(s) URL of the Prometheus server (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> Autoscaling:
+        if self.max_replicas < max(1, self.min_replicas):
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas}) and >= 1")
+        if self.metric in ("cpu", "gpu-utilization") and self.target > 100:
+            raise ValueError(f"target is a percentage for metric={self.metric!r} (got {self.target})")
+        return self
+
+
+class Deployment(Spec):
+    """A model served as a KServe InferenceService on Ferry's runtime.
+
+    ``model`` is resolved at deploy time to the immutable storage URI of one model version, so
+    the manifest never points at a moving alias. ``mode="serverless"`` (Knative) scales on
+    concurrency or RPS and may scale to zero; ``mode="standard"`` (raw Deployment) scales with
+    HPA on CPU or with KEDA on GPU utilization or queue depth.
+    """
+
+    name: str
+    model: str
+    namespace: str = "default"
+    mode: Literal["serverless", "standard"] = "serverless"
+    resources: Resources = Resources(cpu="1", memory="2Gi")
+    autoscaling: Autoscaling = Autoscaling()
+    canary_percent: int | None = None
+    runtime: str = "ferry"
+    max_batch_size: int = 32
+    max_latency_ms: float = 5.0
+    service_account: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # KServe names Services "<name>-predictor-..." : keep room under the 63-character limit.
+        if problem := _k8s.dns1035_problem(v, max_len=45):
+            raise ValueError(f"{problem} (got {v!r}); KServe appends '-predictor' and more to it")
+        return v
+
+    @field_validator("namespace", "runtime")
+    @classmethod
+    def _label(cls, v: str, info) -> str:  # type: ignore[no-untyped-def]
+        if problem := _k8s.dns1123_problem(v):
+            raise ValueError(f"{info.field_name} {problem} (got {v!r})")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not _MODEL_URI.match(v):
+            raise ValueError(
+                f"{v!r} is not a model URI; use models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH or a "
+                "storage URI (s3://, gs://, pvc://, https://)"
+            )
+        return v
+
+    @field_validator("canary_percent")
+    @classmethod
+    def _canary(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 99:
+            raise ValueError(f"must be 1..99 (got {v}); leave it None to send all traffic to the new version")
+        return v
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v})")
+        return v
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _meta(cls, v: dict[str, str], info) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        for key, value in v.items():
+            problem = _k8s.label_key_problem(key) or (info.field_name == "labels" and _k8s.label_value_problem(value))
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _kserve_rules(self) -> Deployment:
+        scaling = self.autoscaling
+        needed = _METRIC_MODE[scaling.metric]
+        if needed != self.mode:
+            how = ("Knative scales on concurrency/rps only in serverless mode" if needed == "serverless"
+                   else "HPA/KEDA metrics (cpu, gpu-utilization, queue-depth) need mode='standard'")
+            raise ValueError(f"autoscaling.metric={scaling.metric!r} does not work with mode={self.mode!r}: {how}; "
+                             f"set mode={needed!r} or choose another metric")
+        if self.mode == "standard" and scaling.min_replicas == 0:
+            raise ValueError("autoscaling.min_replicas=0 is ignored in mode='standard' (HPA/KEDA cannot scale to zero "
+                             "without KEDA's HTTP add-on); use min_replicas>=1 or mode='serverless'")
+        if self.mode == "standard" and self.canary_percent is not None:
+            raise ValueError("canary_percent is not honored in mode='standard' (raw Deployments have no traffic split); "
+                             "use mode='serverless' for a canary, or roll out without one")
+        if scaling.metric == "gpu-utilization" and self.resources.gpu < 1:
+            raise ValueError("autoscaling.metric='gpu-utilization' needs a GPU: set resources=Resources(gpu=1, ...)")
+        return self
