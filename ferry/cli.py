@@ -58,19 +58,12 @@ def fail_cleanly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@app.command()
-@fail_cleanly
-def render(
-    job_files: Annotated[list[Path], typer.Argument(help="Python files defining TrainingJob objects.")],
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
-    crd_dir: CrdDirOption = None,
-) -> None:
-    """Render job files into validated Kubernetes manifests."""
-    from ferry.render import dump_yaml, render_spec, write_rendered
-    from ferry.spec import load_specs
+def _validate_and_emit(rendered: list[Any], out: Path | None, crd_dir: Path | None) -> None:
+    """Validate every manifest, then write them all under ``out`` (or print them): nothing is
+    written unless every one is valid."""
+    from ferry.render import dump_yaml, write_rendered
     from ferry.validate import find_crd_dir, validate_manifests
 
-    rendered = [item for loaded in load_specs(job_files) for item in render_spec(loaded.spec)]
     crd_dir = crd_dir or find_crd_dir()
     if crd_dir is None:
         _stderr().print("[yellow]warning:[/] no CRD directory found; schema validation skipped (pass --crd-dir)")
@@ -80,6 +73,20 @@ def render(
         return
     for path in write_rendered(rendered, out):
         _stderr().print(f"wrote {path}")
+
+
+@app.command()
+@fail_cleanly
+def render(
+    job_files: Annotated[list[Path], typer.Argument(help="Python files defining TrainingJob objects.")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
+    crd_dir: CrdDirOption = None,
+) -> None:
+    """Render job files into validated Kubernetes manifests."""
+    from ferry.render import render_spec
+    from ferry.spec import load_specs
+
+    _validate_and_emit([item for loaded in load_specs(job_files) for item in render_spec(loaded.spec)], out, crd_dir)
 
 
 @app.command()
@@ -94,9 +101,8 @@ def deploy(
     from ferry import settings
     from ferry.local import embedded_tracking_uri
     from ferry.registry import resolve_model
-    from ferry.render import Rendered, dump_yaml, render_serving_runtime, render_spec, write_rendered
+    from ferry.render import Rendered, render_serving_runtime, render_spec
     from ferry.spec import SERVE_IMAGE, Deployment, load_specs
-    from ferry.validate import find_crd_dir, validate_manifests
 
     specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
     from mlflow import MlflowClient
@@ -110,13 +116,7 @@ def deploy(
                             "fetch; track to a server with an S3 artifact store for cluster deployments")
         rendered += render_spec(spec, resolved)
     rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image or SERVE_IMAGE)))
-    crd_dir = crd_dir or find_crd_dir()
-    validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir, require_crds=crd_dir is not None)
-    if out is None:
-        sys.stdout.write(dump_yaml([item.doc for item in rendered]))
-        return
-    for path in write_rendered(rendered, out):
-        _stderr().print(f"wrote {path}")
+    _validate_and_emit(rendered, out, crd_dir)
 
 
 @app.command()
