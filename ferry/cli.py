@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from ferry.errors import FerryError, JobFileError
+from ferry._cliutil import _stderr, _stdout, fail_cleanly
+from ferry.errors import JobFileError, PromotionRefused
 
 app = typer.Typer(
     name="ferry",
@@ -21,41 +20,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 CrdDirOption = Annotated[
     Path | None,
     typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, ./crds or ../shared/crds)."),
 ]
-
-
-def _stdout() -> Any:
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _stderr() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def fail_cleanly(func: F) -> F:
-    """Print a FerryError as one clear message (no traceback) and exit with its code:
-    2 for bad input, 1 for manifests that fail validation."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except FerryError as exc:
-            from rich.markup import escape
-
-            _stderr().print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _validate_and_emit(rendered: list[Any], out: Path | None, crd_dir: Path | None) -> None:
@@ -208,6 +176,63 @@ def serve(
 
 
 @app.command()
+@fail_cleanly
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Option("--version", help="The candidate version.")],
+    env: Annotated[str, typer.Option("--env", help="Target environment (staging, production, ...).")],
+    policy: Annotated[Path | None, typer.Option(help="Python file defining Promotion(model=NAME, ...); default gates otherwise.")] = None,
+    gitops_dir: Annotated[Path | None, typer.Option("--gitops-dir", help="Write DIR/<env>/<model>/ manifests pinned to the version.")] = None,
+    commit: Annotated[bool, typer.Option("--commit", help="git commit the GitOps change (no-op when unchanged).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if gates fail (recorded as forced).")] = False,
+) -> None:
+    """Move an environment's alias to a version that passes the gates, record it, write GitOps."""
+    from ferry.cli_models import gitops_update, load_policy, print_verdict, registry_client
+    from ferry.registry import promote as do_promote
+
+    rules = load_policy(policy, name)
+    client = registry_client()
+    try:
+        result = do_promote(client, rules, name, version, env, force=force)
+    except PromotionRefused as exc:
+        from ferry.registry import evaluate_gates
+        from ferry.registry._promote import PromotionResult
+
+        gates = evaluate_gates(client, rules, name, version, env)
+        print_verdict(PromotionResult(name, env, "", None, version, gates, False, False, None))
+        raise exc
+    print_verdict(result)
+    if gitops_dir is not None:
+        gitops_update(client, rules, result, gitops_dir, commit)
+
+
+@app.command()
+@fail_cleanly
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    env: Annotated[str, typer.Option("--env", help="Environment whose alias goes back.")],
+    policy: Annotated[Path | None, typer.Option(help="Python file defining Promotion(model=NAME, ...).")] = None,
+    gitops_dir: Annotated[Path | None, typer.Option("--gitops-dir", help="Rewrite DIR/<env>/<model>/ for the restored version.")] = None,
+    commit: Annotated[bool, typer.Option("--commit", help="git commit the GitOps change.")] = False,
+) -> None:
+    """Point an environment's alias back to the version that held it before."""
+    from ferry.cli_models import gitops_update, load_policy, print_verdict, registry_client
+    from ferry.registry import rollback as do_rollback
+
+    client = registry_client()
+    result = do_rollback(client, name, env)
+    print_verdict(result)
+    if gitops_dir is not None:
+        gitops_update(client, load_policy(policy, name), result, gitops_dir, commit)
+
+
+def _add_models_group() -> None:
+    from ferry.cli_models import models_app
+
+    app.add_typer(models_app, name="models")
+
+
+@app.command()
 def version() -> None:
     """Print Ferry's version."""
     from ferry import __version__
@@ -217,6 +242,9 @@ def version() -> None:
 
 def main() -> None:
     app()
+
+
+_add_models_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

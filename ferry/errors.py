@@ -4,6 +4,9 @@
     ├── SpecError              a spec field is invalid; the message names the field and the fix
     ├── JobFileError           a job file cannot be imported, holds no job, or repeats a name
     ├── ConfigError            Ferry's own configuration is missing or wrong (e.g. no CRD dir)
+    ├── RegistryError          the model registry refused, or lacks what was named
+    │   ├── PromotionConflict  another promotion of the same model to the same env is running
+    │   └── PromotionRefused   the candidate failed a gate (CLI exit code 1)
     └── ManifestInvalid        a manifest fails its schema or policy checks (CLI exit code 1)
 
 Every ``raise`` of one of these from another exception uses ``raise ... from exc`` so the
@@ -16,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "PromotionConflict",
+    "PromotionRefused",
+    "RegistryError",
     "ConfigError",
     "FerryError",
     "JobFileError",
@@ -41,6 +47,20 @@ class JobFileError(FerryError):
 
 class ConfigError(FerryError):
     """Ferry's own configuration (settings, CRD directory, ...) is missing or wrong."""
+
+
+class RegistryError(FerryError):
+    """The model registry lacks what was named, refused a change, or cannot be reached."""
+
+
+class PromotionConflict(RegistryError):
+    """Another promotion of the same model to the same environment holds the lock."""
+
+
+class PromotionRefused(RegistryError):
+    """The candidate failed one or more gates; nothing was changed."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -78,3 +78,29 @@ def scoped_tracking_uri(uri: str):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before_env
+
+
+@pytest.fixture(scope="module")
+def postgres_mlflow(tmp_path_factory):
+    """An ``mlflow server`` backed by a fresh PostgreSQL database on 127.0.0.1:5432 (the
+    Helm chart's database); skipped, with the reason, where no PostgreSQL answers."""
+    import shutil
+    import subprocess
+    import uuid
+
+    from tests._servers import MlflowServer
+
+    if shutil.which("psql") is None:
+        pytest.skip("PostgreSQL client (psql) not installed: apt-get install postgresql-client")
+    db = f"ferry_test_{uuid.uuid4().hex[:10]}"
+    made = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {db}"], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 with trust auth: {made.stderr.strip()[:200]}")
+    tmp = tmp_path_factory.mktemp("pg-mlflow")
+    server = MlflowServer(tmp, backend_uri=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)

@@ -10,10 +10,13 @@ SURFACE = {
     "ferry": [
         "Autoscaling", "Checkpointing", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume", "Deployment", "Elastic",
         "EmptyDirVolume", "FerryError", "GangScheduling", "JobFileError", "ManifestInvalid",
-        "PVCVolume", "Resources", "RunPolicy", "SecretRef", "SecretVolume", "SpecError",
+        "PVCVolume", "Promotion", "Resources", "RunPolicy", "SecretRef", "SecretVolume", "SpecError",
         "Toleration", "Tracking", "TrainingJob", "__version__",
     ],
-    "ferry.errors": ["ConfigError", "FerryError", "JobFileError", "ManifestInvalid", "ManifestIssue", "SpecError"],
+    "ferry.errors": [
+        "ConfigError", "FerryError", "JobFileError", "ManifestInvalid", "ManifestIssue", "PromotionConflict",
+        "PromotionRefused", "RegistryError", "SpecError",
+    ],
     "ferry.render": [
         "Rendered", "ResolvedModel", "build_pytorchjob", "dump_yaml", "ferry_env", "render_inferenceservice",
         "render_pytorchjob", "render_serving_runtime", "render_spec", "write_rendered",
@@ -23,7 +26,11 @@ SURFACE = {
         "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "S3Storage", "SUBMISSION_TAG", "Tracker",
         "init", "progress", "shutdown", "storage_for",
     ],
-    "ferry.registry": ["resolve_model"],
+    "ferry.registry": [
+        "GateResult", "HistoryEntry", "PromotionResult", "alias_holder", "evaluate_gates", "list_models",
+        "model_versions", "promote", "read_history", "resolve_model", "rollback",
+    ],
+    "ferry.gitops": ["commit", "deployment_for", "write_environment"],
     "ferry.serve": ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"],
     "ferry.local": [
         "JobResult", "LocalExecutor", "LocalStore", "Replica", "apply_overrides", "free_port", "operator_env",

@@ -1,5 +1,28 @@
-"""The MLflow model registry side of Ferry: resolving references to pinned versions."""
+"""The MLflow model registry side of Ferry: pinning references to versions, promotion
+through gates with an append-only history, rollback."""
 
+from ferry.registry._history import GateResult, HistoryEntry, read_history
+from ferry.registry._promote import (
+    PromotionResult,
+    alias_holder,
+    evaluate_gates,
+    list_models,
+    model_versions,
+    promote,
+    rollback,
+)
 from ferry.registry._resolve import resolve_model
 
-__all__ = ["resolve_model"]
+__all__ = [
+    "GateResult",
+    "HistoryEntry",
+    "PromotionResult",
+    "alias_holder",
+    "evaluate_gates",
+    "list_models",
+    "model_versions",
+    "promote",
+    "read_history",
+    "resolve_model",
+    "rollback",
+]

@@ -14,6 +14,7 @@ from ferry.spec._pod import (
     Toleration,
     Volume,
 )
+from ferry.spec._promotion import Promotion, alias_for
 from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
 from ferry.spec._tracking import Checkpointing, Tracking
 
@@ -29,6 +30,7 @@ __all__ = [
     "EmptyDirVolume",
     "GangScheduling",
     "PVCVolume",
+    "Promotion",
     "Resources",
     "RunPolicy",
     "SecretRef",
@@ -37,5 +39,6 @@ __all__ = [
     "Tracking",
     "TrainingJob",
     "Volume",
+    "alias_for",
     "load_specs",
 ]

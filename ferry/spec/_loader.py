@@ -87,10 +87,11 @@ def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None)
                 continue
             seen_ids.add(id(value))
             loaded = LoadedSpec(path, attribute, value)
-            key = (type(value).__name__, getattr(value, "namespace", ""), value.name)
+            ident = getattr(value, "name", None) or getattr(value, "model", "")  # a Promotion is keyed by its model
+            key = (type(value).__name__, getattr(value, "namespace", ""), ident)
             if key in seen_names:
                 raise JobFileError(
-                    f"two {key[0]}s are named {value.name!r} in namespace {key[1]!r}: "
+                    f"two {key[0]}s are named {ident!r} in namespace {key[1]!r}: "
                     f"{seen_names[key].where} and {loaded.where}; give each a unique name"
                 )
             seen_names[key] = loaded

@@ -1,0 +1,149 @@
+"""``ferry models``, ``ferry promote`` and ``ferry rollback``: the registry from the terminal."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ferry._cliutil import fail_cleanly
+from ferry.errors import ConfigError
+
+models_app = typer.Typer(help="Registered models: versions, aliases, promotion history.", no_args_is_help=True)
+
+
+def registry_client() -> Any:
+    """An MlflowClient for $MLFLOW_TRACKING_URI (or the embedded store), checked reachable:
+    an unreachable server is a clear error naming it, not minutes of retries."""
+    from ferry import settings
+    from ferry.local import embedded_tracking_uri
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    uri = settings.MLFLOW_TRACKING_URI.get() or embedded_tracking_uri()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.search_registered_models(max_results=1)
+    except Exception as exc:
+        raise ConfigError(f"tracking server {uri} is unreachable ({str(exc).splitlines()[0][:200]}); "
+                          "start it or set MLFLOW_TRACKING_URI") from exc
+    return client
+
+
+def load_policy(policy_file: Path | None, name: str) -> Any:
+    from ferry.spec import Promotion, load_specs
+
+    if policy_file is None:
+        return Promotion(model=name)
+    policies = [p.spec for p in load_specs([policy_file], kinds=(Promotion,)) if p.spec.model == name]
+    if not policies:
+        raise ConfigError(f"{policy_file} defines no Promotion(model={name!r})")
+    return policies[0]
+
+
+def _when(ts: float | int | None, millis: bool = False) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts / 1000 if millis else ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+@models_app.command("list")
+@fail_cleanly
+def list_() -> None:
+    """Registered models with their latest version and aliases."""
+    from rich.table import Table
+
+    from ferry.registry import list_models
+
+    table = Table("model", "latest", "aliases", "updated")
+    for m in list_models(registry_client()):
+        latest = max((int(v.version) for v in m.latest_versions or []), default=None)
+        aliases = ", ".join(f"{a}→v{v}" for a, v in sorted((m.aliases or {}).items()))
+        table.add_row(m.name, str(latest or "-"), aliases or "-", _when(m.last_updated_timestamp, millis=True))
+    _console().print(table)
+
+
+@models_app.command()
+@fail_cleanly
+def show(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+    """Every version: source run, key metrics, aliases, tags, size."""
+    from rich.table import Table
+
+    from ferry.registry import model_versions
+
+    table = Table("version", "aliases", "run", "test_accuracy", "loss", "size", "tags", "created", title=name)
+    for row in model_versions(registry_client(), name):
+        m = row["metrics"]
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(row["tags"].items()) if not k.startswith("ferry.promoted"))
+        size = f"{row['size'] / 1024:.0f} KiB" if row["size"] else "-"
+        table.add_row(row["version"], ", ".join(row["aliases"]) or "-", (row["run_id"] or "-")[:12],
+                      f"{m['test_accuracy']:.4f}" if "test_accuracy" in m else "-", f"{m['loss']:.4f}" if "loss" in m else "-",
+                      size, tags or "-", _when(row["created"], millis=True))
+    _console().print(table)
+
+
+@models_app.command()
+@fail_cleanly
+def history(name: Annotated[str, typer.Argument(help="Registered model name.")],
+            env: Annotated[str | None, typer.Option(help="Only this environment.")] = None) -> None:
+    """Which version served where, when, moved by whom, with which gate results."""
+    from rich.table import Table
+
+    from ferry.registry import read_history
+
+    client = registry_client()
+    try:
+        entries = read_history(client, name, env)
+    except Exception as exc:
+        raise ConfigError(f"no registered model {name!r}: {str(exc).splitlines()[0][:200]}") from exc
+    table = Table("when (UTC)", "env", "action", "from", "to", "by", "gates", title=f"{name}: promotion history")
+    for e in entries:
+        gates = ", ".join(f"{g['gate']}:{'ok' if g['passed'] else 'FAIL'}" for g in e.gates) or "-"
+        table.add_row(_when(e.at), e.env, e.action + (" (forced)" if e.forced else ""), f"v{e.from_version}" if e.from_version else "-",
+                      f"v{e.to_version}", e.actor, gates)
+    _console().print(table)
+
+
+def print_verdict(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table("gate", "result", "detail", title=f"{result.model} v{result.to_version} → {result.env} ({result.alias})")
+    for g in result.gates:
+        table.add_row(g.gate, "[green]pass[/]" if g.passed else "[red]FAIL[/]", g.detail)
+    console = _console()
+    if result.gates:
+        console.print(table)
+    if not result.changed:
+        console.print(f"v{result.to_version} already holds {result.alias!r}: nothing to do")
+    else:
+        forced = " [yellow](forced)[/]" if result.forced else ""
+        console.print(f"{result.alias!r}: v{result.from_version or '-'} → v{result.to_version}{forced}")
+
+
+def gitops_update(client: Any, policy: Any, result: Any, root: Path, do_commit: bool) -> None:
+    from ferry.gitops import commit, deployment_for, write_environment
+    from ferry.registry import resolve_model
+
+    version = result.to_version
+    deployment = deployment_for(policy, result.model, version, result.env, canary=result.from_version is not None and result.action == 'promote')
+    resolved = resolve_model(f"models:/{result.model}/{version}", client)
+    changed = write_environment(root, result.env, result.model, deployment, resolved)
+    console = _console()
+    for path in changed:
+        console.print(f"wrote {path}")
+    if do_commit:
+        gates = "; ".join(f"{g.gate} {'pass' if g.passed else 'FAIL'}: {g.detail}" for g in result.gates) or "no gates"
+        message = (f"{result.model}: {result.env} → v{version} ({'forced ' if result.forced else ''}{result.action})\n\n"
+                   f"{result.alias}: v{result.from_version or '-'} → v{version}\nstorageUri: {resolved.storage_uri}\ngates: {gates}\n")
+        console.print("committed" if commit(root, changed, message) else "no change to commit")
