@@ -36,7 +36,42 @@ def main() -> int:
     store = LocalStore.default()
     console.rule(f"[bold]2. train[/] the same PyTorchJob on this machine (store: {store.home})")
     result = run_job(job, store=store, console=console, progress=console.is_terminal)
-    return report(job, result, console)
+    code = report(job, result, console)
+    if code != 0:
+        return code
+    return promote_through_environments(store)
+
+
+def promote_through_environments(store) -> int:  # type: ignore[no-untyped-def]
+    """3. promote the new version through the job's gates, staging then production, writing
+    and committing the GitOps tree under .ferry/gitops/."""
+    import subprocess
+
+    from ferry.cli_models import gitops_update, load_policy, print_verdict, registry_client
+    from ferry.errors import PromotionRefused
+    from ferry.registry import promote, read_history
+
+    policy = load_policy(JOB_FILE, "digits-classifier")
+    client = registry_client()
+    version = max(int(v.version) for v in client.search_model_versions("name='digits-classifier'"))
+    gitops = store.home / "gitops"
+    if not (gitops / ".git").exists():
+        gitops.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "init", "-q", str(gitops)], check=True)
+    for env in policy.environments:
+        console.rule(f"[bold]3. promote[/] digits-classifier v{version} → {env}")
+        try:
+            result = promote(client, policy, "digits-classifier", str(version), env)
+        except PromotionRefused as exc:
+            console.print(f"[yellow]not promoted:[/] {exc}")
+            break
+        print_verdict(result)
+        gitops_update(client, policy, result, gitops, do_commit=True)
+    console.rule("[bold]promotion history[/]")
+    for entry in read_history(client, "digits-classifier"):
+        console.print(f"{entry.env:<11} {entry.action:<8} v{entry.from_version or '-'} → v{entry.to_version}  by {entry.actor}")
+    console.print(f"GitOps tree: {gitops} (git log there shows each promotion); `ferry models show digits-classifier` lists versions")
+    return 0
 
 
 if __name__ == "__main__":

@@ -87,9 +87,10 @@ def evaluate_gates(client: Any, policy: Promotion, name: str, version: str, env:
     if position > 0:
         before = envs[position - 1]
         holder = alias_holder(client, name, alias_for(before))
-        gates.append(GateResult("order", holder == str(version),
-                                f"version {version} {'holds' if holder == str(version) else 'does not hold'} "
-                                f"{before}'s alias {alias_for(before)!r} (holder: {holder}); promote through {before} first"))
+        held = holder == str(version)
+        gates.append(GateResult("order", held, f"version {version} holds {before}'s alias {alias_for(before)!r}" if held else
+                                f"version {version} does not hold {before}'s alias {alias_for(before)!r} (holder: v{holder}); "
+                                f"promote it to {before} first"))
     value = _metric(client, mv, policy.metric)
     if value is None:
         gates.append(GateResult("metric", False, f"the source run of version {version} has no metric {policy.metric!r}"))

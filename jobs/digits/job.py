@@ -4,7 +4,7 @@
     ferry run jobs/digits/job.py                    # the same job on this machine
 """
 
-from ferry import Checkpointing, PVCVolume, Resources, Tracking, TrainingJob
+from ferry import Autoscaling, Checkpointing, Deployment, Promotion, PVCVolume, Resources, Tracking, TrainingJob
 
 # Ferry's training image: ferry, torch 2.13 and this repository's jobs/ package.
 TRAIN_IMAGE = "ghcr.io/ferry-ml/ferry-train:0.1.0"
@@ -20,4 +20,16 @@ job = TrainingJob(
     volumes=[PVCVolume(claim="ferry-checkpoints", mount_path="/mnt/checkpoints")],
     checkpointing=Checkpointing(uri="/mnt/checkpoints/digits", every_steps=20, keep=3),
     run_policy={"backoff_limit": 3, "ttl_seconds_after_finished": 86400},
+)
+
+# How a trained version earns its way to production: at least 95% on the held-out split, and
+# at least as good as the version it replaces; served serverless, scaling on concurrency.
+promotion = Promotion(
+    model="digits-classifier",
+    metric="test_accuracy",
+    min_value=0.95,
+    must_beat="current",
+    environments=("staging", "production"),
+    deployment=Deployment(name="digits", model="models:/digits-classifier@champion",
+                          autoscaling=Autoscaling(min_replicas=0, max_replicas=5, metric="concurrency", target=32)),
 )
