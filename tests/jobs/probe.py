@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import ferry.runtime as fr
 
@@ -10,5 +11,8 @@ KEYS = ["MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NNODES", "PET_N
 
 ctx = fr.init()
 (total,) = ctx.all_reduce_sum(float(ctx.rank))
-print("PROBE " + json.dumps({"rank": ctx.rank, "sum": total, "env": {k: os.environ.get(k) for k in KEYS}}), flush=True)
+# One write per line: torchrun's children share the pod's stdout pipe, and print() would issue
+# the text and the newline as two writes that another process's line can land between.
+sys.stdout.write("PROBE " + json.dumps({"rank": ctx.rank, "sum": total, "env": {k: os.environ.get(k) for k in KEYS}}) + "\n")
+sys.stdout.flush()
 fr.shutdown()
