@@ -75,7 +75,9 @@ def _git_commit(workdir: Path) -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path | None = None,

@@ -91,8 +91,9 @@ class LocalExecutor:
         env_common = {**self.local_env, "FERRY_SUBMISSION_ID": self.submission_id, "FERRY_ATTEMPT": str(attempt)}
         replicas = plan(self.manifest, master_port=port, local_env=env_common, volumes_dir=self.volumes_dir, workdir=self.workdir)
         procs, threads = [], []
-        total_procs = sum(int(r.env.get("PET_NPROC_PER_NODE", "1")) if r.env.get("PET_NPROC_PER_NODE", "1").isdigit() else 1 for r in replicas)
-        threads_each = str(max(1, (os.cpu_count() or 1) // max(1, total_procs)))
+        nproc = self.manifest["spec"].get("nprocPerNode", "1")
+        total_procs = len(replicas) * (int(nproc) if nproc.isdigit() else 1)
+        threads_each = str(max(1, (os.cpu_count() or 1) // total_procs))
         for replica in replicas:
             env = {**os.environ, **replica.env}
             env.setdefault("OMP_NUM_THREADS", threads_each)  # as torchrun does: no oversubscription
