@@ -195,12 +195,10 @@ def promote(
     try:
         result = do_promote(client, rules, name, version, env, force=force)
     except PromotionRefused as exc:
-        from ferry.registry import evaluate_gates
-        from ferry.registry._promote import PromotionResult
+        from ferry.registry import PromotionResult
 
-        gates = evaluate_gates(client, rules, name, version, env)
-        print_verdict(PromotionResult(name, env, "", None, version, gates, False, False, None))
-        raise exc
+        print_verdict(PromotionResult(name, env, "", None, version, exc.gates, False, False, None))
+        raise
     print_verdict(result)
     if gitops_dir is not None:
         gitops_update(client, rules, result, gitops_dir, commit)

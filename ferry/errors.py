@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "PromotionConflict",
@@ -58,9 +59,14 @@ class PromotionConflict(RegistryError):
 
 
 class PromotionRefused(RegistryError):
-    """The candidate failed one or more gates; nothing was changed."""
+    """The candidate failed one or more gates; nothing was changed. ``gates`` holds every
+    gate's result, as evaluated for the refusal."""
 
     exit_code = 1
+
+    def __init__(self, message: str, gates: Sequence[Any] = ()):
+        super().__init__(message)
+        self.gates = list(gates)
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,8 @@ def promote(client: Any, policy: Promotion, name: str, version: str, env: str, *
             raise PromotionRefused(
                 f"version {version} of {name} was not promoted to {env}: "
                 + "; ".join(f"{g.gate} gate failed: {g.detail}" for g in failed)
-                + " (--force overrides, and is recorded)"
+                + " (--force overrides, and is recorded)",
+                gates=gates,
             )
         client.set_registered_model_alias(name, alias, version)
         client.set_model_version_tag(name, version, f"ferry.promoted.{env}", str(time.time()))
