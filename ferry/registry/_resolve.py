@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ferry._modeluri import PREFIX, alias_version
 from ferry.errors import ConfigError
 from ferry.render import ResolvedModel
 
@@ -37,15 +38,12 @@ def resolve_model(uri: str, client: Any = None) -> ResolvedModel:
 
         client = MlflowClient()
     name = version = None
-    if uri.startswith("models:/"):
-        ref = uri[len("models:/"):]
+    if uri.startswith(PREFIX):
         try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                version = client.get_model_version_by_alias(name, alias).version
-            else:
-                name, version = ref.split("/", 1)
-                client.get_model_version(name, version)
+            name, version = alias_version(client, uri)
+            if version is None:
+                raise ConfigError(f"{uri} names no version; use models:/NAME/VERSION or models:/NAME@ALIAS")
+            client.get_model_version(name, version)
             storage = client.get_model_version_download_uri(name, version)
         except Exception as exc:
             raise ConfigError(f"cannot resolve {uri}: {getattr(exc, 'message', exc)}") from exc

@@ -36,9 +36,11 @@ def _default_name(uri: str) -> str:
     from pathlib import PurePosixPath
     from urllib.parse import urlparse
 
+    from ferry._modeluri import PREFIX, parse_models_uri
+
+    if uri.startswith(PREFIX):
+        return parse_models_uri(uri)[0]
     parsed = urlparse(uri)
-    if parsed.scheme == "models":
-        return uri[len("models:/"):].split("@")[0].split("/")[0]
     parts = [p for p in PurePosixPath(parsed.path or uri).parts if p not in ("/", "model", "artifacts")]
     return parts[-1] if parts else "model"
 

@@ -64,17 +64,15 @@ def _local_copy(uri: str) -> tuple[Path, str, str]:
 
     name, version = "model", "1"
     if parsed.scheme == "models":
-        ref = uri[len("models:/"):]
-        name = ref.split("@")[0].split("/")[0]
-        if "/" in ref and "@" not in ref:
-            version = ref.split("/")[1]
-        elif "@" in ref:
-            from mlflow import MlflowClient
+        from mlflow import MlflowClient
 
-            try:
-                version = MlflowClient().get_model_version_by_alias(name, ref.split("@")[1]).version
-            except Exception as exc:
-                raise ConfigError(f"{uri}: no such registered model or alias ({exc})") from exc
+        from ferry._modeluri import alias_version
+
+        try:
+            name, pinned = alias_version(MlflowClient(), uri)
+        except Exception as exc:
+            raise ConfigError(f"{uri}: no such registered model or alias ({exc})") from exc
+        version = pinned or version
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="ferry-model-"))
     except Exception as exc:
