@@ -66,16 +66,13 @@ def deploy(
     image: Annotated[str | None, typer.Option(help="Image of Ferry's serving runtime.")] = None,
 ) -> None:
     """Resolve each Deployment's model to a pinned version and render its InferenceService."""
-    from ferry import settings
-    from ferry.local import embedded_tracking_uri
+    from ferry.cli_models import registry_client
     from ferry.registry import resolve_model
     from ferry.render import Rendered, render_serving_runtime, render_spec
     from ferry.spec import SERVE_IMAGE, Deployment, load_specs
 
     specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=settings.MLFLOW_TRACKING_URI.get() or embedded_tracking_uri())
+    client = registry_client()
     rendered = []
     for spec in specs:
         resolved = resolve_model(spec.model, client)
