@@ -1,5 +1,6 @@
-"""Every error the model server answers with, mapped to its HTTP status in one table
-(cf. kserve ``errors.py``): bad input is a 4xx with a message, never a 500."""
+"""Every error the model server answers with; each class carries its HTTP status, so this
+module is the one error→status table (cf. kserve ``errors.py``): bad input is a 4xx with a
+message, never a 500."""
 
 from __future__ import annotations
 
@@ -39,5 +40,3 @@ class NotReady(InferenceError):
 class Overloaded(InferenceError):
     status = 503
 
-
-STATUS = {cls: cls.status for cls in (BadRequest, ModelNotFound, NotFound, MethodNotAllowed, PayloadTooLarge, NotReady, Overloaded)}
