@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from ferry.runtime import Checkpointer, LocalStorage, storage_for
+from ferry.runtime import Checkpointer, storage_for
 
 
 def _objects(seed=0):

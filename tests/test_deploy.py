@@ -4,7 +4,6 @@ real CRD schemas, and model resolution against a real MLflow registry."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest

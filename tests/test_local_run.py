@@ -102,7 +102,6 @@ def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
 
 
 def test_tracking_outage_loses_no_metric(tmp_path, mlflow_server):
-    from tests._servers import _wait_http
 
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=60"], cwd=REPO,
                             env=clean_env(FERRY_HOME=str(tmp_path / ".ferry"), MLFLOW_TRACKING_URI=mlflow_server.url),
