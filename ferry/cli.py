@@ -221,6 +221,49 @@ def rollback(
         gitops_update(client, load_policy(policy, name), result, gitops_dir, commit)
 
 
+@app.command()
+@fail_cleanly
+def optimize(
+    model_uri: Annotated[str, typer.Argument(help="The source version: models:/NAME/VERSION or models:/NAME@ALIAS.")],
+    quantize: Annotated[str | None, typer.Option(help="int8: dynamic int8 quantization of Linear/LSTM/GRU layers.")] = None,
+    prune: Annotated[float | None, typer.Option(help="Magnitude pruning: the fraction of weights to zero, 0 < AMOUNT < 1.")] = None,
+    structured: Annotated[bool, typer.Option("--structured", help="Prune whole output channels (L2) instead of single weights.")] = False,
+    finetune_data: Annotated[str | None, typer.Option("--finetune-data", help="module:function returning (inputs, labels) to fine-tune the pruned model on.")] = None,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Epochs of that fine-tune.")] = 2,
+    distill: Annotated[Path | None, typer.Option(help="A student TrainingJob file (with a 'teacher' hyperparameter) to train on this model's soft targets.")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX, check parity with ONNX Runtime, log with the ONNX flavor.")] = False,
+    onnx_tolerance: Annotated[float, typer.Option("--onnx-tolerance", help="Largest output difference from the source an ONNX export may have.")] = 1e-4,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="module:function returning (inputs, labels); default: the job's held-out split recorded on the source run.")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for every model while measuring.")] = 1,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register each candidate as a new version.")] = True,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Also write report.md, report.png and report.json here.")] = None,
+) -> None:
+    """Make cheaper candidates of a registered model, measure them side by side with it, and register them."""
+    from ferry.cli_models import registry_client
+    from ferry.optimize import PruneOptions, rich_table
+    from ferry.optimize import optimize as do_optimize
+
+    err = _stderr()
+    prune_options = PruneOptions(prune, structured, finetune_data, finetune_epochs) if prune is not None else None
+    client = registry_client()
+    result = do_optimize(model_uri, quantize=quantize, prune=prune_options, onnx=onnx, distill=distill, eval_data=eval_data,
+                         onnx_tolerance=onnx_tolerance, threads=threads, register=register, client=client,
+                         report_dir=report_dir, console=err, say=lambda line: err.print(f"[dim]{line}[/]"))
+    out = _stdout()
+    if not out.is_terminal:
+        out.width = 160  # a log or a pipe: keep the table's rows on one line each
+    out.print(rich_table(result.rows(), result.title))
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    for note in result.notes:
+        out.print(f"note: {note}")
+    for cand in result.candidates:
+        if cand.version:
+            out.print(f"registered {cand.model_name} v{cand.version} ({cand.label})")
+    out.print(f"MLflow run {result.run_id}: report/report.md and report/report.png"
+              + (f"; also in {result.report_dir}" if result.report_dir else ""))
+
+
 def _add_models_group() -> None:
     from ferry.cli_models import models_app
 

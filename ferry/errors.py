@@ -7,6 +7,8 @@
     ├── RegistryError          the model registry refused, or lacks what was named
     │   ├── PromotionConflict  another promotion of the same model to the same env is running
     │   └── PromotionRefused   the candidate failed a gate (CLI exit code 1)
+    ├── OptimizationFailed     a candidate could not be made or failed its checks, e.g. ONNX
+    │                          parity or a failed student job (CLI exit code 1)
     └── ManifestInvalid        a manifest fails its schema or policy checks (CLI exit code 1)
 
 Every ``raise`` of one of these from another exception uses ``raise ... from exc`` so the
@@ -28,6 +30,7 @@ __all__ = [
     "JobFileError",
     "ManifestInvalid",
     "ManifestIssue",
+    "OptimizationFailed",
     "SpecError",
 ]
 
@@ -67,6 +70,12 @@ class PromotionRefused(RegistryError):
     def __init__(self, message: str, gates: Sequence[Any] = ()):
         super().__init__(message)
         self.gates = list(gates)
+
+
+class OptimizationFailed(FerryError):
+    """An optimization could not produce an acceptable candidate; no version was registered."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ FERRY_SUBMISSION_ID = EnvSetting(
     "Identifies one submission: every rank and restart of it logs to the same MLflow run.",
 )
 FERRY_REGISTER_AS = EnvSetting("FERRY_REGISTER_AS", None, "Register the final model under this name.")
+FERRY_EVAL_DATA = EnvSetting("FERRY_EVAL_DATA", None, "The job's held-out split as module:function (recorded on the run).")
 FERRY_CHECKPOINT_URI = EnvSetting("FERRY_CHECKPOINT_URI", None, "Checkpoint location: a path or s3://bucket/prefix.")
 FERRY_CHECKPOINT_EVERY = EnvSetting("FERRY_CHECKPOINT_EVERY", "100", "Checkpoint every N steps.")
 FERRY_CHECKPOINT_KEEP = EnvSetting("FERRY_CHECKPOINT_KEEP", "3", "Keep the newest N checkpoints.")

@@ -62,6 +62,8 @@ BAD_JOBS = [
     ("checkpoint-every-zero", dict(checkpointing=dict(uri="/ckpt", every_steps=0)), ["checkpointing.every_steps", ">= 1"]),
     ("hyperparameter-key", dict(hyperparameters={"learning rate": 0.1}), ["TrainingJob.hyperparameters", "'learning rate'"]),
     ("workers-not-int", dict(workers="two"), ["TrainingJob.workers", "valid integer"]),
+    ("eval-data-not-a-ref", dict(tracking=dict(eval_data="jobs/digits/data.py")), ["TrainingJob.tracking.eval_data", "'package.module:function'"]),
+    ("eval-data-no-function", dict(tracking=dict(eval_data="jobs.digits.data")), ["TrainingJob.tracking.eval_data", "e.g. eval_data="]),
 ]
 
 

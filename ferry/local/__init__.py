@@ -81,14 +81,18 @@ def _git_commit(workdir: Path) -> str | None:
 
 
 def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path | None = None,
-            console: Any = None, progress: bool = False, submission_id: str | None = None) -> JobResult:
-    """Run ``job`` locally to completion; returns its outcome (never raises for a failed job)."""
+            console: Any = None, progress: bool = False, submission_id: str | None = None,
+            tracking_uri: str | None = None) -> JobResult:
+    """Run ``job`` locally to completion; returns its outcome (never raises for a failed job).
+    Replicas track to ``tracking_uri`` when given, else as ``tracking_env`` says."""
     from ferry.render import render_pytorchjob
 
     store = store or LocalStore.default()
     workdir = (workdir or Path.cwd()).resolve()
     submission_id = submission_id or uuid.uuid4().hex[:12]
     local_env = tracking_env(store)
+    if tracking_uri and tracking_uri != local_env["MLFLOW_TRACKING_URI"]:
+        local_env = {"MLFLOW_TRACKING_URI": tracking_uri}
     if commit := _git_commit(workdir):
         local_env["FERRY_GIT_COMMIT"] = commit
     manifest = render_pytorchjob(job)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -65,18 +64,12 @@ def _metric(client: Any, mv: Any, metric: str) -> float | None:
 def _latency_ms(client: Any, name: str, version: str) -> float:
     import numpy as np
 
+    from ferry._timing import call_latencies, percentile
     from ferry.serve import load_model
 
     model = load_model(f"models:/{name}/{version}")
     x = np.zeros((1, *[d if d > 0 else 1 for d in model.input.shape[1:]]), dtype=model.input.dtype)
-    for _ in range(20):
-        model.predict(x)
-    times = []
-    for _ in range(200):
-        start = time.perf_counter()
-        model.predict(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return percentile(call_latencies(model.predict, x, budget_s=0.5, min_calls=200, max_calls=200, warmup=20), 50) * 1000
 
 
 def evaluate_gates(client: Any, policy: Promotion, name: str, version: str, env: str) -> list[GateResult]:

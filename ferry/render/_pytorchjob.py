@@ -36,6 +36,8 @@ def ferry_env(job: TrainingJob) -> dict[str, str]:
         env["MLFLOW_EXPERIMENT_NAME"] = job.experiment
         if job.tracking.register_as:
             env["FERRY_REGISTER_AS"] = job.tracking.register_as
+        if job.tracking.eval_data:
+            env["FERRY_EVAL_DATA"] = job.tracking.eval_data
     if job.checkpointing is not None:
         env["FERRY_CHECKPOINT_URI"] = job.checkpointing.uri
         env["FERRY_CHECKPOINT_EVERY"] = str(job.checkpointing.every_steps)

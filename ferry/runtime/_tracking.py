@@ -110,6 +110,7 @@ class Tracker:
             "ferry.job": settings.FERRY_JOB_NAME.get(),
             "ferry.namespace": settings.FERRY_NAMESPACE.get(),
             "ferry.image": settings.FERRY_IMAGE.get(),
+            "ferry.eval_data": settings.FERRY_EVAL_DATA.get(),
             "mlflow.source.git.commit": settings.FERRY_GIT_COMMIT.get(),
         }
         self.set_tags({k: v for k, v in tags.items() if v})

@@ -80,8 +80,10 @@ def _local_copy(uri: str) -> tuple[Path, str, str]:
     return Path(local), name, version
 
 
-def load_model(uri: str, name: str | None = None) -> LoadedModel:
-    """Load the model at ``uri`` into a ``predict(np.ndarray) -> np.ndarray`` callable."""
+def load_model(uri: str, name: str | None = None, *, onnx_threads: int = 1) -> LoadedModel:
+    """Load the model at ``uri`` into a ``predict(np.ndarray) -> np.ndarray`` callable.
+    ``onnx_threads``: ONNX Runtime's intra-op threads (1 by default: a server's concurrency
+    comes from batching many requests, not from splitting one)."""
     from mlflow.models import Model
 
     path, default_name, version = _local_copy(uri)
@@ -97,7 +99,7 @@ def load_model(uri: str, name: str | None = None) -> LoadedModel:
                              np.dtype(out_spec.type) if out_spec else np.dtype(np.float32),
                              tuple(out_spec.shape) if out_spec else (-1,))
     if "onnx" in meta.flavors:
-        predict, platform = _onnx_predictor(path, meta.flavors["onnx"]), "onnx"
+        predict, platform = _onnx_predictor(path, meta.flavors["onnx"], onnx_threads), "onnx"
     elif "pytorch" in meta.flavors:
         predict, platform = _torch_predictor(path), "pytorch"
     else:
@@ -122,11 +124,11 @@ def _torch_predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def _onnx_predictor(path: Path, flavor: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx_predictor(path: Path, flavor: dict[str, Any], threads: int) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path / flavor["data"]), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlparse
 
 from pydantic import field_validator
@@ -11,6 +12,8 @@ from ferry.spec._pod import ConfigMapKeyRef, SecretRef
 
 __all__ = ["Checkpointing", "Tracking"]
 
+_CALLABLE_REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
 
 class Tracking(Spec):
     """MLflow tracking for a job.
@@ -19,10 +22,14 @@ class Tracking(Spec):
     ``MLFLOW_TRACKING_URI``: a ConfigMap key (the Helm chart creates ``ferry-mlflow``) or, when
     the URI carries credentials, a Secret key. On a laptop the local executor sets it instead.
     ``register_as`` registers the final model under that name in the MLflow registry.
+    ``eval_data`` names the job's held-out split as ``"module:function"`` (the function returns
+    ``(inputs, labels)``); it is recorded on the run, so ``ferry optimize`` evaluates every
+    candidate on exactly the data the source model was tested on.
     """
 
     experiment: str | None = None
     register_as: str | None = None
+    eval_data: str | None = None
     uri_from: ConfigMapKeyRef | SecretRef = ConfigMapKeyRef(name="ferry-mlflow", key="tracking-uri")
 
     @field_validator("experiment", "register_as")
@@ -30,6 +37,13 @@ class Tracking(Spec):
     def _non_empty(cls, v: str | None, info) -> str | None:  # type: ignore[no-untyped-def]
         if v is not None and not v.strip():
             raise ValueError(f"{info.field_name} must not be empty; leave it None for the default")
+        return v
+
+    @field_validator("eval_data")
+    @classmethod
+    def _callable_ref(cls, v: str | None) -> str | None:
+        if v is not None and not _CALLABLE_REF.fullmatch(v):
+            raise ValueError(f"must be 'package.module:function' (got {v!r}), e.g. eval_data='jobs.digits.data:eval_data'")
         return v
 
 

@@ -26,3 +26,8 @@ def load_split(seed: int = 7) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.n
 def eval_data(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """The held-out split alone (``module:function`` form for evaluation tools)."""
     return load_split(seed)[1]
+
+
+def train_data(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """The training split alone (e.g. for a short fine-tune after pruning)."""
+    return load_split(seed)[0]

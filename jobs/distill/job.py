@@ -21,5 +21,6 @@ job = TrainingJob(
         "batch_size": 64,
         "seed": 7,
     },
-    tracking=Tracking(experiment="digits-distill", register_as="digits-classifier"),
+    tracking=Tracking(experiment="digits-distill", register_as="digits-classifier",
+                      eval_data="jobs.digits.data:eval_data"),
 )

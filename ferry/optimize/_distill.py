@@ -1,0 +1,54 @@
+"""Distillation through a student TrainingJob: the same job runs here with the local executor
+(as `ferry run` would) or on a cluster as a PyTorchJob; Ferry hands it the teacher's URI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ferry.errors import ConfigError, OptimizationFailed
+from ferry.spec import TrainingJob
+
+TEACHER_PARAM = "teacher"
+
+
+def load_student_job(path: str | Path) -> TrainingJob:
+    """The one TrainingJob in ``path``, checked to be a distillation job that registers its model."""
+    from ferry.spec import load_specs
+
+    jobs = [loaded.spec for loaded in load_specs([Path(path)], kinds=(TrainingJob,))]
+    if len(jobs) != 1:
+        raise ConfigError(f"--distill {path}: expected one TrainingJob, found {len(jobs)} "
+                          f"({', '.join(j.name for j in jobs)})")
+    job = jobs[0]
+    if TEACHER_PARAM not in job.hyperparameters:
+        raise ConfigError(f"--distill {path}: job {job.name!r} has no {TEACHER_PARAM!r} hyperparameter; a student job "
+                          f"reads the teacher's model URI from it (see jobs/distill/job.py)")
+    if job.tracking is None or not job.tracking.register_as:
+        raise ConfigError(f"--distill {path}: job {job.name!r} registers no model; set "
+                          "tracking=Tracking(register_as=...) so the student becomes a version")
+    return job
+
+
+def train_student(job: TrainingJob, teacher_uri: str, client: Any, *, console: Any = None) -> tuple[str, str, str]:
+    """Run the student job to completion with ``teacher`` set to ``teacher_uri``.
+    Returns (model name, version, run id) of the version it registered."""
+    from ferry.local import apply_overrides, run_job
+    from ferry.runtime._tracking import SUBMISSION_TAG
+
+    student = apply_overrides(job, [f"{TEACHER_PARAM}={teacher_uri}"])
+    result = run_job(student, console=console, tracking_uri=client.tracking_uri)
+    if result.exit_code != 0:
+        tail = "\n".join(result.last_lines[-5:])
+        raise OptimizationFailed(f"--distill: student job {job.name!r} failed (exit {result.exit_code}); "
+                                 f"logs in {result.run_dir}\n{tail}")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{SUBMISSION_TAG}` = '{result.submission_id}'", max_results=1,
+    )
+    registered = runs[0].data.tags.get("ferry.registered_model") if runs else None
+    if not registered:
+        raise OptimizationFailed(f"--distill: student job {job.name!r} finished but registered no model version; "
+                                 "its script must call Tracker.log_model")
+    name, _, version = registered.rpartition("/")
+    return name, version, runs[0].info.run_id
