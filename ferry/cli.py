@@ -231,6 +231,7 @@ def optimize(
     finetune_data: Annotated[str | None, typer.Option("--finetune-data", help="module:function returning (inputs, labels) to fine-tune the pruned model on.")] = None,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Epochs of that fine-tune.")] = 2,
     distill: Annotated[Path | None, typer.Option(help="A student TrainingJob file (with a 'teacher' hyperparameter) to train on this model's soft targets.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter of the student job: key=value (repeatable).")] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX, check parity with ONNX Runtime, log with the ONNX flavor.")] = False,
     onnx_tolerance: Annotated[float, typer.Option("--onnx-tolerance", help="Largest output difference from the source an ONNX export may have.")] = 1e-4,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="module:function returning (inputs, labels); default: the job's held-out split recorded on the source run.")] = None,
@@ -246,7 +247,8 @@ def optimize(
     err = _stderr()
     prune_options = PruneOptions(prune, structured, finetune_data, finetune_epochs) if prune is not None else None
     client = registry_client()
-    result = do_optimize(model_uri, quantize=quantize, prune=prune_options, onnx=onnx, distill=distill, eval_data=eval_data,
+    result = do_optimize(model_uri, quantize=quantize, prune=prune_options, onnx=onnx, distill=distill, distill_sets=set_ or (),
+                         eval_data=eval_data,
                          onnx_tolerance=onnx_tolerance, threads=threads, register=register, client=client,
                          report_dir=report_dir, console=err, say=lambda line: err.print(f"[dim]{line}[/]"))
     out = _stdout()

@@ -14,7 +14,7 @@ SURFACE = {
         "Toleration", "Tracking", "TrainingJob", "__version__",
     ],
     "ferry.errors": [
-        "ConfigError", "FerryError", "JobFileError", "ManifestInvalid", "ManifestIssue", "PromotionConflict",
+        "ConfigError", "FerryError", "JobFileError", "ManifestInvalid", "ManifestIssue", "OptimizationFailed", "PromotionConflict",
         "PromotionRefused", "RegistryError", "SpecError",
     ],
     "ferry.render": [
@@ -32,6 +32,7 @@ SURFACE = {
     ],
     "ferry.gitops": ["commit", "deployment_for", "write_environment"],
     "ferry.serve": ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"],
+    "ferry.optimize": ["Candidate", "Measurement", "OptimizeResult", "PruneOptions", "optimize", "rich_table"],
     "ferry.local": [
         "JobResult", "LocalExecutor", "LocalStore", "Replica", "apply_overrides", "free_port", "operator_env",
         "plan", "run_job", "tracking_env",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ from ferry.spec import TrainingJob
 TEACHER_PARAM = "teacher"
 
 
-def load_student_job(path: str | Path) -> TrainingJob:
-    """The one TrainingJob in ``path``, checked to be a distillation job that registers its model."""
+def load_student_job(path: str | Path, sets: Sequence[str] = ()) -> TrainingJob:
+    """The one TrainingJob in ``path`` with ``sets`` (``key=value`` hyperparameter overrides)
+    applied, checked to be a distillation job."""
+    from ferry.local import apply_overrides
     from ferry.spec import load_specs
 
     jobs = [loaded.spec for loaded in load_specs([Path(path)], kinds=(TrainingJob,))]
@@ -24,19 +27,21 @@ def load_student_job(path: str | Path) -> TrainingJob:
     if TEACHER_PARAM not in job.hyperparameters:
         raise ConfigError(f"--distill {path}: job {job.name!r} has no {TEACHER_PARAM!r} hyperparameter; a student job "
                           f"reads the teacher's model URI from it (see jobs/distill/job.py)")
-    if job.tracking is None or not job.tracking.register_as:
-        raise ConfigError(f"--distill {path}: job {job.name!r} registers no model; set "
-                          "tracking=Tracking(register_as=...) so the student becomes a version")
-    return job
+    return apply_overrides(job, sets)
 
 
-def train_student(job: TrainingJob, teacher_uri: str, client: Any, *, console: Any = None) -> tuple[str, str, str]:
-    """Run the student job to completion with ``teacher`` set to ``teacher_uri``.
-    Returns (model name, version, run id) of the version it registered."""
+def train_student(job: TrainingJob, teacher_uri: str, register_as: str, client: Any, *,
+                  console: Any = None) -> tuple[str, str]:
+    """Run the student job to completion with ``teacher`` set to ``teacher_uri``, registering
+    its model as a new version of ``register_as`` (the teacher's model: a candidate like any
+    other). Returns (version, run id)."""
     from ferry.local import apply_overrides, run_job
     from ferry.runtime._tracking import SUBMISSION_TAG
+    from ferry.spec import Tracking
 
     student = apply_overrides(job, [f"{TEACHER_PARAM}={teacher_uri}"])
+    tracking = (student.tracking or Tracking()).model_copy(update={"register_as": register_as})
+    student = student.model_copy(update={"tracking": tracking})
     result = run_job(student, console=console, tracking_uri=client.tracking_uri)
     if result.exit_code != 0:
         tail = "\n".join(result.last_lines[-5:])
@@ -50,5 +55,4 @@ def train_student(job: TrainingJob, teacher_uri: str, client: Any, *, console: A
     if not registered:
         raise OptimizationFailed(f"--distill: student job {job.name!r} finished but registered no model version; "
                                  "its script must call Tracker.log_model")
-    name, _, version = registered.rpartition("/")
-    return name, version, runs[0].info.run_id
+    return registered.rpartition("/")[2], runs[0].info.run_id

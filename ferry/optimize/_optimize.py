@@ -15,6 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -80,7 +81,7 @@ class OptimizeResult:
 
 
 def _check_options(quantize: str | None, prune: PruneOptions | None, onnx: bool, distill: str | Path | None,
-                   onnx_tolerance: float, threads: int) -> Any:
+                   distill_sets: Sequence[str], onnx_tolerance: float, threads: int) -> Any:
     if not (quantize or prune or onnx or distill):
         raise ConfigError("nothing to do: give at least one of --quantize int8, --prune AMOUNT, --distill STUDENT_JOB, --onnx")
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
@@ -98,18 +99,20 @@ def _check_options(quantize: str | None, prune: PruneOptions | None, onnx: bool,
     if distill is not None:
         from ferry.optimize._distill import load_student_job
 
-        return load_student_job(distill)
+        return load_student_job(distill, distill_sets)
     return None
 
 
 def optimize(model_uri: str, *, quantize: str | None = None, prune: PruneOptions | None = None, onnx: bool = False,
-             distill: str | Path | None = None, eval_data: str | None = None, onnx_tolerance: float = 1e-4,
+             distill: str | Path | None = None, distill_sets: Sequence[str] = (), eval_data: str | None = None,
+             onnx_tolerance: float = 1e-4,
              threads: int = 1, register: bool = True, client: Any = None, report_dir: Path | None = None,
              console: Any = None, say: Callable[[str], None] = lambda line: None) -> OptimizeResult:
     """Make the requested candidates from ``model_uri`` (``models:/NAME/VERSION`` or ``@ALIAS``),
     measure them and the source side by side (``threads`` CPU threads for every model) and,
-    with ``register``, register each as a new version of the same model."""
-    student_job = _check_options(quantize, prune, onnx, distill, onnx_tolerance, threads)
+    with ``register``, register each as a new version of the same model. ``distill`` is a student
+    TrainingJob file; ``distill_sets`` override its hyperparameters (``key=value``)."""
+    student_job = _check_options(quantize, prune, onnx, distill, distill_sets, onnx_tolerance, threads)
     if client is None:
         from mlflow import MlflowClient
 
@@ -249,7 +252,8 @@ def _distilled(job: Any, source: Source, client: Any, dst: Path, sample: np.ndar
     from ferry.optimize._graph import layered, parameter_count, sparsity
 
     say(f"training student job {job.name} on {source.uri}'s soft targets")
-    name, version, run_id = train_student(job, source.uri, client, console=console)
+    name = source.name
+    version, run_id = train_student(job, source.uri, name, client, console=console)
     dst.mkdir(parents=True, exist_ok=True)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=client.get_model_version_download_uri(name, version),
                                                      dst_path=str(dst),

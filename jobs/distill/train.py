@@ -56,7 +56,7 @@ def main() -> None:
     ddp = ctx.wrap(student)
     with fr.Tracker(is_primary=ctx.is_primary) as tracker:
         tracker.log_params({"parameters": sum(p.numel() for p in student.parameters()), "model": "DigitsCNN"})
-        tracker.set_tags({"ferry.optimization": "distill", "ferry.teacher": teacher_uri})
+        tracker.set_tags({"ferry.optimize.method": "distill", "ferry.optimize.source": teacher_uri})
         step = 0
         for epoch in range(epochs):
             sampler.set_epoch(epoch)
