@@ -2,7 +2,9 @@
 
 1. render jobs/digits/job.py into its PyTorchJob and validate it (CRDs + Pod Security);
 2. run that PyTorchJob here: 2 DDP processes (gloo), tracked in .ferry/ (SQLite + artifacts),
-   checkpoints on the emulated PVC, the model registered as digits-classifier.
+   checkpoints on the emulated PVC, the model registered as digits-classifier;
+3. optimize the new version: int8 and ONNX candidates, measured side by side and registered;
+4. promote the trained version through staging and production, with GitOps commits.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)  # a log keeps tables whole
 JOB_FILE = Path("jobs/digits/job.py")
 
 
@@ -39,27 +41,42 @@ def main() -> int:
     code = report(job, result, console)
     if code != 0:
         return code
-    return promote_through_environments(store)
+    from ferry.cli_models import registry_client
+
+    client = registry_client()
+    version = max(int(v.version) for v in client.search_model_versions("name='digits-classifier'"))
+    optimize_version(client, version)
+    return promote_through_environments(store, client, version)
 
 
-def promote_through_environments(store) -> int:  # type: ignore[no-untyped-def]
-    """3. promote the new version through the job's gates, staging then production, writing
+def optimize_version(client, version: int) -> None:  # type: ignore[no-untyped-def]
+    """3. int8 and ONNX candidates of the new version, measured on the job's held-out split."""
+    from ferry.optimize import optimize, rich_table
+
+    console.rule(f"[bold]3. optimize[/] digits-classifier v{version}: int8 and ONNX candidates")
+    result = optimize(f"models:/digits-classifier/{version}", quantize="int8", onnx=True, client=client,
+                      say=lambda line: console.print(f"[dim]{line}[/]"))
+    console.print(rich_table(result.rows(), result.title))
+    made = ", ".join(f"v{c.version} ({c.label})" for c in result.candidates)
+    console.print(f"registered {made}; the comparison (markdown + PNG) is in MLflow run {result.run_id}, under report/")
+
+
+def promote_through_environments(store, client, version: int) -> int:  # type: ignore[no-untyped-def]
+    """4. promote the trained version through the job's gates, staging then production, writing
     and committing the GitOps tree under .ferry/gitops/."""
     import subprocess
 
-    from ferry.cli_models import gitops_update, load_policy, print_verdict, registry_client
+    from ferry.cli_models import gitops_update, load_policy, print_verdict
     from ferry.errors import PromotionRefused
     from ferry.registry import promote, read_history
 
     policy = load_policy(JOB_FILE, "digits-classifier")
-    client = registry_client()
-    version = max(int(v.version) for v in client.search_model_versions("name='digits-classifier'"))
     gitops = store.home / "gitops"
     if not (gitops / ".git").exists():
         gitops.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "init", "-q", str(gitops)], check=True)
     for env in policy.environments:
-        console.rule(f"[bold]3. promote[/] digits-classifier v{version} → {env}")
+        console.rule(f"[bold]4. promote[/] digits-classifier v{version} → {env}")
         try:
             result = promote(client, policy, "digits-classifier", str(version), env)
         except PromotionRefused as exc:
