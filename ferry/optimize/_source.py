@@ -26,7 +26,8 @@ class Source:
     experiment_id: str | None
     model_dir: Path  # the downloaded MLflow model
     params: dict[str, str]
-    tags: dict[str, str]
+    tags: dict[str, str]  # the source run's
+    version_tags: dict[str, str]
 
     @property
     def ref(self) -> str:
@@ -62,6 +63,7 @@ def load_source(uri: str, client: Any, dst: Path) -> Source:
         uri=f"{PREFIX}{name}/{version}", name=name, version=str(version), run_id=mv.run_id,
         experiment_id=run.info.experiment_id if run else None, model_dir=Path(local),
         params=dict(run.data.params) if run else {}, tags=dict(run.data.tags) if run else {},
+        version_tags=dict(mv.tags or {}),
     )
 
 
