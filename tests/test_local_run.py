@@ -55,6 +55,7 @@ def test_ddp_run_logs_one_run_and_registers(tmp_path, mlflow_server):
     assert run.data.metrics["test_accuracy"] >= 0.95
     assert run.data.params["world_size"] == "2" and run.data.params["epochs"] == "15"
     assert run.data.tags["ferry.job"] == "digits" and "mlflow.source.git.commit" in run.data.tags
+    assert run.data.tags["ferry.eval_data"] == "jobs.digits.data:eval_data"  # what `ferry optimize` evaluates on
     final = int(run.data.tags["ferry.final_step"])
     assert steps_of(client, run.info.run_id, "loss") == list(range(1, final + 1))  # every step, from rank 0 only
     assert any(k.startswith("system/") for k in run.data.metrics)  # MLflow system metrics

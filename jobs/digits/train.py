@@ -75,14 +75,21 @@ def main() -> None:
                     checkpointer.maybe_save(step, model=model, optimizer=optimizer, scheduler=scheduler)
             test_acc = accuracy(model, x_test_t, y_test_t)
             tracker.log_metrics({"test_accuracy": test_acc, "epoch": epoch}, step)
-        test_acc = accuracy(model, x_test_t, y_test_t)
-        tracker.log_metrics({"test_accuracy": test_acc}, step)
         tracker.set_tags({"ferry.final_step": step})
-        if ctx.is_primary:
-            print(f"final step {step} test_accuracy {test_acc:.4f}", flush=True)
-        ctx.barrier()
-        tracker.log_model(model.cpu(), input_example=x_test[:8])
+        finish(ctx, tracker, model, (x_test_t, y_test_t), x_test[:8], step)
     fr.shutdown()
+
+
+def finish(ctx: fr.Context, tracker: fr.Tracker, model: torch.nn.Module, test: tuple[torch.Tensor, torch.Tensor],
+           example: object, step: int) -> float:
+    """Log the final held-out accuracy, then (once every rank is done) log and register the model."""
+    test_acc = accuracy(model, *test)
+    tracker.log_metrics({"test_accuracy": test_acc}, step)
+    if ctx.is_primary:
+        print(f"final step {step} test_accuracy {test_acc:.4f}", flush=True)
+    ctx.barrier()
+    tracker.log_model(model.cpu(), input_example=example)
+    return test_acc
 
 
 if __name__ == "__main__":

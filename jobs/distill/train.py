@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import ferry.runtime as fr
 from jobs.digits.data import load_split
 from jobs.digits.model import DigitsCNN
-from jobs.digits.train import accuracy
+from jobs.digits.train import accuracy, finish
 
 
 def teacher_logits(uri: str, x: np.ndarray, batch: int = 256) -> torch.Tensor:
@@ -49,7 +49,7 @@ def main() -> None:
     train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train), soft)
     sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     loader = DataLoader(train, batch_size=batch_size, sampler=sampler)
-    x_test_t, y_test_t = torch.from_numpy(x_test), torch.from_numpy(y_test)
+    test = (torch.from_numpy(x_test).to(ctx.device), torch.from_numpy(y_test).to(ctx.device))
 
     student = DigitsCNN(width=width, hidden=hidden).to(ctx.device)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
@@ -69,13 +69,8 @@ def main() -> None:
                 step += 1
                 tracker.log_metrics({"loss": loss.item()}, step)
                 fr.progress(ctx, step, epochs * len(loader), loss=loss.item())
-            tracker.log_metrics({"test_accuracy": accuracy(student, x_test_t.to(ctx.device), y_test_t.to(ctx.device))}, step)
-        test_acc = accuracy(student, x_test_t.to(ctx.device), y_test_t.to(ctx.device))
-        tracker.log_metrics({"test_accuracy": test_acc}, step)
-        if ctx.is_primary:
-            print(f"student test_accuracy {test_acc:.4f}", flush=True)
-        ctx.barrier()
-        tracker.log_model(student.cpu(), input_example=x_test[:8])
+            tracker.log_metrics({"test_accuracy": accuracy(student, *test)}, step)
+        finish(ctx, tracker, student, test, x_test[:8], step)
     fr.shutdown()
 
 
