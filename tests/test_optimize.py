@@ -223,8 +223,9 @@ def test_without_eval_data_the_candidate_is_made_and_the_warning_says_so(registr
     assert versions(client, name) == before + [cand.version]
 
 
-def test_distillation_trains_a_smaller_student_and_registers_it(registry, repo):
+def test_distillation_trains_a_smaller_student_and_registers_it(registry, repo, tmp_path, monkeypatch):
     _, client, names = registry
+    monkeypatch.setenv("FERRY_HOME", str(tmp_path / ".ferry"))  # where the student job's logs go
     name = names["cnn"]
     result = optimize(f"models:/{name}/1", distill=repo / "jobs" / "distill" / "job.py", distill_sets=["epochs=6"],
                       client=client)
@@ -264,14 +265,16 @@ BAD = [
     ("student-without-teacher", "cnn", dict(distill="jobs/digits/job.py"), ConfigError, "no 'teacher' hyperparameter"),
     ("student-bad-set", "cnn", dict(distill="jobs/distill/job.py", distill_sets=["epochz=3"]), SpecError, "has no hyperparameter 'epochz'"),
     ("int8-of-an-int8-candidate", "cnn-int8", dict(onnx=True), ConfigError, "is already an int8 candidate of models:/"),
+    ("student-job-fails", "cnn", dict(distill="tests/jobs/crash_student.py"), OptimizationFailed, "student job 'crash-student' failed"),
     ("student-file-missing", "cnn", dict(distill="jobs/nope/job.py"), FerryError, "jobs/nope/job.py"),
 ]
 
 
 @pytest.mark.parametrize("model,kwargs,error,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_input_registers_nothing(registry, repo, monkeypatch, model, kwargs, error, message):
+def test_bad_input_registers_nothing(registry, repo, tmp_path, monkeypatch, model, kwargs, error, message):
     _, client, names = registry
     monkeypatch.chdir(repo)
+    monkeypatch.setenv("FERRY_HOME", str(tmp_path / ".ferry"))  # where a student job's logs go
     if model == "cnn-int8":
         model = f"cnn/{int8_candidate(client, names['cnn'])}"
     key, sep, ref = model.replace("@", "/@").partition("/")

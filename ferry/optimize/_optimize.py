@@ -130,6 +130,9 @@ def _optimize(model_uri: str, work: Path, *, quantize: str | None, prune: PruneO
               client: Any, report_dir: Path | None, console: Any, say: Callable[[str], None]) -> OptimizeResult:
     source = load_source(model_uri, client, work / "source")
     say(f"source {source.uri} (run {source.run_id})")
+    if source.version_tags.get(METHOD_TAG) == "quantize" and (quantize or prune or onnx):
+        raise ConfigError(f"{source.uri} is already an int8 candidate of {source.version_tags.get(SOURCE_TAG, 'another version')}; "
+                          "optimize the fp32 version it was made from")
     evaluation, note = _evaluation(source, eval_data)
     finetune = load_data(prune.finetune_data, "--finetune-data") if prune and prune.finetune_data else None
 
@@ -140,10 +143,6 @@ def _optimize(model_uri: str, work: Path, *, quantize: str | None, prune: PruneO
     from ferry.optimize import _methods
     from ferry.optimize._graph import layered, parameter_count, sparsity
 
-    made_by = source.version_tags.get(METHOD_TAG)
-    if made_by == "quantize" and (quantize or prune or onnx):
-        raise ConfigError(f"{source.uri} is already an int8 candidate of {source.version_tags.get(SOURCE_TAG, 'another version')}; "
-                          "optimize the fp32 version it was made from")
     meta = Model.load(str(source.model_dir))
     if "pytorch" not in meta.flavors:
         raise ConfigError(f"{source.uri}: flavor(s) {sorted(meta.flavors)}; optimize works on PyTorch models "
