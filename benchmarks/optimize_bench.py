@@ -32,6 +32,7 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ferry._timing import call_latencies, percentile  # noqa: E402
+from ferry.optimize._measure import batch_of  # noqa: E402
 from jobs.digits.data import load_split  # noqa: E402
 from jobs.digits.model import DigitsCNN  # noqa: E402
 
@@ -59,8 +60,7 @@ def eager_latency(model: nn.Module, sample: np.ndarray, budget: float) -> dict[i
 
     out = {}
     for batch in (1, 32):
-        x = np.ascontiguousarray(np.concatenate([sample] * (batch // len(sample) + 1))[:batch])
-        out[batch] = percentile(call_latencies(predict, x, budget_s=budget), 50) * 1000
+        out[batch] = percentile(call_latencies(predict, batch_of(sample, batch), budget_s=budget), 50) * 1000
     return out
 
 

@@ -247,10 +247,10 @@ def optimize(
     err = _stderr()
     prune_options = PruneOptions(prune, structured, finetune_data, finetune_epochs) if prune is not None else None
     client = registry_client()
-    result = do_optimize(model_uri, quantize=quantize, prune=prune_options, onnx=onnx, distill=distill, distill_sets=set_ or (),
-                         eval_data=eval_data,
-                         onnx_tolerance=onnx_tolerance, threads=threads, register=register, client=client,
-                         report_dir=report_dir, console=err, say=lambda line: err.print(f"[dim]{line}[/]"))
+    result = do_optimize(model_uri, quantize=quantize, prune=prune_options, onnx=onnx, distill=distill,
+                         distill_sets=set_ or (), eval_data=eval_data, onnx_tolerance=onnx_tolerance, threads=threads,
+                         register=register, client=client, report_dir=report_dir, console=err,
+                         say=lambda line: err.print(f"[dim]{line}[/]"))
     out = _stdout()
     if not out.is_terminal:
         out.width = 160  # a log or a pipe: keep the table's rows on one line each

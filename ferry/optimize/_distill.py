@@ -47,10 +47,10 @@ def train_student(job: TrainingJob, teacher_uri: str, register_as: str, client: 
         tail = "\n".join(result.last_lines[-5:])
         raise OptimizationFailed(f"--distill: student job {job.name!r} failed (exit {result.exit_code}); "
                                  f"logs in {result.run_dir}\n{tail}")
+    experiment = client.get_experiment_by_name(student.experiment)
     runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`{SUBMISSION_TAG}` = '{result.submission_id}'", max_results=1,
-    )
+        [experiment.experiment_id], filter_string=f"tags.`{SUBMISSION_TAG}` = '{result.submission_id}'", max_results=1,
+    ) if experiment is not None else []
     registered = runs[0].data.tags.get("ferry.registered_model") if runs else None
     if not registered:
         raise OptimizationFailed(f"--distill: student job {job.name!r} finished but registered no model version; "

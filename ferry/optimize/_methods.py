@@ -71,12 +71,10 @@ def prune_model(module: nn.Module, amount: float, *, structured: bool = False,
     Linear/Conv layers (global L1), so the model reaches exactly that sparsity. Structured: the
     ``amount`` of output channels/units with the smallest L2 norm in every layer but the output
     layer (removing output units would remove classes). With ``finetune`` data, a short
-    fine-tune runs with the masks in place before they are made permanent."""
+    fine-tune runs with the masks in place before they are made permanent. ``amount`` is checked
+    by ``optimize`` before anything is loaded."""
     from torch.nn.utils import prune
 
-    if not 0.0 < amount < 1.0:
-        raise ConfigError(f"--prune {amount}: the amount is the fraction of weights to remove and must lie "
-                          "strictly between 0 and 1, e.g. --prune 0.5")
     layers = [m for m in module.modules() if isinstance(m, PRUNABLE)]
     if not layers:
         raise ConfigError(f"--prune: magnitude pruning works on Linear and Conv layers; this model has {_has_layers(module)}")

@@ -8,14 +8,15 @@ student job (which registers its own version) starts; versions are registered la
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -152,13 +153,13 @@ def _optimize(model_uri: str, work: Path, *, quantize: str | None, prune: PruneO
 
     made = []
     if quantize:
-        made.append(_methods.quantize_int8(layered(base).eval()))
+        made.append(_methods.quantize_int8(copy.deepcopy(base)))
     if prune:
-        made.append(_methods.prune_model(layered(base), prune.amount, structured=prune.structured, finetune=finetune,
+        made.append(_methods.prune_model(copy.deepcopy(base), prune.amount, structured=prune.structured, finetune=finetune,
                                          finetune_epochs=prune.finetune_epochs))
     if onnx:
         names = _io_names(meta)
-        made.append(_methods.export_onnx(layered(base).eval(), sample[:8], work / "model.onnx", *names))
+        made.append(_methods.export_onnx(copy.deepcopy(base), sample[:8], work / "model.onnx", *names))
 
     say("measuring the source")
     source_m, reference = measure(source.model_dir, sample=sample, evaluation=evaluation, reference=None,
