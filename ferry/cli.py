@@ -22,7 +22,7 @@ app = typer.Typer(
 
 CrdDirOption = Annotated[
     Path | None,
-    typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, ./crds or ../shared/crds)."),
+    typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, else the schemas shipped with Ferry)."),
 ]
 
 
@@ -32,10 +32,7 @@ def _validate_and_emit(rendered: list[Any], out: Path | None, crd_dir: Path | No
     from ferry.render import dump_yaml, write_rendered
     from ferry.validate import find_crd_dir, validate_manifests
 
-    crd_dir = crd_dir or find_crd_dir()
-    if crd_dir is None:
-        _stderr().print("[yellow]warning:[/] no CRD directory found; schema validation skipped (pass --crd-dir)")
-    validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir, require_crds=crd_dir is not None)
+    validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir or find_crd_dir())
     if out is None:
         sys.stdout.write(dump_yaml([item.doc for item in rendered]))
         return
@@ -105,8 +102,13 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: key=value (repeatable).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Override the number of workers.")] = None,
     job_name: Annotated[str | None, typer.Option("--job", help="Which job, when the file defines several.")] = None,
+    resume_from: Annotated[str | None, typer.Option(
+        "--resume-from", help="Start from another submission's latest checkpoint: its id, runs:/<run id>, or a checkpoint folder.")] = None,
 ) -> None:
-    """Run a job on this machine exactly as the training operator would run it on a cluster."""
+    """Run a job on this machine exactly as the training operator would run it on a cluster.
+
+    Each call is a new submission, starting from step 0 (restarts inside it resume its own
+    checkpoints), unless --resume-from names where to start."""
     from ferry.local import apply_overrides, run_job
     from ferry.local._report import report
     from ferry.spec import load_specs
@@ -119,7 +121,7 @@ def run(
     if len(specs) > 1:
         names = ", ".join(s.name for s in specs)
         raise JobFileError(f"{job_file} defines several jobs ({names}); choose one with --job NAME")
-    job = apply_overrides(specs[0], set_ or (), workers)
+    job = apply_overrides(specs[0], set_ or (), workers, resume_from)
     console = _stdout()
     result = run_job(job, console=console, progress=console.is_terminal)
     raise typer.Exit(report(job, result, console))

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EnvSetting", "find_crd_dir"]  # plus the FERRY_* / MLFLOW_* settings below
+__all__ = ["PACKAGED_CRD_DIR", "EnvSetting", "find_crd_dir"]  # plus the FERRY_* / MLFLOW_* settings below
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class EnvSetting:
 
 
 FERRY_CRD_DIR = EnvSetting(
-    "FERRY_CRD_DIR", None, "Directory of CustomResourceDefinition YAMLs used for validation."
+    "FERRY_CRD_DIR", None, "Directory of CustomResourceDefinition YAMLs used for validation (default: the packaged copies)."
 )
 FERRY_HOME = EnvSetting(
     "FERRY_HOME", ".ferry", "Embedded default store: MLflow SQLite DB, artifacts, logs."
@@ -45,6 +45,11 @@ FERRY_SUBMISSION_ID = EnvSetting(
     "FERRY_SUBMISSION_ID", None,
     "Identifies one submission: every rank and restart of it logs to the same MLflow run.",
 )
+FERRY_RESUME_FROM = EnvSetting(
+    "FERRY_RESUME_FROM", None,
+    "Start a new submission from a submission id, runs:/<run id> or a checkpoint folder (TrainingJob.resume_from).",
+)
+FERRY_JOB_SPEC = EnvSetting("FERRY_JOB_SPEC", None, "The TrainingJob as JSON (the run logs it and its manifest).")
 FERRY_REGISTER_AS = EnvSetting("FERRY_REGISTER_AS", None, "Register the final model under this name.")
 FERRY_EVAL_DATA = EnvSetting("FERRY_EVAL_DATA", None, "The job's held-out split as module:function (recorded on the run).")
 FERRY_CHECKPOINT_URI = EnvSetting("FERRY_CHECKPOINT_URI", None, "Checkpoint location: a path or s3://bucket/prefix.")
@@ -60,20 +65,18 @@ FERRY_METRICS_BUFFER = EnvSetting(
 FERRY_FLUSH_TIMEOUT = EnvSetting(
     "FERRY_FLUSH_TIMEOUT", "300", "Seconds the end of a job waits for an unreachable tracking server."
 )
+FERRY_ACTOR = EnvSetting(
+    "FERRY_ACTOR", None, "Who promotes (recorded in the promotion history); else git user.email, the pod's service account, $USER@host."
+)
 MLFLOW_TRACKING_URI = EnvSetting("MLFLOW_TRACKING_URI", None, "MLflow tracking server (or store) URI.")
 MLFLOW_EXPERIMENT_NAME = EnvSetting("MLFLOW_EXPERIMENT_NAME", None, "MLflow experiment of the job.")
 
-_CRD_MARKER = "kubeflow.org_pytorchjobs.yaml"
+PACKAGED_CRD_DIR = Path(__file__).resolve().parent / "validate" / "crds"
 
 
-def find_crd_dir(start: Path | None = None) -> Path | None:
-    """The CRD directory: ``$FERRY_CRD_DIR``, else ``crds/`` or ``shared/crds/`` in the
-    current directory or any parent (a checkout keeps them in ``../shared/crds``)."""
+def find_crd_dir() -> Path:
+    """The CRD directory: ``$FERRY_CRD_DIR`` when set, else the schemas shipped inside the
+    package (``ferry/validate/crds``, listed with their upstream versions in its SOURCES.md)."""
     if FERRY_CRD_DIR.is_set():
         return Path(FERRY_CRD_DIR.get() or "")
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        for candidate in (folder / "crds", folder / "shared" / "crds"):
-            if (candidate / _CRD_MARKER).is_file():
-                return candidate
-    return None
+    return PACKAGED_CRD_DIR

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CRDS = REPO.parent / "shared" / "crds"
+SHARED_CRDS = REPO.parent / "shared" / "crds"  # the reference copy, beside a checkout (never needed)
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +18,10 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def crd_dir() -> Path:
-    if not (SHARED_CRDS / "kubeflow.org_pytorchjobs.yaml").is_file():
-        pytest.skip(f"the real CRD schemas are not at {SHARED_CRDS} (check out shared/ beside the repo)")
-    return SHARED_CRDS
+    """The CRD schemas Ferry ships (checked against the reference in tests/test_crds.py)."""
+    from ferry.settings import PACKAGED_CRD_DIR
+
+    return PACKAGED_CRD_DIR
 
 
 @pytest.fixture

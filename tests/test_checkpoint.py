@@ -63,6 +63,88 @@ def test_non_primary_ranks_do_not_write(tmp_path):
     assert not (tmp_path / "ck").exists()
 
 
+def _env(monkeypatch, root, submission, resume=None):
+    monkeypatch.setenv("FERRY_CHECKPOINT_URI", str(root))
+    monkeypatch.setenv("FERRY_SUBMISSION_ID", submission)
+    monkeypatch.setenv("FERRY_CHECKPOINT_EVERY", "1")
+    if resume:
+        monkeypatch.setenv("FERRY_RESUME_FROM", resume)
+    else:
+        monkeypatch.delenv("FERRY_RESUME_FROM", raising=False)
+    return Checkpointer.from_env()
+
+
+def test_each_submission_has_its_own_folder_and_keep(tmp_path, monkeypatch):
+    model, *_ = _objects()
+    first = _env(monkeypatch, tmp_path, "sub-a")
+    for step in range(1, 6):
+        first.maybe_save(step, model=model)
+    second = _env(monkeypatch, tmp_path, "sub-b")
+    assert second.uri == str(tmp_path / "sub-b") and second.restore(model=model) == 0  # never sub-a's
+    second.save(1, model=model)
+    assert sorted(p.name for p in (tmp_path / "sub-a").glob("ckpt-*")) == [f"ckpt-00000000{i}.pt" for i in (3, 4, 5)]
+    assert sorted(p.name for p in (tmp_path / "sub-b").glob("ckpt-*")) == ["ckpt-000000001.pt"]
+    restart = _env(monkeypatch, tmp_path, "sub-a")  # a restart inside sub-a resumes sub-a
+    assert restart.restore(model=model) == 5 and restart.restored_from == str(tmp_path / "sub-a")
+
+
+def test_a_finished_submission_is_never_continued(tmp_path, monkeypatch):
+    model, *_ = _objects()
+    ckpt = _env(monkeypatch, tmp_path, "spec-abc")
+    ckpt.save(4, model=model)
+    ckpt.finish(6, model=model)  # a last checkpoint at the final step, then the marker
+    assert ckpt.latest_step() == 6 and (tmp_path / "spec-abc" / "finished").is_file()
+    again = _env(monkeypatch, tmp_path, "spec-abc")  # the same manifest applied again
+    assert again.uri == str(tmp_path / "spec-abc.2") and again.restore(model=model) == 0
+    resumed = _env(monkeypatch, tmp_path, "other", resume="spec-abc")  # ...unless asked for
+    assert resumed.restore(model=model) == 6 and resumed.restored_from == str(tmp_path / "spec-abc")
+
+
+def test_explicit_resume_reads_the_source_but_writes_its_own(tmp_path, monkeypatch):
+    model, opt, sched = _objects()
+    _env(monkeypatch, tmp_path, "old").save(30, model=model, optimizer=opt, scheduler=sched)
+    for ref in ("old", str(tmp_path / "old"), (tmp_path / "old").as_uri()):
+        new = _env(monkeypatch, tmp_path, f"new-{len(ref)}", resume=ref)
+        fresh, *_ = _objects(seed=1)
+        assert new.restore(model=fresh) == 30 and torch.equal(fresh.weight, model.weight)
+        new.save(31, model=fresh)
+        assert (tmp_path / f"new-{len(ref)}" / "latest").is_file() and Checkpointer(str(tmp_path / "old")).latest_step() == 30
+        again = _env(monkeypatch, tmp_path, f"new-{len(ref)}", resume=ref)  # a restart: its own progress wins
+        assert again.restore(model=fresh) == 31
+
+
+@pytest.mark.parametrize("ref,message", [
+    ("nope", "no checkpoint of submission nope under"),
+    ("/no/such/folder", "/no/such/folder holds no checkpoint"),
+    ("file:///no/such/folder", "holds no checkpoint"),
+])
+def test_resume_from_nothing_is_a_clear_error(ref, message, tmp_path, monkeypatch):
+    from ferry.runtime import ResumeError
+
+    with pytest.raises(ResumeError, match=message):
+        _env(monkeypatch, tmp_path, "sub", resume=ref)
+
+
+def test_resume_from_a_run_reads_its_checkpoint_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from ferry.runtime import ResumeError, resolve_resume
+
+    model, *_ = _objects()
+    Checkpointer(str(tmp_path / "s1")).save(3, model=model)
+
+    class Client:
+        def get_run(self, run_id):
+            if run_id != "a" * 32:
+                raise LookupError(f"Run '{run_id}' not found")
+            return SimpleNamespace(data=SimpleNamespace(tags={"ferry.checkpoint_dir": str(tmp_path / "s1")}))
+
+    source = resolve_resume("runs:/" + "a" * 32, str(tmp_path), client=Client())
+    assert source.checkpoint_dir == str(tmp_path / "s1") and source.run_id == "a" * 32
+    with pytest.raises(ResumeError, match="no such MLflow run"):
+        resolve_resume("runs:/" + "b" * 32, str(tmp_path), client=Client())
+
+
 @pytest.mark.integration
 def test_s3_roundtrip_and_keep(moto_s3):
     import boto3

@@ -62,6 +62,65 @@ def test_ddp_run_logs_one_run_and_registers(tmp_path, mlflow_server):
     (version,) = client.search_model_versions("name='digits-classifier'")
     assert version.run_id == run.info.run_id
     assert "succeeded: digits" in result.stdout and run.info.run_id in result.stdout
+    # provenance: the run is named after its submission, and says what produced it
+    submission = run.data.tags["ferry.submission_id"]
+    assert run.info.run_name == f"digits-{submission}" and f"submission {submission}" in result.stdout
+    inputs = {[t.value for t in d.tags if t.key == "mlflow.data.context"][0]: d.dataset for d in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["evaluation", "training"] and inputs["training"].name == "digits"
+    assert inputs["training"].digest != inputs["evaluation"].digest and "features_shape" in inputs["training"].profile
+    assert json.loads(inputs["training"].source) == {"uri": "sklearn.datasets.load_digits"}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "ferry")}
+    assert artifacts == {"ferry/job.json", "ferry/pytorchjob.yaml"}
+    import yaml
+
+    local = Path(client.download_artifacts(run.info.run_id, "ferry", str(tmp_path)))
+    manifest = yaml.safe_load((local / "pytorchjob.yaml").read_text())
+    assert manifest["kind"] == "PyTorchJob" and manifest["metadata"]["labels"]["ferry.dev/submission"] == submission
+    spec = json.loads((local / "job.json").read_text())
+    assert spec["name"] == "digits" and spec["hyperparameters"]["epochs"] == 15
+
+
+def test_two_submissions_never_share_weights(tmp_path):
+    """The defect: a second `ferry run` continued the first one's checkpoint and recorded the
+    new lr on weights trained with the old one."""
+    home = tmp_path / ".ferry"
+    first = ferry_run("jobs/digits/job.py", "--set", "epochs=2", env={"FERRY_HOME": str(home)})
+    second = ferry_run("jobs/digits/job.py", "--set", "epochs=2", "--set", "lr=0.01", env={"FERRY_HOME": str(home)})
+    assert first.returncode == 0 and second.returncode == 0, second.stdout[-3000:]
+    assert "resumed from checkpoint" not in second.stdout
+    client = client_for(f"sqlite:///{home / 'mlflow.db'}")
+    runs = {r.data.params["lr"]: r for r in runs_of(client, "digits")}
+    assert sorted(runs) == ["0.003", "0.01"]
+    for run in runs.values():  # each trained every step itself, from step 1
+        assert steps_of(client, run.info.run_id, "loss")[0] == 1 and "ferry.resumed_from_step" not in run.data.tags
+        assert "ferry.resume_from" not in run.data.tags
+    folders = {r.data.tags["ferry.checkpoint_dir"] for r in runs.values()}
+    assert len(folders) == 2 and all(Path(f).parent == home / "volumes" / "ferry-checkpoints" / "digits" for f in folders)
+    assert all((Path(f) / "finished").is_file() and (Path(f) / "latest").is_file() for f in folders)
+
+
+def test_explicit_resume_records_its_lineage(tmp_path, mlflow_server):
+    home = tmp_path / ".ferry"
+    env = {"FERRY_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_server.url}
+    first = ferry_run("jobs/digits/job.py", "--set", "epochs=2", env=env)
+    assert first.returncode == 0, first.stdout[-3000:]
+    client = client_for(mlflow_server.url)
+    (source,) = runs_of(client, "digits")
+    final = int(source.data.tags["ferry.final_step"])
+    resumed = ferry_run("jobs/digits/job.py", "--set", "epochs=3", "--resume-from", f"runs:/{source.info.run_id}", env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"resumed from checkpoint at step {final} ({source.data.tags['ferry.checkpoint_dir']})" in resumed.stdout
+    (run,) = [r for r in runs_of(client, "digits") if r.info.run_id != source.info.run_id]
+    tags = run.data.tags
+    assert tags["ferry.resume_from"] == f"runs:/{source.info.run_id}" and tags["ferry.resume_from.run_id"] == source.info.run_id
+    assert tags["ferry.resume_from.checkpoint_dir"] == source.data.tags["ferry.checkpoint_dir"] != tags["ferry.checkpoint_dir"]
+    assert steps_of(client, run.info.run_id, "loss")[0] == final + 1  # continued, not restarted
+    # by submission id too; and a reference to nothing is refused before anything starts
+    by_id = ferry_run("jobs/digits/job.py", "--set", "epochs=3", "--resume-from", source.data.tags["ferry.submission_id"], env=env)
+    assert by_id.returncode == 0 and f"resumed from checkpoint at step {final}" in by_id.stdout
+    nothing = ferry_run("jobs/digits/job.py", "--resume-from", "runs:/" + "0" * 32, env=env, timeout=60)
+    assert nothing.returncode == 2 and "no such MLflow run" in nothing.stderr and "Traceback" not in nothing.stderr
+    assert len(runs_of(client, "digits")) == 3
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -78,9 +137,10 @@ def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
     home = tmp_path / ".ferry"
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=80"], cwd=REPO,
                             env=clean_env(FERRY_HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    latest = home / "volumes" / "ferry-checkpoints" / "digits" / "latest"
+    folder = home / "volumes" / "ferry-checkpoints" / "digits"
     try:
-        _wait_for(lambda: latest.exists() and json.loads(latest.read_text())["step"] >= 60, 180, "no checkpoint at step >= 60")
+        latest = _wait_for(lambda: next(folder.glob("*/latest"), None), 60, "no checkpoint folder")
+        _wait_for(lambda: json.loads(latest.read_text())["step"] >= 60, 180, "no checkpoint at step >= 60")
         (state_file,) = home.glob("runs/digits/*/replicas.json")
         state = json.loads(state_file.read_text())
         worker = next(r for r in state["replicas"] if r["name"] == "worker-0")
@@ -94,6 +154,8 @@ def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
     assert "replica worker-0 failed (signal 9); restarting the group (1/3)" in output
     resumed = int(output.split("resumed from checkpoint at step ")[1].split()[0])
     assert resumed >= killed_after >= 60  # resumed, not started over
+    assert f"({latest.parent})" in output  # ...from its own submission's folder
+    assert latest.parent.name == json.loads(state_file.read_text())["submission_id"]
     client = client_for(f"sqlite:///{home / 'mlflow.db'}")
     (run,) = runs_of(client, "digits")  # still ONE run
     assert int(run.data.tags["ferry.resumed_from_step"]) == resumed

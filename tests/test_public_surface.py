@@ -23,8 +23,9 @@ SURFACE = {
     ],
     "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
     "ferry.runtime": [
-        "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "S3Storage", "SUBMISSION_TAG", "Tracker",
-        "init", "progress", "shutdown", "storage_for",
+        "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "ResumeError", "ResumeSource", "S3Storage",
+        "SUBMISSION_TAG", "Tracker", "init", "progress", "resolve_resume", "shutdown", "storage_for", "submission_dir",
+        "submission_id",
     ],
     "ferry.registry": [
         "GateResult", "HistoryEntry", "PromotionResult", "alias_holder", "evaluate_gates", "list_models",

@@ -59,14 +59,42 @@ def test_restricted_security_and_shm():
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
         assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "4Gi"}} in pod["volumes"]
         assert {"mountPath": "/dev/shm", "name": "dshm"} in pod["containers"][0]["volumeMounts"]
-    assert [i for i in manifest_issues(doc, None, require_crds=False)] == []
+    assert [i for i in manifest_issues(doc)] == []
 
 
 def test_labels_on_job_and_pods():
     doc = render_pytorchjob(TrainingJob(**BASE, labels={"team": "vision"}))
-    expected = {"app.kubernetes.io/managed-by": "ferry", "ferry.dev/job": "digits", "team": "vision"}
+    submission = doc["metadata"]["labels"]["ferry.dev/submission"]
+    expected = {"app.kubernetes.io/managed-by": "ferry", "ferry.dev/job": "digits", "team": "vision",
+                "ferry.dev/submission": submission}
     assert doc["metadata"]["labels"] == expected
     assert doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"] == expected
+
+
+def test_a_rendered_manifest_names_its_submission_by_the_spec():
+    """kubectl apply of a rendered manifest: the same spec is the same submission (rendering
+    stays deterministic); any change to the spec is another one, with its own checkpoints."""
+    def submission(**extra):
+        return render_pytorchjob(TrainingJob(**{**BASE, **extra}))["metadata"]["labels"]["ferry.dev/submission"]
+
+    assert submission() == submission() and submission().startswith("spec-")
+    assert len({submission(), submission(hyperparameters={"lr": 0.01}), submission(image="i:2"), submission(workers=3)}) == 4
+    env = render_pytorchjob(TrainingJob(**BASE))["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    (ref,) = [e for e in env if e["name"] == "FERRY_SUBMISSION_ID"]  # read from the pod's label, tracking or not
+    assert ref["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['ferry.dev/submission']"
+    spec = json.loads(next(e["value"] for e in env if e["name"] == "FERRY_JOB_SPEC"))
+    assert TrainingJob.model_validate(spec) == TrainingJob(**BASE)  # the run re-renders this exact job
+
+
+def test_with_submission_labels_job_and_every_pod():
+    from ferry._submission import with_submission
+
+    doc = render_pytorchjob(TrainingJob(**BASE, workers=3))
+    labelled = with_submission(doc, "20261123-071502-a3f9")
+    assert labelled["metadata"]["labels"]["ferry.dev/submission"] == "20261123-071502-a3f9"
+    for replica in labelled["spec"]["pytorchReplicaSpecs"].values():
+        assert replica["template"]["metadata"]["labels"]["ferry.dev/submission"] == "20261123-071502-a3f9"
+    assert doc["metadata"]["labels"]["ferry.dev/submission"].startswith("spec-")  # the input is untouched
 
 
 def test_env_secrets_by_reference_and_tracking():

@@ -1,4 +1,4 @@
-"""Validation against the real CRDs in ../shared/crds, kubernetes-validate and Pod Security."""
+"""Validation against the CRD schemas Ferry ships, kubernetes-validate and Pod Security."""
 
 from __future__ import annotations
 
@@ -65,9 +65,17 @@ def test_builtin_kinds_use_kubernetes_validate():
     assert issue.path == "$.data.a"
 
 
-def test_custom_resource_without_crds_is_a_config_error():
+def test_custom_resources_validate_against_the_packaged_crds_by_default():
+    assert manifest_issues(render_pytorchjob(JOBS["cpu"])) == []
+    broken = render_pytorchjob(JOBS["cpu"])
+    broken["spec"]["nprocPerNode"] = 2  # a string in the CRD
+    (issue,) = manifest_issues(broken)
+    assert issue.path == "$.spec.nprocPerNode"
+
+
+def test_a_missing_crd_dir_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="--crd-dir"):
-        manifest_issues(render_pytorchjob(JOBS["cpu"]), None)
+        manifest_issues(render_pytorchjob(JOBS["cpu"]), tmp_path / "nowhere")
 
 
 def test_unknown_custom_kind(crd_dir):

@@ -7,15 +7,15 @@ with exactly the environment the training operator would inject.
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ferry import settings
-from ferry.errors import SpecError
+from ferry._submission import new_submission_id, with_submission
+from ferry.errors import ConfigError, SpecError
 from ferry.local._executor import JobResult, LocalExecutor
-from ferry.local._plan import Replica, free_port, operator_env, plan
+from ferry.local._plan import Replica, free_port, local_path, operator_env, plan
 from ferry.local._store import LocalStore, tracking_env
 from ferry.spec import TrainingJob
 
@@ -47,9 +47,10 @@ def _parse_value(raw: str, like: Any) -> Any:
     return raw
 
 
-def apply_overrides(job: TrainingJob, sets: Sequence[str] = (), workers: int | None = None) -> TrainingJob:
-    """``--set key=value`` (hyperparameters; the value takes the type of the current one) and
-    ``--workers N``, validated like any spec: the result is a new TrainingJob."""
+def apply_overrides(job: TrainingJob, sets: Sequence[str] = (), workers: int | None = None,
+                    resume_from: str | None = None) -> TrainingJob:
+    """``--set key=value`` (hyperparameters; the value takes the type of the current one),
+    ``--workers N`` and ``--resume-from X``, validated like any spec: the result is a new TrainingJob."""
     hparams = dict(job.hyperparameters)
     for item in sets:
         key, sep, raw = item.partition("=")
@@ -65,6 +66,8 @@ def apply_overrides(job: TrainingJob, sets: Sequence[str] = (), workers: int | N
     update: dict[str, Any] = {"hyperparameters": hparams}
     if workers is not None:
         update["workers"] = workers
+    if resume_from is not None:
+        update["resume_from"] = resume_from
     # Rebuild from the validated attribute values (not a dump: nested specs stay as they are).
     fields = {name: getattr(job, name) for name in type(job).model_fields}
     return TrainingJob(**{**fields, **update})
@@ -83,19 +86,22 @@ def _git_commit(workdir: Path) -> str | None:
 def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path | None = None,
             console: Any = None, progress: bool = False, submission_id: str | None = None,
             tracking_uri: str | None = None) -> JobResult:
-    """Run ``job`` locally to completion; returns its outcome (never raises for a failed job).
-    Replicas track to ``tracking_uri`` when given, else as ``tracking_env`` says."""
+    """Run ``job`` locally to completion as one new submission; returns its outcome (never
+    raises for a failed job; a ``resume_from`` that names nothing is a ConfigError before
+    anything starts). Replicas track to ``tracking_uri`` when given, else as ``tracking_env`` says."""
     from ferry.render import render_pytorchjob
 
     store = store or LocalStore.default()
     workdir = (workdir or Path.cwd()).resolve()
-    submission_id = submission_id or uuid.uuid4().hex[:12]
+    submission_id = submission_id or new_submission_id()
+    manifest = with_submission(render_pytorchjob(job), submission_id)
+    if job.resume_from is not None:
+        _check_resume(job, manifest, store, tracking_uri or embedded_tracking_uri(store))
     local_env = tracking_env(store)
     if tracking_uri and tracking_uri != local_env["MLFLOW_TRACKING_URI"]:
         local_env = {"MLFLOW_TRACKING_URI": tracking_uri}
     if commit := _git_commit(workdir):
         local_env["FERRY_GIT_COMMIT"] = commit
-    manifest = render_pytorchjob(job)
     bar = None
     on_progress = None
     if progress and console is not None:
@@ -115,6 +121,24 @@ def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path 
         with bar:
             return executor.run()
     return executor.run()
+
+
+def _check_resume(job: TrainingJob, manifest: dict[str, Any], store: LocalStore, tracking_uri: str) -> None:
+    """Resolve ``job.resume_from`` as the replicas will (paths under a PVC mount map to the
+    local store), so a reference to nothing fails here, before any process starts."""
+    from ferry.runtime import ResumeError, resolve_resume
+
+    assert job.resume_from is not None and job.checkpointing is not None  # the spec enforces both
+    root = local_path(manifest, job.checkpointing.uri, store.volumes)
+    client = None
+    if job.resume_from.startswith("runs:/"):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        resolve_resume(local_path(manifest, job.resume_from, store.volumes), root, client=client)
+    except ResumeError as exc:
+        raise ConfigError(f"{exc}; list a job's submissions with: ls {root}") from exc
 
 
 def embedded_tracking_uri(store: LocalStore | None = None) -> str:

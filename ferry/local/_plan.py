@@ -90,16 +90,36 @@ def _map_volumes(value: str, mounts: dict[str, Path]) -> str:
     return value
 
 
+def _pvc_mounts(pod: dict[str, Any], container: dict[str, Any], volumes_dir: Path) -> dict[str, Path]:
+    """PVC mount paths → the folders under the local store that stand in for the claims,
+    shared by all replicas as a PVC is."""
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+    return {m["mountPath"]: volumes_dir / claims[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in claims}
+
+
+def _pods(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(role key, replica spec, pod spec, the pytorch container) for every replica type."""
+    out = []
+    for role_key, spec in manifest["spec"]["pytorchReplicaSpecs"].items():
+        pod = spec["template"]["spec"]
+        (container,) = [c for c in pod["containers"] if c["name"] == "pytorch"]
+        out.append((role_key, spec, pod, container))
+    return out
+
+
+def local_path(manifest: dict[str, Any], value: str, volumes_dir: Path) -> str:
+    """A path as a replica of ``manifest`` sees it (e.g. under a PVC mount) → this machine's
+    path for it. Pure: creates nothing."""
+    _, _, pod, container = _pods(manifest)[0]
+    return _map_volumes(value, _pvc_mounts(pod, container, volumes_dir))
+
+
 def plan(manifest: dict[str, Any], *, master_port: int, local_env: dict[str, str], volumes_dir: Path,
          workdir: Path) -> list[Replica]:
     """Every replica of the job, each with its argv and full environment."""
     replicas: list[Replica] = []
-    for role_key, spec in manifest["spec"]["pytorchReplicaSpecs"].items():
-        pod = spec["template"]["spec"]
-        (container,) = [c for c in pod["containers"] if c["name"] == "pytorch"]
-        # PVC mounts become folders under the local store, shared by all replicas as a PVC is.
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
-        mounts = {m["mountPath"]: volumes_dir / claims[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in claims}
+    for role_key, spec, pod, container in _pods(manifest):
+        mounts = _pvc_mounts(pod, container, volumes_dir)
         for local_dir in mounts.values():
             local_dir.mkdir(parents=True, exist_ok=True)
         base: dict[str, str] = {}

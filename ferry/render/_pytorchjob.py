@@ -8,6 +8,7 @@ from typing import Any
 from kubeflow.training import models as kf
 from kubernetes import client as k8s
 
+from ferry._submission import SUBMISSION_LABEL, spec_submission_id
 from ferry.render import _pod
 from ferry.spec import ConfigMapVolume, EmptyDirVolume, PVCVolume, SecretVolume, TrainingJob
 
@@ -17,10 +18,6 @@ CONTAINER_NAME = "pytorch"  # the operator finds the container by this name
 PORT_NAME = "pytorchjob-port"  # ... and the rendezvous port by this one
 JOB_LABEL = "ferry.dev/job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-# Set on the pod template at submission (`ferry submit`, or by hand) so every replica and
-# restart of one submission logs to the same MLflow run. Absent, the value is empty and the
-# runtime falls back to <namespace>/<job>.
-SUBMISSION_LABEL = "ferry.dev/submission"
 
 
 def ferry_env(job: TrainingJob) -> dict[str, str]:
@@ -31,7 +28,11 @@ def ferry_env(job: TrainingJob) -> dict[str, str]:
         "FERRY_NAMESPACE": job.namespace,
         "FERRY_IMAGE": job.image,
         "FERRY_HYPERPARAMETERS": json.dumps(job.hyperparameters, sort_keys=True, separators=(",", ":")),
+        # The whole spec: the run records it, and the manifest rendered from it, as artifacts.
+        "FERRY_JOB_SPEC": json.dumps(job.model_dump(mode="json"), sort_keys=True, separators=(",", ":")),
     }
+    if job.resume_from is not None:
+        env["FERRY_RESUME_FROM"] = job.resume_from
     if job.tracking is not None:
         env["MLFLOW_EXPERIMENT_NAME"] = job.experiment
         if job.tracking.register_as:
@@ -51,8 +52,9 @@ def _env(job: TrainingJob) -> list[k8s.V1EnvVar]:
     env += [_pod.env_value(k, v) for k, v in ferry_env(job).items()]
     if job.tracking is not None:
         env.append(_pod.env_from_ref("MLFLOW_TRACKING_URI", job.tracking.uri_from))
-        env.append(k8s.V1EnvVar(name="FERRY_SUBMISSION_ID", value_from=k8s.V1EnvVarSource(
-            field_ref=k8s.V1ObjectFieldSelector(field_path=f"metadata.labels['{SUBMISSION_LABEL}']"))))
+    # Which submission this pod belongs to (ferry._submission): its checkpoints and its run.
+    env.append(k8s.V1EnvVar(name="FERRY_SUBMISSION_ID", value_from=k8s.V1EnvVarSource(
+        field_ref=k8s.V1ObjectFieldSelector(field_path=f"metadata.labels['{SUBMISSION_LABEL}']"))))
     return env
 
 
@@ -111,7 +113,7 @@ def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
         automount_service_account_token=None if job.service_account else False,
         image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
     )
-    labels = _pod.common_labels(JOB_LABEL, job.name, job.labels)
+    labels = {**_pod.common_labels(JOB_LABEL, job.name, job.labels), SUBMISSION_LABEL: spec_submission_id(job)}
     return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=spec)
 
 
@@ -153,7 +155,7 @@ def _run_policy(job: TrainingJob) -> kf.KubeflowOrgV1RunPolicy:
 
 def build_pytorchjob(job: TrainingJob) -> kf.KubeflowOrgV1PyTorchJob:
     """The PyTorchJob wire object for ``job``."""
-    labels = _pod.common_labels(JOB_LABEL, job.name, job.labels)
+    labels = {**_pod.common_labels(JOB_LABEL, job.name, job.labels), SUBMISSION_LABEL: spec_submission_id(job)}
     if job.queue:
         labels[KUEUE_QUEUE_LABEL] = job.queue
     elastic = None

@@ -15,7 +15,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Checkpointer": "_checkpoint", "LocalStorage": "_checkpoint", "S3Storage": "_checkpoint", "storage_for": "_checkpoint",
+    "Checkpointer": "_checkpoint", "LocalStorage": "_storage", "S3Storage": "_storage", "storage_for": "_storage",
+    "ResumeError": "_submission", "ResumeSource": "_submission", "resolve_resume": "_submission",
+    "submission_dir": "_submission", "submission_id": "_submission",
     "Context": "_dist", "init": "_dist", "progress": "_dist", "shutdown": "_dist", "PROGRESS_PREFIX": "_dist",
     "SUBMISSION_TAG": "_tracking", "Tracker": "_tracking",
 }

@@ -1,9 +1,11 @@
 """Checkpoints that survive a killed replica: atomic writes, a ``latest`` pointer, pruning.
 
-Layout under the checkpoint URI (a local path or ``s3://bucket/prefix``)::
+Layout of one submission's folder, ``<Checkpointing.uri>/<submission>/`` (a local path or
+``s3://bucket/prefix``; see ``_submission.py``)::
 
-    ckpt-000000120.pt     one torch.save() archive per saved step
+    ckpt-000000120.pt     one torch.save() archive per saved step (the newest ``keep``)
     latest                {"step": 120, "key": "ckpt-000000120.pt"}
+    finished              written when the submission completed
 
 A checkpoint is complete before ``latest`` names it (local: temp file + fsync + rename; S3:
 a PUT is all-or-nothing), so a reader never sees a half-written checkpoint, and a crash during
@@ -14,99 +16,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import re
-import tempfile
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlparse
+import time
+from typing import Any
 
 import torch
 
 from ferry import settings
+from ferry.runtime._storage import Storage, storage_for
+from ferry.runtime._submission import FINISHED, LATEST, resolve_resume, submission_dir, submission_id
 
 _CKPT = re.compile(r"^ckpt-(\d{9})\.pt$")
-LATEST = "latest"
-
-
-class Storage(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
-    def get(self, key: str) -> bytes | None: ...
-    def keys(self) -> list[str]: ...
-    def delete(self, key: str) -> None: ...
-
-
-class LocalStorage:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.root / key)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def get(self, key: str) -> bytes | None:
-        try:
-            return (self.root / key).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def keys(self) -> list[str]:
-        return sorted(p.name for p in self.root.glob("*") if p.is_file()) if self.root.is_dir() else []
-
-    def delete(self, key: str) -> None:
-        (self.root / key).unlink(missing_ok=True)
-
-
-class S3Storage:
-    """boto3 against AWS or any S3-compatible store: the endpoint and credentials come from the
-    standard AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...)."""
-
-    def __init__(self, bucket: str, prefix: str, client: Any = None):
-        if client is None:
-            import boto3
-
-            client = boto3.client("s3")
-        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-
-    def get(self, key: str) -> bytes | None:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            return None
-
-    def keys(self) -> list[str]:
-        out: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        base = f"{self.prefix}/" if self.prefix else ""
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
-            out += [obj["Key"][len(base):] for obj in page.get("Contents", [])]
-        return sorted(k for k in out if "/" not in k)
-
-    def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-
-def storage_for(uri: str, s3_client: Any = None) -> Storage:
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        return S3Storage(parsed.netloc, parsed.path, client=s3_client)
-    return LocalStorage(parsed.path if parsed.scheme == "file" else uri)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -136,23 +57,32 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 class Checkpointer:
     """Save every ``every_steps`` steps (primary rank only), keep the newest ``keep``, and
-    restore the latest on every rank at start."""
+    restore the latest on every rank at start.
+
+    ``uri`` is this submission's own folder. ``resume_from`` is another folder to start from
+    when this one holds no checkpoint yet (an explicit resume); a restart inside the
+    submission always continues from its own latest checkpoint."""
 
     def __init__(self, uri: str, every_steps: int = 100, keep: int = 3, *, is_primary: bool = True,
-                 storage: Storage | None = None):
+                 storage: Storage | None = None, resume_from: str | None = None):
         if every_steps < 1 or keep < 1:
             raise ValueError(f"every_steps and keep must be >= 1 (got {every_steps}, {keep})")
         self.uri, self.every_steps, self.keep, self.is_primary = uri, every_steps, keep, is_primary
         self.storage = storage or storage_for(uri)
+        self.resume_from = resume_from
+        self.restored_from: str | None = None  # the folder restore() loaded from, if any
 
     @classmethod
     def from_env(cls, *, is_primary: bool = True) -> Checkpointer | None:
-        """The job's checkpointer from FERRY_CHECKPOINT_*; None when the job has none."""
-        uri = settings.FERRY_CHECKPOINT_URI.get()
-        if not uri:
+        """The job's checkpointer from FERRY_CHECKPOINT_* (None when the job has none): this
+        submission's folder under the job's checkpoint URI, and FERRY_RESUME_FROM resolved."""
+        root = settings.FERRY_CHECKPOINT_URI.get()
+        if not root:
             return None
-        return cls(uri, int(settings.FERRY_CHECKPOINT_EVERY.get() or 100),
-                   int(settings.FERRY_CHECKPOINT_KEEP.get() or 3), is_primary=is_primary)
+        resume = settings.FERRY_RESUME_FROM.get()
+        source = resolve_resume(resume, root).checkpoint_dir if resume else None
+        return cls(submission_dir(root, submission_id()), int(settings.FERRY_CHECKPOINT_EVERY.get() or 100),
+                   int(settings.FERRY_CHECKPOINT_KEEP.get() or 3), is_primary=is_primary, resume_from=source)
 
     def latest_step(self) -> int | None:
         raw = self.storage.get(LATEST)
@@ -177,20 +107,39 @@ class Checkpointer:
 
     def restore(self, **objects: Any) -> int:
         """Load the latest checkpoint into ``objects`` (by the names they were saved under) and
-        restore RNG state; returns its step, or 0 when there is none."""
-        raw = self.storage.get(LATEST)
+        restore RNG state; returns its step, or 0 when there is none. This submission's own
+        checkpoints come first; ``resume_from`` is read only while it has none."""
+        storage, where = self.storage, self.uri
+        raw = storage.get(LATEST)
+        if raw is None and self.resume_from:
+            storage, where = storage_for(self.resume_from), self.resume_from
+            raw = storage.get(LATEST)
+            if raw is None:
+                raise RuntimeError(f"resume_from: {where} holds no checkpoint")
         if raw is None:
             return 0
         pointer = json.loads(raw)
-        data = self.storage.get(pointer["key"])
+        data = storage.get(pointer["key"])
         if data is None:
-            raise RuntimeError(f"checkpoint {pointer['key']} named by {self.uri}/latest is missing")
+            raise RuntimeError(f"checkpoint {pointer['key']} named by {where}/{LATEST} is missing")
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         for name, obj in objects.items():
             if name in ckpt["state"] and hasattr(obj, "load_state_dict"):
                 obj.load_state_dict(ckpt["state"][name])
         _set_rng_state(ckpt["rng"])
+        self.restored_from = where
         return int(ckpt["step"])
+
+    def finish(self, step: int, **objects: Any) -> None:
+        """The submission completed at ``step``: save a last checkpoint of ``objects`` (unless
+        the latest already is at ``step``), so another submission can ``resume_from`` the final
+        state, and mark the folder finished: the same submission id seen again starts afresh
+        in a new folder instead of continuing. Primary rank only."""
+        if not self.is_primary:
+            return
+        if objects and self.latest_step() != step:
+            self.save(step, **objects)
+        self.storage.put(FINISHED, json.dumps({"step": step, "time": time.time()}).encode())
 
     def _prune(self, keep_key: str) -> None:
         ckpts = sorted(k for k in self.storage.keys() if _CKPT.match(k))

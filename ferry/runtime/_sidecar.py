@@ -34,6 +34,8 @@ class Sender:
         self.buffer: deque[tuple[str, float, int, int]] = deque(maxlen=buffer_size)
         self.params: dict[str, str] = {}
         self.tags: dict[str, str] = {}
+        self.datasets: dict[str, str] = {}  # name:context -> JSON record (Tracker.log_dataset)
+        self.texts: dict[str, str] = {}  # artifact path -> text (the job spec and its manifest)
         self.lock = threading.Lock()
         self.eof = threading.Event()
         self.dropped = 0
@@ -45,6 +47,7 @@ class Sender:
             with self.lock:
                 self.params.update(message.get("p", {}))
                 self.tags.update(message.get("t", {}))
+                self.datasets.update(message.get("d", {}))
                 for point in message.get("m", []):
                     if len(self.buffer) == self.buffer.maxlen:
                         self.dropped += 1
@@ -54,13 +57,17 @@ class Sender:
         self.eof.set()
 
     def pending(self) -> bool:
-        return bool(self.buffer or self.params or self.tags)
+        return bool(self.buffer or self._fields_pending())
+
+    def _fields_pending(self) -> bool:
+        return bool(self.params or self.tags or self.datasets or self.texts)
 
     def _send_fields(self) -> None:
         from mlflow.entities import Param, RunTag
 
         with self.lock:
             params, tags = dict(self.params), dict(self.tags)
+            datasets, texts = dict(self.datasets), dict(self.texts)
         if params:  # a resumed run keeps the params it has (MLflow refuses to change one)
             existing = self.client.get_run(self.run_id).data.params
             new = [Param(k, v) for k, v in params.items() if k not in existing]
@@ -69,7 +76,15 @@ class Sender:
         items = [RunTag(k, v) for k, v in tags.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, tags=items[i : i + 100])
+        if datasets:
+            self.client.log_inputs(self.run_id, datasets=[_dataset_input(record) for record in datasets.values()])
+        for path, text in texts.items():
+            self.client.log_text(self.run_id, text, path)
         with self.lock:
+            for key in datasets:
+                self.datasets.pop(key, None)
+            for key in texts:
+                self.texts.pop(key, None)
             for key in params:
                 if self.params.get(key) == params[key]:
                     del self.params[key]
@@ -82,10 +97,10 @@ class Sender:
 
         with self.lock:
             batch = [self.buffer[i] for i in range(min(_BATCH, len(self.buffer)))]
-        if not batch and not self.params and not self.tags:
+        if not batch and not self._fields_pending():
             return True
         try:
-            if self.params or self.tags:
+            if self._fields_pending():
                 self._send_fields()
             if batch:
                 self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v, ts, step in batch])
@@ -120,10 +135,37 @@ class Sender:
             if not self.flush_once():
                 time.sleep(1.0)
         if self.pending():
-            log.error("gave up on %d metric point(s), %d param(s), %d tag(s): tracking server unreachable",
-                      len(self.buffer), len(self.params), len(self.tags))
+            log.error("gave up on %d metric point(s), %d param(s), %d tag(s), %d dataset(s), %d artifact(s): "
+                      "tracking server unreachable", len(self.buffer), len(self.params), len(self.tags),
+                      len(self.datasets), len(self.texts))
             return 3
         return 0
+
+
+def _dataset_input(record: str) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    fields = json.loads(record)
+    context = fields.pop("context")
+    return DatasetInput(Dataset(**fields), tags=[InputTag("mlflow.data.context", context)])
+
+
+def job_artifacts() -> dict[str, str]:
+    """The job spec (FERRY_JOB_SPEC) and the PyTorchJob rendered from it, labelled with this
+    submission, as run artifacts: what produced the run, re-renderable and diffable."""
+    from ferry import settings
+    from ferry._submission import with_submission
+    from ferry.render import dump_yaml, render_pytorchjob
+    from ferry.runtime._submission import submission_id
+    from ferry.spec import TrainingJob
+
+    raw = settings.FERRY_JOB_SPEC.get()
+    if not raw:
+        return {}
+    job = TrainingJob.model_validate_json(raw)
+    manifest = with_submission(render_pytorchjob(job), submission_id())
+    return {"ferry/job.json": json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n",
+            "ferry/pytorchjob.yaml": dump_yaml([manifest])}
 
 
 class SystemSampler:
@@ -216,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         sampler = SystemSampler(sender, float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10), args.resume)
         sampler.start()
     print("ready", flush=True)  # the trainer may wait for this (Tracker.wait_ready)
+    try:
+        texts = job_artifacts()
+    except Exception as exc:  # noqa: BLE001 - a spec this version cannot read must not stop tracking
+        log.warning("the job spec could not be rendered for the run's artifacts: %s", exc)
+        texts = {}
+    with sender.lock:
+        sender.texts.update(texts)
     sender.eof.wait()
     if sampler is not None:
         sampler.finish()  # a last sample, so even a short job has system metrics

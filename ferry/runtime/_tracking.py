@@ -20,10 +20,13 @@ import time
 from typing import Any
 
 from ferry import settings
+from ferry.runtime._submission import CHECKPOINT_DIR_TAG, ResumeError, resolve_resume, submission_dir
+from ferry.runtime._submission import submission_id as env_submission_id
 
 log = logging.getLogger("ferry.tracking")
 
 SUBMISSION_TAG = "ferry.submission_id"
+RESUME_TAG = "ferry.resume_from"  # + .run_id and .checkpoint_dir: the lineage of an explicit resume
 
 
 def _default_mlflow_http_env() -> None:
@@ -45,8 +48,8 @@ class Tracker:
         self.is_primary = is_primary
         self.tracking_uri = tracking_uri or settings.MLFLOW_TRACKING_URI.get()
         self.experiment = experiment or settings.MLFLOW_EXPERIMENT_NAME.get() or settings.FERRY_JOB_NAME.get() or "Default"
-        self.submission_id = submission_id or settings.FERRY_SUBMISSION_ID.get() or self._fallback_submission()
-        self.run_name = run_name
+        self.submission_id = submission_id or env_submission_id()
+        self.run_name = run_name or f"{settings.FERRY_JOB_NAME.get() or 'job'}-{self.submission_id}"
         self.flush_interval = flush_interval
         self.system_metrics = system_metrics
         self.run_id: str | None = None
@@ -55,12 +58,6 @@ class Tracker:
         self.buffer_size = buffer_size or int(settings.FERRY_METRICS_BUFFER.get() or 100000)
         self._client = client
         self._pipe: _MetricPipe | None = None
-
-    @staticmethod
-    def _fallback_submission() -> str:
-        # Without a submission id (e.g. a plain `kubectl apply`), the job's identity stands in:
-        # restarts still share one run; a finished run is not resumed (see start()).
-        return f"{settings.FERRY_NAMESPACE.get()}/{settings.FERRY_JOB_NAME.get() or 'job'}"
 
     # ---- lifecycle -----------------------------------------------------------------------
     @property
@@ -103,7 +100,9 @@ class Tracker:
 
     def _log_job_identity(self) -> None:
         """What every run records without the script asking: the job, its image, the source
-        commit, the world size and the hyperparameters it was submitted with."""
+        commit, its checkpoint folder, what it resumed from, the world size and the
+        hyperparameters it was submitted with. (The job spec and its rendered manifest are
+        logged as artifacts by the sidecar.)"""
         import json
 
         tags = {
@@ -112,11 +111,35 @@ class Tracker:
             "ferry.image": settings.FERRY_IMAGE.get(),
             "ferry.eval_data": settings.FERRY_EVAL_DATA.get(),
             "mlflow.source.git.commit": settings.FERRY_GIT_COMMIT.get(),
+            **self._checkpoint_tags(),
         }
         self.set_tags({k: v for k, v in tags.items() if v})
         params: dict[str, Any] = json.loads(settings.FERRY_HYPERPARAMETERS.get() or "{}")
         params["world_size"] = os.environ.get("WORLD_SIZE", "1")
         self.log_params(params)
+
+    def _checkpoint_tags(self) -> dict[str, str]:
+        """Where this submission keeps its checkpoints, and the lineage of an explicit resume:
+        the reference as given, the folder it named, and the run that wrote that folder."""
+        root = settings.FERRY_CHECKPOINT_URI.get()
+        tags: dict[str, str] = {}
+        try:
+            if root:
+                tags[CHECKPOINT_DIR_TAG] = submission_dir(root, self.submission_id)
+            ref = settings.FERRY_RESUME_FROM.get()
+            if ref:
+                source = resolve_resume(ref, root, client=self.client)
+                run_id = source.run_id or self._run_with_checkpoints(source.checkpoint_dir)
+                tags |= {RESUME_TAG: ref, f"{RESUME_TAG}.checkpoint_dir": source.checkpoint_dir,
+                         f"{RESUME_TAG}.run_id": run_id or ""}
+        except (ResumeError, OSError) as exc:  # the checkpointer reports it where it matters
+            log.warning("cannot record the checkpoint lineage: %s", exc)
+        return tags
+
+    def _run_with_checkpoints(self, folder: str) -> str | None:
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{CHECKPOINT_DIR_TAG}` = '{folder}'",
+                                        max_results=1)
+        return found[0].info.run_id if found else None
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
@@ -173,6 +196,17 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self._pipe is not None:
             self._pipe.put_fields("t", {k: str(v)[:5000] for k, v in tags.items()})
+
+    def log_dataset(self, features: Any, targets: Any = None, *, name: str, source: str,
+                    context: str = "training") -> None:
+        """Record the data the run used as an MLflow dataset input (name, digest, source,
+        schema, profile: the UI's Dataset column), e.g.
+        ``tracker.log_dataset(x_train, y_train, name="digits", source="sklearn.datasets.load_digits")``.
+        ``features``/``targets``: numpy arrays or tensors (or dicts of them); ``source``: a URI
+        (``s3://...``, a path, ``https://...``) or the code that produced the data;
+        ``context``: ``training``, ``evaluation``, ... Sent by the sidecar, like params."""
+        if self._pipe is not None:
+            self._pipe.put_fields("d", {f"{name}:{context}": _dataset_record(features, targets, name, source, context)})
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
         """Block until the tracking sidecar has started (it starts in the background; a job
@@ -238,6 +272,35 @@ class Tracker:
         return f"{str(self.tracking_uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
+def _numpy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _numpy(v) for k, v in value.items()}
+    detach = getattr(value, "detach", None)
+    return detach().cpu().numpy() if detach is not None else value
+
+
+def _dataset_record(features: Any, targets: Any, name: str, source: str, context: str) -> str:
+    """One dataset input as JSON (MLflow's Dataset entity fields + context) for the sidecar.
+    The digest and schema are MLflow's own (``mlflow.data.from_numpy``)."""
+    import json
+    import warnings
+    from urllib.parse import urlparse
+
+    from mlflow.data.numpy_dataset import from_numpy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
+        entity = from_numpy(_numpy(features), targets=None if targets is None else _numpy(targets),
+                            source="/", name=name)._to_mlflow_entity()
+    scheme = urlparse(source).scheme
+    source_type = {"s3": "s3", "http": "http", "https": "http", "gs": "gcs", "file": "local"}.get(scheme)
+    if source_type is None:
+        source_type = "local" if source.startswith(("/", "./", "../")) else "code"
+    return json.dumps({"name": entity.name, "digest": entity.digest, "source_type": source_type,
+                       "source": json.dumps({"uri": source}), "schema": entity.schema, "profile": entity.profile,
+                       "context": context})
+
+
 def _flush_timeout() -> float:
     return float(settings.FERRY_FLUSH_TIMEOUT.get() or 300)
 
@@ -260,7 +323,7 @@ class _MetricPipe:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self.interval = interval
         self._points: list[tuple[str, float, int, int]] = []
-        self._fields: dict[str, dict[str, str]] = {"p": {}, "t": {}}
+        self._fields: dict[str, dict[str, str]] = {"p": {}, "t": {}, "d": {}}
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._broken = False
@@ -279,7 +342,7 @@ class _MetricPipe:
             self._points.extend(points)
 
     def put_fields(self, kind: str, values: dict[str, str]) -> None:
-        """Params ("p") or tags ("t"), sent with the next batch."""
+        """Params ("p"), tags ("t") or dataset inputs ("d"), sent with the next batch."""
         with self._lock:
             self._fields[kind].update(values)
 
@@ -288,7 +351,7 @@ class _MetricPipe:
 
         with self._lock:
             message = {"m": self._points, **{k: v for k, v in self._fields.items() if v}}
-            self._points, self._fields = [], {"p": {}, "t": {}}
+            self._points, self._fields = [], {"p": {}, "t": {}, "d": {}}
         if len(message) == 1 and not message["m"] or self._broken:
             return
         try:

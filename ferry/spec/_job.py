@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ferry import _k8s
+from ferry._submission import submission_problem
 from ferry.spec._base import Spec
 from ferry.spec._pod import Resources, SecretRef, Toleration, Volume
 from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
@@ -29,7 +30,7 @@ RESERVED_ENV_PREFIXES = ("PET_", "FERRY_")
 # Env names that almost always hold a credential: inline values are refused (use secret_env).
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.I)
 _HPARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-MANAGED_LABELS = ("app.kubernetes.io/managed-by", "ferry.dev/job", "kueue.x-k8s.io/queue-name")
+MANAGED_LABELS = ("app.kubernetes.io/managed-by", "ferry.dev/job", "ferry.dev/submission", "kueue.x-k8s.io/queue-name")
 
 
 class TrainingJob(Spec):
@@ -39,6 +40,10 @@ class TrainingJob(Spec):
     (one per GPU on GPU jobs). Give the entry point as ``module`` (run as ``python -m``, or
     through torchrun when there are several processes per worker or the job is elastic) or
     as an explicit ``command``; ``args`` follow either.
+
+    Each submission starts from step 0; ``resume_from`` starts it from another submission's
+    latest checkpoint instead: a submission id of this job, an MLflow run (``runs:/<run id>``)
+    or a checkpoint folder (a path or ``s3://...``). The new run records where it came from.
     """
 
     name: str
@@ -66,6 +71,7 @@ class TrainingJob(Spec):
     gang: GangScheduling | None = None
     tracking: Tracking | None = Tracking()
     checkpointing: Checkpointing | None = None
+    resume_from: str | None = None
     restart_policy: Literal["OnFailure", "Never", "ExitCode", "Always"] = "OnFailure"
     port: int = 23456
     shm_size: str = "1Gi"
@@ -206,6 +212,13 @@ class TrainingJob(Spec):
             raise ValueError(f"{info.field_name} {problem} (got {v!r})")
         return v
 
+    @field_validator("resume_from")
+    @classmethod
+    def _resume_from(cls, v: str | None) -> str | None:
+        if v is not None and (problem := resume_ref_problem(v)):
+            raise ValueError(problem)
+        return v
+
     @field_validator("image_pull_secrets")
     @classmethod
     def _pull_secrets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -239,6 +252,13 @@ class TrainingJob(Spec):
             raise ValueError(
                 f"gang.min_available ({self.gang.min_available}) exceeds the job's {self.workers} replica(s)"
             )
+        if self.resume_from is not None and self.checkpointing is None:
+            raise ValueError(
+                f"resume_from={self.resume_from!r} needs checkpointing=Checkpointing(uri=...): "
+                "a job without checkpoints has nothing to restore"
+            )
+        if self.resume_from is not None and self.resume_from.startswith("runs:/") and self.tracking is None:
+            raise ValueError(f"resume_from={self.resume_from!r} names an MLflow run, which needs tracking=Tracking(...)")
         if overlap := sorted(set(self.env) & set(self.secret_env)):
             raise ValueError(f"{overlap[0]!r} is in both env and secret_env; keep one (duplicate env name)")
         names = [volume.volume_name() for volume in self.volumes] + ["dshm"]
@@ -267,6 +287,25 @@ class TrainingJob(Spec):
         if self.uses_torchrun:
             return ["python", "-m", "torch.distributed.run", "--module", self.module, *self.args]
         return ["python", "-m", self.module, *self.args]
+
+
+def resume_ref_problem(ref: str) -> str | None:
+    """Why ``ref`` is not something a submission can resume from, or None. Accepted: a
+    submission id, ``runs:/<run id>``, or a checkpoint folder (a path or ``s3://``/``file://``)."""
+    if ref.startswith("runs:/"):
+        if not re.fullmatch(r"runs:/[0-9a-f]{32}/?", ref):
+            return f"{ref!r}: an MLflow run is named runs:/<32-hex run id> (e.g. runs:/{'0' * 32})"
+        return None
+    scheme = ref.partition("://")[0] if "://" in ref else ""
+    if scheme:
+        if scheme not in ("s3", "file") or not ref.partition("://")[2].strip("/"):
+            return f"{ref!r}: a checkpoint folder URI is s3://bucket/prefix or file:///path"
+        return None
+    if "/" in ref:
+        return None  # a local checkpoint folder
+    if problem := submission_problem(ref):
+        return f"{problem}; or give runs:/<run id> or a checkpoint folder"
+    return None
 
 
 def _check_env_name(name: str, field: str) -> None:

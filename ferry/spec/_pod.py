@@ -92,6 +92,7 @@ DataKey = Annotated[str, AfterValidator(_check_key)]
 class SecretRef(Spec):
     """A key of a Kubernetes Secret. Ferry never takes a secret's value, only where it lives."""
 
+    kind: Literal["secret"] = "secret"  # tells the two kinds of reference apart in a dumped spec
     name: ObjectName
     key: DataKey
 
@@ -100,6 +101,7 @@ class SecretRef(Spec):
 class ConfigMapKeyRef(Spec):
     """A key of a Kubernetes ConfigMap."""
 
+    kind: Literal["configmap"] = "configmap"
     name: ObjectName
     key: DataKey
 

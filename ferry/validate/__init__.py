@@ -32,42 +32,34 @@ def _builtin_issues(doc: dict[str, Any], source: str) -> list[ManifestIssue]:
     return []
 
 
-def manifest_issues(
-    doc: Any, crd_dir: Path | None, source: str = "<manifest>", *, require_crds: bool = True
-) -> list[ManifestIssue]:
-    """Every problem with one manifest document; empty when it is valid.
-
-    Custom resources need ``crd_dir``; with ``require_crds=False`` and no directory, their
-    schema check is skipped (the caller warns) and only the policy checks run."""
+def manifest_issues(doc: Any, crd_dir: Path | None = None, source: str = "<manifest>") -> list[ManifestIssue]:
+    """Every problem with one manifest document; empty when it is valid. Custom resources are
+    checked against the CRDs in ``crd_dir`` (default: :func:`find_crd_dir`)."""
     if not isinstance(doc, dict) or not doc.get("apiVersion") or not doc.get("kind"):
         return [ManifestIssue(source, "$", "not a Kubernetes object: apiVersion and kind are required")]
     api_version, kind = doc["apiVersion"], doc["kind"]
     issues: list[ManifestIssue] = []
     group = api_version.rpartition("/")[0]
     if "." in group and not group.endswith("k8s.io"):  # a custom resource
-        if crd_dir is not None:
-            validator = crd_validator(Path(crd_dir).resolve(), api_version, kind)
-            if validator is None:
-                issues.append(ManifestIssue(source, "$", f"no CRD for {api_version} {kind} in {crd_dir}"))
-            else:
-                issues.extend(crd_issues(doc, validator, source))
-        elif require_crds:
-            raise ConfigError("no CRD directory found for custom resources; pass --crd-dir or set FERRY_CRD_DIR")
+        crd_dir = Path(crd_dir or find_crd_dir()).resolve()
+        validator = crd_validator(crd_dir, api_version, kind)
+        if validator is None:
+            issues.append(ManifestIssue(source, "$", f"no CRD for {api_version} {kind} in {crd_dir}"))
+        else:
+            issues.extend(crd_issues(doc, validator, source))
     else:
         issues.extend(_builtin_issues(doc, source))
     issues.extend(restricted_issues(doc, source))
     return issues
 
 
-def validate_manifests(
-    docs: Iterable[tuple[str, Any]], crd_dir: Path | None = None, *, require_crds: bool = True
-) -> None:
+def validate_manifests(docs: Iterable[tuple[str, Any]], crd_dir: Path | None = None) -> None:
     """Raise :class:`ManifestInvalid` listing every problem in ``(source, doc)`` pairs."""
     crd_dir = crd_dir or find_crd_dir()
     issues = [
         issue
         for source, doc in docs
-        for issue in manifest_issues(doc, crd_dir, source, require_crds=require_crds)
+        for issue in manifest_issues(doc, crd_dir, source)
     ]
     if issues:
         raise ManifestInvalid(issues)

@@ -1,8 +1,9 @@
 """Train the digits CNN with DDP; every replica runs this module.
 
-Resumes from the latest checkpoint after a restart (mid-epoch: the sampler's order is a
-function of seed and epoch, so the batches already trained are skipped), logs to one MLflow
-run per submission from rank 0, and registers the model at the end.
+Resumes from its submission's latest checkpoint after a restart (mid-epoch: the sampler's
+order is a function of seed and epoch, so the batches already trained are skipped), or from
+the checkpoint ``resume_from`` names; logs to one MLflow run per submission from rank 0, with
+the data as dataset inputs, and registers the model at the end.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ def main() -> None:
             "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "world_size": ctx.world_size,
             "test_fraction": TEST_FRACTION, "model": "DigitsCNN", "parameters": sum(p.numel() for p in model.parameters()),
         })
+        tracker.log_dataset(x_train, y_train, name="digits", source="sklearn.datasets.load_digits", context="training")
+        tracker.log_dataset(x_test, y_test, name="digits", source="sklearn.datasets.load_digits", context="evaluation")
         if step:
             tracker.set_tags({"ferry.resumed_from_step": step})
-            print(f"resumed from checkpoint at step {step}", flush=True)
+            print(f"resumed from checkpoint at step {step} ({checkpointer.restored_from})", flush=True)
         started, seen = time.perf_counter(), 0
         for epoch in range(step // steps_per_epoch, epochs):
             sampler.set_epoch(epoch)
@@ -77,6 +80,9 @@ def main() -> None:
             tracker.log_metrics({"test_accuracy": test_acc, "epoch": epoch}, step)
         tracker.set_tags({"ferry.final_step": step})
         finish(ctx, tracker, model, (x_test_t, y_test_t), x_test[:8], step)
+        if checkpointer:
+            # The final state, for an explicit resume_from; this submission is never continued by accident.
+            checkpointer.finish(step, model=model, optimizer=optimizer, scheduler=scheduler)
     fr.shutdown()
 
 

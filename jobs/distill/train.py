@@ -57,6 +57,8 @@ def main() -> None:
     with fr.Tracker(is_primary=ctx.is_primary) as tracker:
         tracker.log_params({"parameters": sum(p.numel() for p in student.parameters()), "model": "DigitsCNN"})
         tracker.set_tags({"ferry.optimize.method": "distill", "ferry.optimize.source": teacher_uri})
+        tracker.log_dataset(x_train, y_train, name="digits",
+                            source="sklearn.datasets.load_digits", context="training")
         step = 0
         for epoch in range(epochs):
             sampler.set_epoch(epoch)
