@@ -24,6 +24,18 @@ CrdDirOption = Annotated[
     Path | None,
     typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, else the schemas shipped with Ferry)."),
 ]
+ActorOption = Annotated[
+    str | None,
+    typer.Option("--actor", help="Who is acting, for the history (default: $FERRY_ACTOR, git user.email, "
+                                 "the pod's service account, $USER@host)."),
+]
+
+
+def _actor(explicit: str | None, gitops_dir: Path | None) -> str:
+    """With a GitOps tree, its git identity (the author of the commit) names the actor."""
+    from ferry.registry import resolve_actor
+
+    return resolve_actor(explicit, cwd=gitops_dir if gitops_dir is not None and gitops_dir.is_dir() else None)
 
 
 def _validate_and_emit(rendered: list[Any], out: Path | None, crd_dir: Path | None) -> None:
@@ -184,6 +196,7 @@ def promote(
     gitops_dir: Annotated[Path | None, typer.Option("--gitops-dir", help="Write DIR/<env>/<model>/ manifests pinned to the version.")] = None,
     commit: Annotated[bool, typer.Option("--commit", help="git commit the GitOps change (no-op when unchanged).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Promote even if gates fail (recorded as forced).")] = False,
+    actor: ActorOption = None,
 ) -> None:
     """Move an environment's alias to a version that passes the gates, record it, write GitOps."""
     from ferry.cli_models import gitops_update, load_policy, print_verdict, registry_client
@@ -192,7 +205,7 @@ def promote(
     rules = load_policy(policy, name)
     client = registry_client()
     try:
-        result = do_promote(client, rules, name, version, env, force=force)
+        result = do_promote(client, rules, name, version, env, force=force, actor=_actor(actor, gitops_dir))
     except PromotionRefused as exc:
         from ferry.registry import PromotionResult
 
@@ -211,13 +224,14 @@ def rollback(
     policy: Annotated[Path | None, typer.Option(help="Python file defining Promotion(model=NAME, ...).")] = None,
     gitops_dir: Annotated[Path | None, typer.Option("--gitops-dir", help="Rewrite DIR/<env>/<model>/ for the restored version.")] = None,
     commit: Annotated[bool, typer.Option("--commit", help="git commit the GitOps change.")] = False,
+    actor: ActorOption = None,
 ) -> None:
     """Point an environment's alias back to the version that held it before."""
     from ferry.cli_models import gitops_update, load_policy, print_verdict, registry_client
     from ferry.registry import rollback as do_rollback
 
     client = registry_client()
-    result = do_rollback(client, name, env)
+    result = do_rollback(client, name, env, actor=_actor(actor, gitops_dir))
     print_verdict(result)
     if gitops_dir is not None:
         gitops_update(client, load_policy(policy, name), result, gitops_dir, commit)

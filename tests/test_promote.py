@@ -95,11 +95,54 @@ def test_rollback_with_empty_history_is_a_clear_error(registry):
         rollback(client, name, "production")
 
 
+def _token(claims: dict) -> str:
+    import base64
+    import json
+
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+ACTORS = [  # (explicit, FERRY_ACTOR, git email, token claims, expected)
+    ("alice", "bot", "dev@acme.io", {"sub": "system:serviceaccount:ml:ferry"}, "alice"),
+    (None, "bot", "dev@acme.io", {"sub": "system:serviceaccount:ml:ferry"}, "bot"),
+    (None, None, "dev@acme.io", {"sub": "system:serviceaccount:ml:ferry"}, "dev@acme.io"),
+    (None, None, None, {"sub": "system:serviceaccount:ml:ferry"}, "system:serviceaccount:ml:ferry"),
+    (None, None, None, None, "@"),  # $USER@host
+    (None, None, None, "not-a-jwt", "@"),
+]
+
+
+@pytest.mark.parametrize("explicit,env_actor,email,claims,expected", ACTORS,
+                         ids=["flag", "env", "git", "service-account", "user-at-host", "bad-token"])
+def test_actor_names_a_real_person_or_identity(explicit, env_actor, email, claims, expected, tmp_path, monkeypatch):
+    from ferry.registry import resolve_actor
+
+    work = tmp_path / "tree"
+    work.mkdir()
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))  # no user's global config
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    if env_actor:
+        monkeypatch.setenv("FERRY_ACTOR", env_actor)
+    else:
+        monkeypatch.delenv("FERRY_ACTOR", raising=False)
+    _git(work, "init", "-q")
+    if email:
+        _git(work, "config", "user.email", email)
+    token = tmp_path / "token"
+    if claims is not None:
+        token.write_text(claims if isinstance(claims, str) else _token(claims))
+    actor = resolve_actor(explicit, cwd=work, token_path=token)
+    assert actor == expected if expected != "@" else ("@" in actor and "unknown" not in actor)
+
+
 def test_lock_refuses_a_concurrent_promotion(registry):
     from ferry.registry._history import EnvLock
 
     _, client, name = registry
-    with EnvLock(client, name, "staging"):
+    with EnvLock(client, name, "staging", "someone@else"):
         with pytest.raises(PromotionConflict, match="in progress"):
             promote(client, Promotion(model=name), name, "1", "staging")
     promote(client, Promotion(model=name), name, "1", "staging")  # released afterwards
@@ -141,6 +184,7 @@ def test_gitops_promotion_and_unreachable_server(registry, tmp_path, ferry_cli):
     gitops = tmp_path / "gitops"
     gitops.mkdir()
     _git(gitops, "init", "-q")
+    _git(gitops, "config", "user.email", "ci@ferry.test")
     env = {"MLFLOW_TRACKING_URI": uri}
     result = ferry_cli("promote", name, "--version", "2", "--env", "staging", "--gitops-dir", str(gitops), "--commit", env=env)
     assert result.returncode == 0, result.stderr
@@ -158,6 +202,12 @@ def test_gitops_promotion_and_unreachable_server(registry, tmp_path, ferry_cli):
     assert refused.returncode == 1 and "beat gate failed" in refused.stderr and "FAIL" in refused.stdout
     history = ferry_cli("models", "history", name, env=env)
     assert history.returncode == 0 and "staging" in history.stdout and "v2" in history.stdout
+    assert read_history(client, name, "staging")[-1].actor == "ci@ferry.test"  # the gitops tree's git user.email
+    forced = ferry_cli("promote", name, "--version", "3", "--env", "staging", "--force", "--actor", "release-bot", env=env)
+    assert forced.returncode == 0, forced.stderr
+    rolled = ferry_cli("rollback", name, "--env", "staging", "--actor", "oncall@acme.io", env=env)
+    assert rolled.returncode == 0, rolled.stderr
+    assert [e.actor for e in read_history(client, name, "staging")] == ["ci@ferry.test", "release-bot", "oncall@acme.io"]
     shown = ferry_cli("models", "show", name, env=env)
     assert shown.returncode == 0 and "staging" in shown.stdout and "0.9500" in shown.stdout
     down = ferry_cli("promote", name, "--version", "2", "--env", "production", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})

@@ -29,7 +29,7 @@ SURFACE = {
     ],
     "ferry.registry": [
         "GateResult", "HistoryEntry", "PromotionResult", "alias_holder", "evaluate_gates", "list_models",
-        "model_versions", "promote", "read_history", "resolve_model", "rollback",
+        "model_versions", "promote", "read_history", "resolve_actor", "resolve_model", "rollback",
     ],
     "ferry.gitops": ["commit", "deployment_for", "write_environment"],
     "ferry.serve": ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"],

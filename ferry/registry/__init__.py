@@ -1,6 +1,7 @@
 """The MLflow model registry side of Ferry: pinning references to versions, promotion
 through gates with an append-only history, rollback."""
 
+from ferry.registry._actor import resolve_actor
 from ferry.registry._history import GateResult, HistoryEntry, read_history
 from ferry.registry._promote import (
     PromotionResult,
@@ -23,6 +24,7 @@ __all__ = [
     "model_versions",
     "promote",
     "read_history",
+    "resolve_actor",
     "resolve_model",
     "rollback",
 ]

@@ -12,8 +12,6 @@ its TTL (a crashed promoter) is broken.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -49,10 +47,6 @@ class HistoryEntry:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "seq"}, sort_keys=True, separators=(",", ":"))
 
 
-def actor() -> str:
-    return os.environ.get("FERRY_ACTOR") or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
-
-
 def read_history(client: Any, name: str, env: str | None = None) -> list[HistoryEntry]:
     tags = client.get_registered_model(name).tags
     entries = []
@@ -75,8 +69,8 @@ def append_history(client: Any, name: str, entry: HistoryEntry) -> HistoryEntry:
 
 
 class EnvLock:
-    def __init__(self, client: Any, model: str, env: str, ttl_s: float = 300.0):
-        self.client, self.model, self.env, self.ttl_s = client, model, env, ttl_s
+    def __init__(self, client: Any, model: str, env: str, holder: str, ttl_s: float = 300.0):
+        self.client, self.model, self.env, self.holder, self.ttl_s = client, model, env, holder, ttl_s
         self.name = f"{LOCK_PREFIX}{model}--{env}"
         self.token = uuid.uuid4().hex
 
@@ -85,7 +79,7 @@ class EnvLock:
 
         for attempt in range(2):
             try:
-                self.client.create_registered_model(self.name, tags={"holder": actor(), "token": self.token, "since": str(time.time())},
+                self.client.create_registered_model(self.name, tags={"holder": self.holder, "token": self.token, "since": str(time.time())},
                                                     description=f"Ferry promotion lock for {self.model} in {self.env}")
                 return self
             except MlflowException as exc:

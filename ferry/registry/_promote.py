@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ferry.errors import PromotionRefused, RegistryError
+from ferry.registry._actor import resolve_actor
 from ferry.registry._history import (
     LOCK_PREFIX,
     EnvLock,
     GateResult,
     HistoryEntry,
-    actor,
     append_history,
     read_history,
 )
@@ -114,15 +114,18 @@ def evaluate_gates(client: Any, policy: Promotion, name: str, version: str, env:
     return gates
 
 
-def promote(client: Any, policy: Promotion, name: str, version: str, env: str, *, force: bool = False) -> PromotionResult:
+def promote(client: Any, policy: Promotion, name: str, version: str, env: str, *, force: bool = False,
+            actor: str | None = None) -> PromotionResult:
     """Evaluate the gates and, only if they pass (or ``force``), move the env's alias and
-    append the promotion to the history. Holding the alias already is a no-op."""
+    append the promotion to the history, recorded as done by ``actor`` (default: see
+    ``resolve_actor``). Holding the alias already is a no-op."""
     if env not in policy.environments:
         raise RegistryError(f"unknown environment {env!r}; the policy for {name} knows {', '.join(policy.environments)}")
     version = str(version)
     alias = alias_for(env)
     _version(client, name, version)
-    with EnvLock(client, name, env):
+    actor = resolve_actor(actor)
+    with EnvLock(client, name, env, actor):
         current = alias_holder(client, name, alias)
         if current == version:
             return PromotionResult(name, env, alias, current, version, [], False, False, None)
@@ -137,19 +140,20 @@ def promote(client: Any, policy: Promotion, name: str, version: str, env: str, *
             )
         client.set_registered_model_alias(name, alias, version)
         client.set_model_version_tag(name, version, f"ferry.promoted.{env}", str(time.time()))
-        entry = append_history(client, name, HistoryEntry(env, alias, "promote", current, version, actor(), time.time(),
+        entry = append_history(client, name, HistoryEntry(env, alias, "promote", current, version, actor, time.time(),
                                                           forced=bool(failed), gates=[asdict(g) for g in gates]))
         return PromotionResult(name, env, alias, current, version, gates, bool(failed), True, entry)
 
 
-def rollback(client: Any, name: str, env: str) -> PromotionResult:
+def rollback(client: Any, name: str, env: str, *, actor: str | None = None) -> PromotionResult:
     """Point the env's alias back to the version that held it before the latest change."""
     alias = alias_for(env)
+    actor = resolve_actor(actor)
     try:
         client.get_registered_model(name)
     except Exception as exc:
         raise RegistryError(f"no registered model {name!r} ({_reason(exc)})") from exc
-    with EnvLock(client, name, env):
+    with EnvLock(client, name, env, actor):
         history = read_history(client, name, env)
         current = alias_holder(client, name, alias)
         previous = history[-1].from_version if history else None
@@ -157,7 +161,7 @@ def rollback(client: Any, name: str, env: str) -> PromotionResult:
             raise RegistryError(f"nothing to roll back to: {name} has no earlier version in {env} "
                                 f"(history has {len(history)} entr{'y' if len(history) == 1 else 'ies'})")
         client.set_registered_model_alias(name, alias, previous)
-        entry = append_history(client, name, HistoryEntry(env, alias, "rollback", current, previous, actor(), time.time()))
+        entry = append_history(client, name, HistoryEntry(env, alias, "rollback", current, previous, actor, time.time()))
         return PromotionResult(name, env, alias, current, previous, [], False, True, entry, action="rollback")
 
 
