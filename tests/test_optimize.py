@@ -171,12 +171,16 @@ def test_mlp_through_the_cli_with_eval_data(registry, tmp_path):
 
     server, client, names = registry
     name = names["mlp"]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     out = subprocess.run([FERRY, "optimize", f"models:/{name}/1", "--quantize", "int8", "--prune", "0.6",
                           "--finetune-data", "tests.jobs.flat_digits:train_data", "--finetune-epochs", "1",
                           "--eval-data", "tests.jobs.flat_digits:eval_data", "--report-dir", str(tmp_path)],
-                         capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": server.url},
+                         capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": server.url, "TMPDIR": str(tmp)},
                          cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert out.returncode == 0, out.stderr
+    # no model copy left behind (a folder); importing ONNX Runtime writes its own one-line .ses file
+    assert [p.name for p in tmp.iterdir() if p.is_dir() or p.name != ".ses"] == []
     assert "optimization candidates" in out.stdout and f"registered {name} v2 (int8)" in out.stdout
     assert "int8: dynamic int8 quantization of 3 Linear layer(s)" in out.stdout
     report = json.loads((tmp_path / "report.json").read_text())

@@ -65,13 +65,13 @@ def _train_and_log_to(uri, tmp, mlflow, mlflow_onnx, mlflow_pytorch, onnx, torch
 
 
 class Server:
-    def __init__(self, uri: str, tracking: str, *args: str):
+    def __init__(self, uri: str, tracking: str, *args: str, env: dict[str, str] | None = None):
         from tests._servers import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([FERRY, "serve", uri, "--port", str(self.port), *args],
-                                     env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+                                     env={**os.environ, "MLFLOW_TRACKING_URI": tracking, **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.saw_not_ready = False
 
@@ -205,6 +205,25 @@ def test_load_with_malformed_payloads_never_5xx(server, model):
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'ferry_requests_total{code="400",model="tiny-digits",protocol="v2"}' in metrics
     assert "ferry_batch_size_bucket" in metrics and "ferry_queue_depth" in metrics
+
+
+@pytest.mark.parametrize("uri", ["models:/tiny-digits/1", "models:/tiny-digits/2"], ids=["pytorch-pt2", "onnx"])
+def test_serving_leaves_no_copy_of_the_model_behind(uri, model, tmp_path):
+    """The downloaded model is loaded into memory and its folder removed: nothing accumulates
+    under the temp dir however often a server starts."""
+    tracking, x, expected = model
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    srv = Server(uri, tracking, "--name", "tiny-digits", env={"TMPDIR": str(tmp)})
+    try:
+        srv.wait_ready()
+        out = httpx.post(f"{srv.url}/v2/models/tiny-digits/infer", json=_v2(x.ravel().tolist(), list(x.shape))).json()
+        np.testing.assert_allclose(np.asarray(out["outputs"][0]["data"]).reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
+        assert list(tmp.glob("ferry-*")) == []  # already gone while serving
+    finally:
+        assert srv.stop() == 0
+    # no folder at all (a model copy is one); importing ONNX Runtime writes its own one-line .ses file
+    assert [p.name for p in tmp.iterdir() if p.is_dir() or p.name != ".ses"] == []
 
 
 def test_sigterm_drains_in_flight_requests(model):

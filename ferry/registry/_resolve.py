@@ -18,12 +18,12 @@ _FORMATS = ("onnx", "pytorch")  # checked in this order: an ONNX export also car
 def _model_format(storage_uri: str) -> str:
     import mlflow.artifacts
 
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{storage_uri.rstrip('/')}/MLmodel",
-                                                    dst_path=tempfile.mkdtemp(prefix="ferry-mlmodel-"))
-    except Exception as exc:
-        raise ConfigError(f"cannot read {storage_uri}/MLmodel ({type(exc).__name__}: {exc}); is it an MLflow model?") from exc
-    flavors = (yaml.safe_load(Path(local).read_text()) or {}).get("flavors", {})
+    with tempfile.TemporaryDirectory(prefix="ferry-mlmodel-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{storage_uri.rstrip('/')}/MLmodel", dst_path=tmp)
+        except Exception as exc:
+            raise ConfigError(f"cannot read {storage_uri}/MLmodel ({type(exc).__name__}: {exc}); is it an MLflow model?") from exc
+        flavors = (yaml.safe_load(Path(local).read_text()) or {}).get("flavors", {})
     for name in _FORMATS:
         if name in flavors:
             return name

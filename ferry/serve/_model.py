@@ -4,7 +4,9 @@ ONNX flavor (onnxruntime), from ``models:/name@alias``, ``models:/name/N``, ``ru
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -54,12 +56,16 @@ class LoadedModel:
             self.predict(np.zeros((batch, *dims), dtype=self.input.dtype))
 
 
-def _local_copy(uri: str) -> tuple[Path, str, str]:
-    """Download the model (a no-op for a local path); returns (path, name, version)."""
+@contextlib.contextmanager
+def _local_copy(uri: str) -> Iterator[tuple[Path, str, str]]:
+    """The model as a local folder, for as long as the block runs: a local path as it is, else
+    a download into a temporary folder that is removed afterwards (the loaded model lives in
+    memory; nothing is left under the temp dir). Yields (path, name, version)."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file") and Path(parsed.path if parsed.scheme else uri).exists():
         path = Path(parsed.path if parsed.scheme else uri)
-        return path, path.name, "1"
+        yield path, path.name, "1"
+        return
     import mlflow.artifacts
 
     name, version = "model", "1"
@@ -73,20 +79,25 @@ def _local_copy(uri: str) -> tuple[Path, str, str]:
         except Exception as exc:
             raise ConfigError(f"{uri}: no such registered model or alias ({exc})") from exc
         version = pinned or version
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="ferry-model-"))
-    except Exception as exc:
-        raise ConfigError(f"cannot fetch model {uri}: {exc}") from exc
-    return Path(local), name, version
+    with tempfile.TemporaryDirectory(prefix="ferry-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        except Exception as exc:
+            raise ConfigError(f"cannot fetch model {uri}: {exc}") from exc
+        yield Path(local), name, version
 
 
 def load_model(uri: str, name: str | None = None, *, onnx_threads: int = 1) -> LoadedModel:
     """Load the model at ``uri`` into a ``predict(np.ndarray) -> np.ndarray`` callable.
     ``onnx_threads``: ONNX Runtime's intra-op threads (1 by default: a server's concurrency
     comes from batching many requests, not from splitting one)."""
+    with _local_copy(uri) as (path, default_name, version):
+        return _load(uri, path, name or default_name, version, onnx_threads)
+
+
+def _load(uri: str, path: Path, name: str, version: str, onnx_threads: int) -> LoadedModel:
     from mlflow.models import Model
 
-    path, default_name, version = _local_copy(uri)
     if not (path / "MLmodel").is_file():
         raise ConfigError(f"{uri}: not an MLflow model (no MLmodel file in {path})")
     meta = Model.load(str(path))
@@ -104,7 +115,7 @@ def load_model(uri: str, name: str | None = None, *, onnx_threads: int = 1) -> L
         predict, platform = _torch_predictor(path), "pytorch"
     else:
         raise ConfigError(f"{uri}: flavor(s) {sorted(meta.flavors)} are not served; Ferry serves pytorch and onnx models")
-    return LoadedModel(name or default_name, version, platform, input_info, output_info, predict, uri)
+    return LoadedModel(name, version, platform, input_info, output_info, predict, uri)
 
 
 def _torch_predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
