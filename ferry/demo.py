@@ -4,7 +4,9 @@
 2. run that PyTorchJob here: 2 DDP processes (gloo), tracked in .ferry/ (SQLite + artifacts),
    checkpoints on the emulated PVC, the model registered as digits-classifier;
 3. optimize the new version: int8 and ONNX candidates, measured side by side and registered;
-4. promote the trained version through staging and production, with GitOps commits.
+4. promote the trained version through staging and production, with GitOps commits;
+5. serve the production alias with ``ferry serve``, send held-out digits through the v2 API,
+   print predicted vs true labels and the latency, stop the server cleanly.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ def main() -> int:
     client = registry_client()
     version = max(int(v.version) for v in client.search_model_versions("name='digits-classifier'"))
     optimize_version(client, version)
-    return promote_through_environments(store, client, version)
+    code = promote_through_environments(store, client, version)
+    if code == 0:
+        code = serve_and_predict(store, client, version)
+    return code
 
 
 def optimize_version(client, version: int) -> None:  # type: ignore[no-untyped-def]
@@ -89,6 +94,100 @@ def promote_through_environments(store, client, version: int) -> int:  # type: i
         console.print(f"{entry.env:<11} {entry.action:<8} v{entry.from_version or '-'} → v{entry.to_version}  by {entry.actor}")
     console.print(f"GitOps tree: {gitops} (git log there shows each promotion); `ferry models show digits-classifier` lists versions")
     return 0
+
+
+def serve_and_predict(store, client, version: int) -> int:  # type: ignore[no-untyped-def]
+    """5. ``ferry serve`` the production alias (or the new version, if it was not promoted) as a
+    separate process, as a user would, and ask it about digits it never saw in training."""
+    import json
+    import os
+    import signal
+    import statistics
+    import subprocess
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    from ferry.local import embedded_tracking_uri, free_port
+    from ferry.registry import alias_holder
+    from jobs.digits.data import eval_data
+
+    uri = "models:/digits-classifier@champion"
+    if alias_holder(client, "digits-classifier", "champion") is None:
+        uri = f"models:/digits-classifier/{version}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    console.rule(f"[bold]5. serve[/] ferry serve {uri} --port {port}")
+    ferry = Path(sys.executable).with_name("ferry")
+    log_path = store.home / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([str(ferry), "serve", uri, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "MLFLOW_TRACKING_URI": embedded_tracking_uri(store)})
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        started = time.monotonic()
+        while True:
+            if server.poll() is not None:
+                console.print(f"[red]ferry serve exited with {server.returncode}:[/]\n{log_path.read_text()[-3000:]}")
+                return 1
+            try:
+                if call("/v2/health/ready").get("ready"):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() - started > 120:
+                console.print("[red]ferry serve did not become ready in 120 s[/]")
+                return 1
+            time.sleep(0.1)
+        meta = call("/v2/models/digits-classifier")
+        console.print(f"ready in {time.monotonic() - started:.1f} s: {meta['name']} v{meta.get('versions', ['?'])[0]} "
+                      f"({meta['platform']}), input {meta['inputs'][0]['shape']} {meta['inputs'][0]['datatype']}")
+        x, y = eval_data(7)
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(x), size=12, replace=False)
+        body = {"inputs": [{"name": meta["inputs"][0]["name"], "shape": [len(pick), 1, 8, 8], "datatype": "FP32",
+                            "data": x[pick].ravel().tolist()}]}
+        out = call("/v2/models/digits-classifier/infer", body)["outputs"][0]
+        predicted = np.asarray(out["data"]).reshape(out["shape"]).argmax(axis=1)
+        console.print("held-out digit   " + " ".join(f"{i:>3}" for i in pick))
+        console.print("true label       " + " ".join(f"{t:>3}" for t in y[pick]))
+        console.print("predicted        " + " ".join(f"{p:>3}" for p in predicted))
+        console.print(f"{int((predicted == y[pick]).sum())}/{len(pick)} correct")
+        latencies = []
+        for i in range(200):  # one row per request, one after another: what a single client sees
+            row = {"inputs": [{**body["inputs"][0], "shape": [1, 1, 8, 8], "data": x[i % len(x)].ravel().tolist()}]}
+            t0 = time.perf_counter()
+            call("/v2/models/digits-classifier/infer", row)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        latencies.sort()
+        console.print(f"latency over 200 one-row requests (HTTP, JSON, this machine): p50 {statistics.median(latencies):.2f} ms, "
+                      f"p99 {latencies[197]:.2f} ms")
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    console.print(f"server stopped cleanly (exit code {server.returncode})" if server.returncode == 0
+                  else f"[red]server exit code {server.returncode}[/]")
+    console.rule("[bold]next[/]")
+    steps = [("ferry ui", "compare the runs in the MLflow UI (http://127.0.0.1:5000)"),
+             (f"ferry serve {uri} --port 8080", "serve it yourself (KServe v2 + v1)"),
+             (f"ferry render {JOB_FILE} -o manifests/", "the PyTorchJob for kubectl apply"),
+             (f"ferry run {JOB_FILE} --set lr=0.01", "another submission, from step 0")]
+    width = max(len(command) for command, _ in steps)
+    for command, what in steps:
+        console.print(f"{command:<{width}}  # {what}")
+    return 0 if server.returncode == 0 else 1
 
 
 if __name__ == "__main__":
