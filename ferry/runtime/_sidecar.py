@@ -14,6 +14,7 @@ them in batches, keeps them while the tracking server is unreachable, and on end
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import Any
 
 log = logging.getLogger("ferry.tracking")
 _BATCH = 1000  # MLflow's per-request limit for log_batch metrics
+
 
 
 class Sender:
@@ -96,7 +98,7 @@ class Sender:
         from mlflow.entities import Metric
 
         with self.lock:
-            batch = [self.buffer[i] for i in range(min(_BATCH, len(self.buffer)))]
+            batch = list(itertools.islice(self.buffer, _BATCH))  # deque indexing is O(n): slice from the left
         if not batch and not self._fields_pending():
             return True
         try:
@@ -228,6 +230,23 @@ class SystemSampler:
         self.sample()
 
 
+def _lowest_priority() -> None:
+    """Run only in the trainer's idle gaps: SCHED_IDLE where Linux offers it (the kernel gives
+    such a process CPU time when nothing else wants it, and a sliver otherwise, so it never
+    starves), else nice 10. On a machine where every core runs a trainer, nice 10 still took
+    about a tenth of a core from them; SCHED_IDLE waits for the gaps DDP leaves anyway
+    (all-reduce, data loading), and the buffer carries the points until then."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+        return
+    except (AttributeError, OSError):  # not Linux, or not permitted
+        pass
+    try:
+        os.nice(10)
+    except OSError:  # pragma: no cover - not permitted: run at normal priority
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry-tracking-sidecar")
     parser.add_argument("--tracking-uri", required=True)
@@ -242,10 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     # Stop only at end of input: the trainer decides when tracking ends (and SIGKILL still works).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(10)
-    except OSError:  # pragma: no cover - not permitted: run at normal priority
-        pass
+    _lowest_priority()
     from mlflow import MlflowClient
 
     sender = Sender(MlflowClient(tracking_uri=args.tracking_uri), args.run_id, args.buffer, args.interval)
