@@ -66,3 +66,38 @@ def test_params_once_and_tags():
     tags = [(t.key, t.value) for _, _, ts in client.batches for t in ts]
     assert params == ["epochs"]  # a resumed run keeps its lr
     assert tags == [("ferry.job", "digits")]
+
+
+def test_sqlite_writer_records_what_log_batch_would(tmp_path):
+    """The embedded store's fast path against MLflow's own log_batch on twin runs: the same
+    history and the same latest values, NaN, infinities, duplicates and late steps included."""
+    import math
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from ferry.runtime._sqlite_metrics import SqliteMetricWriter
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("w", artifact_location=(tmp_path / "a").as_uri())
+    fast, slow = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
+    batches = [
+        [("loss", 2.0, 1000, 1), ("loss", 1.5, 1001, 2), ("acc", float("nan"), 1001, 2), ("big", float("inf"), 1001, 2)],
+        [("loss", 1.5, 1001, 2), ("loss", 9.0, 900, 1), ("acc", 0.5, 1002, 3), ("big", -float("inf"), 1003, 3)],
+        [("loss", 1.0, 999, 2), ("neg", -1.0, 5, 0)],  # same step, older timestamp: not the latest
+    ]
+    writer = SqliteMetricWriter(uri, fast)
+    for batch in batches:
+        writer.write(batch)
+        client.log_batch(slow, metrics=[Metric(k, v, ts, step) for k, v, ts, step in batch])
+        writer.write(batch[:1])  # a batch sent again after a failed attempt: no duplicate rows
+
+    def view(run_id):
+        history = {k: sorted((m.step, m.timestamp, "nan" if math.isnan(m.value) else m.value)
+                             for m in client.get_metric_history(run_id, k)) for k in ("loss", "acc", "big", "neg")}
+        latest = {k: "nan" if math.isnan(v) else v for k, v in client.get_run(run_id).data.metrics.items()}
+        return history, latest
+
+    assert view(fast) == view(slow)
+    assert view(fast)[1]["loss"] == 1.5 and view(fast)[1]["big"] < -1e308

@@ -31,8 +31,9 @@ _BATCH = 1000  # MLflow's per-request limit for log_batch metrics
 
 
 class Sender:
-    def __init__(self, client: Any, run_id: str, buffer_size: int, interval: float):
+    def __init__(self, client: Any, run_id: str, buffer_size: int, interval: float, metric_writer: Any = None):
         self.client, self.run_id, self.interval = client, run_id, interval
+        self.metric_writer = metric_writer  # a SqliteMetricWriter for the embedded store, else log_batch
         self.buffer: deque[tuple[str, float, int, int]] = deque(maxlen=buffer_size)
         self.params: dict[str, str] = {}
         self.tags: dict[str, str] = {}
@@ -104,7 +105,9 @@ class Sender:
         try:
             if self._fields_pending():
                 self._send_fields()
-            if batch:
+            if batch and self.metric_writer is not None:
+                self.metric_writer.write(batch)
+            elif batch:
                 self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v, ts, step in batch])
         except Exception as exc:  # noqa: BLE001 - any failure: keep the points, retry later
             if self.unreachable_since is None:
@@ -264,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     _lowest_priority()
     from mlflow import MlflowClient
 
-    sender = Sender(MlflowClient(tracking_uri=args.tracking_uri), args.run_id, args.buffer, args.interval)
+    writer = None
+    if args.tracking_uri.startswith("sqlite:"):
+        from ferry.runtime._sqlite_metrics import SqliteMetricWriter
+
+        writer = SqliteMetricWriter(args.tracking_uri, args.run_id)
+    sender = Sender(MlflowClient(tracking_uri=args.tracking_uri), args.run_id, args.buffer, args.interval, writer)
     reader = threading.Thread(target=sender.read, args=(sys.stdin.buffer,), daemon=True)
     reader.start()
     flusher = threading.Thread(target=sender.run_until_eof, daemon=True)
