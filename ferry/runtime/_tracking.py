@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from ferry import settings
-from ferry.runtime._submission import CHECKPOINT_DIR_TAG, ResumeError, resolve_resume, submission_dir
+from ferry.runtime._submission import CHECKPOINT_DIR_TAG, resolve_resume, submission_dir
 from ferry.runtime._submission import submission_id as env_submission_id
 
 log = logging.getLogger("ferry.tracking")
@@ -132,7 +132,7 @@ class Tracker:
                 run_id = source.run_id or self._run_with_checkpoints(source.checkpoint_dir)
                 tags |= {RESUME_TAG: ref, f"{RESUME_TAG}.checkpoint_dir": source.checkpoint_dir,
                          f"{RESUME_TAG}.run_id": run_id or ""}
-        except (ResumeError, OSError) as exc:  # the checkpointer reports it where it matters
+        except Exception as exc:  # noqa: BLE001 - lineage tags must not stop training; the checkpointer raises where it matters
             log.warning("cannot record the checkpoint lineage: %s", exc)
         return tags
 
