@@ -155,22 +155,40 @@ def _dataset_input(record: str) -> Any:
     return DatasetInput(Dataset(**fields), tags=[InputTag("mlflow.data.context", context)])
 
 
-def job_artifacts() -> dict[str, str]:
-    """The job spec (FERRY_JOB_SPEC) and the PyTorchJob rendered from it, labelled with this
-    submission, as run artifacts: what produced the run, re-renderable and diffable."""
+def job_spec_artifact() -> dict[str, str]:
+    """The job spec (FERRY_JOB_SPEC) as a run artifact, logged at once: what produced the run."""
     from ferry import settings
+
+    raw = settings.FERRY_JOB_SPEC.get()
+    return {"ferry/job.json": json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n"} if raw else {}
+
+
+def manifest_artifact() -> dict[str, str]:
+    """The PyTorchJob rendered from the spec, labelled with this submission: re-renderable and
+    diffable. Made when training has ended: rendering imports the Kubernetes client models
+    (about 0.4 s of CPU), which must not compete with the trainer."""
+    from ferry import settings
+
+    raw = settings.FERRY_JOB_SPEC.get()
+    if not raw:
+        return {}
     from ferry._submission import with_submission
     from ferry.render import dump_yaml, render_pytorchjob
     from ferry.runtime._submission import submission_id
     from ferry.spec import TrainingJob
 
-    raw = settings.FERRY_JOB_SPEC.get()
-    if not raw:
-        return {}
-    job = TrainingJob.model_validate_json(raw)
-    manifest = with_submission(render_pytorchjob(job), submission_id())
-    return {"ferry/job.json": json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n",
-            "ferry/pytorchjob.yaml": dump_yaml([manifest])}
+    manifest = with_submission(render_pytorchjob(TrainingJob.model_validate_json(raw)), submission_id())
+    return {"ferry/pytorchjob.yaml": dump_yaml([manifest])}
+
+
+def _add_texts(sender: Sender, make: Any) -> None:
+    try:
+        texts = make()
+    except Exception as exc:  # noqa: BLE001 - a spec this version cannot read must not stop tracking
+        log.warning("the job spec could not be recorded with the run: %s", exc)
+        return
+    with sender.lock:
+        sender.texts.update(texts)
 
 
 class SystemSampler:
@@ -265,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _lowest_priority()
+    # MLflow's usage telemetry runs a consumer thread that took a fifth of this process's CPU
+    # while a job trained; this process is Ferry's plumbing, so it stays off here unless the
+    # user set the variable themselves.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
     writer = None
@@ -282,14 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler = SystemSampler(sender, float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10), args.resume)
         sampler.start()
     print("ready", flush=True)  # the trainer may wait for this (Tracker.wait_ready)
-    try:
-        texts = job_artifacts()
-    except Exception as exc:  # noqa: BLE001 - a spec this version cannot read must not stop tracking
-        log.warning("the job spec could not be rendered for the run's artifacts: %s", exc)
-        texts = {}
-    with sender.lock:
-        sender.texts.update(texts)
+    _add_texts(sender, job_spec_artifact)
     sender.eof.wait()
+    _add_texts(sender, manifest_artifact)  # flushed by sender.run() below
     if sampler is not None:
         sampler.finish()  # a last sample, so even a short job has system metrics
     flusher.join()
