@@ -77,7 +77,8 @@ class EnvLock:
     def __enter__(self) -> EnvLock:
         from mlflow.exceptions import MlflowException
 
-        for attempt in range(2):
+        broken = False
+        for _ in range(5):
             try:
                 self.client.create_registered_model(self.name, tags={"holder": self.holder, "token": self.token, "since": str(time.time())},
                                                     description=f"Ferry promotion lock for {self.model} in {self.env}")
@@ -85,16 +86,23 @@ class EnvLock:
             except MlflowException as exc:
                 if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
                     raise
-                held = self.client.get_registered_model(self.name).tags
+                try:
+                    held = self.client.get_registered_model(self.name).tags
+                except MlflowException as gone:
+                    if "RESOURCE_DOES_NOT_EXIST" not in str(gone.error_code):
+                        raise
+                    continue  # released between our create and this read: try to take it again
                 age = time.time() - float(held.get("since", "0"))
-                if attempt == 0 and age > self.ttl_s:
+                if not broken and age > self.ttl_s:
+                    broken = True
                     self.client.delete_registered_model(self.name)  # a crashed promoter's lock
                     continue
                 raise PromotionConflict(
                     f"another promotion of {self.model} to {self.env} is in progress (held by {held.get('holder', '?')} "
                     f"for {age:.0f}s); nothing was changed; try again when it is done"
                 ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise PromotionConflict(f"another promotion of {self.model} to {self.env} is in progress (the lock changed "
+                                "hands while it was being taken); nothing was changed; try again when it is done")
 
     def __exit__(self, *exc: Any) -> None:
         try:
