@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from ferry import settings
@@ -42,14 +43,16 @@ def _storage(uri: str) -> Any:
     return storage_for(uri)
 
 
+def _generations(root: str, submission: str) -> Iterator[str]:
+    """``<root>/<submission>``, then ``<root>/<submission>.2``, ``.3``, ..."""
+    for n in itertools.count(1):
+        yield _join(root, submission if n == 1 else f"{submission}.{n}")
+
+
 def submission_dir(root: str, submission: str, storage: Callable[[str], Any] = _storage) -> str:
     """This submission's checkpoint folder under ``root``: ``<root>/<submission>``, or the
     next ``.N`` after it when earlier ones are marked finished."""
-    for n in itertools.count(1):
-        folder = _join(root, submission if n == 1 else f"{submission}.{n}")
-        if storage(folder).get(FINISHED) is None:
-            return folder
-    raise AssertionError("unreachable")
+    return next(folder for folder in _generations(root, submission) if storage(folder).get(FINISHED) is None)
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,7 @@ def resolve_resume(ref: str, checkpoint_root: str | None, *, client: Any = None,
             raise ResumeError(f"resume_from {ref!r} names a submission, but the job has no checkpointing")
         # The newest folder of that submission that holds a checkpoint (usually <root>/<ref>).
         folder = None
-        for n in itertools.count(1):
-            candidate = _join(checkpoint_root, ref if n == 1 else f"{ref}.{n}")
+        for candidate in _generations(checkpoint_root, ref):
             if storage(candidate).get(LATEST) is None:
                 break
             folder = candidate
