@@ -40,3 +40,35 @@ def fail_cleanly(func: F) -> F:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def validate_and_emit(rendered: list[Any], out: Any, crd_dir: Any) -> None:
+    """Validate every manifest, then write them all under ``out`` (or print them): nothing is
+    written unless every one is valid."""
+    import sys
+
+    from ferry.render import dump_yaml, write_rendered
+    from ferry.validate import find_crd_dir, validate_manifests
+
+    validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir or find_crd_dir())
+    if out is None:
+        sys.stdout.write(dump_yaml([item.doc for item in rendered]))
+        return
+    for path in write_rendered(rendered, out):
+        _stderr().print(f"wrote {path}")
+
+
+def select_job(job_file: Any, job_name: str | None) -> Any:
+    """The one TrainingJob of ``job_file`` (``--job NAME`` when it defines several)."""
+    from ferry.errors import JobFileError
+    from ferry.spec import load_specs
+
+    specs = [loaded.spec for loaded in load_specs([job_file])]
+    if job_name is not None:
+        specs = [s for s in specs if s.name == job_name]
+        if not specs:
+            raise JobFileError(f"{job_file}: no TrainingJob named {job_name!r}")
+    if len(specs) > 1:
+        names = ", ".join(s.name for s in specs)
+        raise JobFileError(f"{job_file} defines several jobs ({names}); choose one with --job NAME")
+    return specs[0]

@@ -9,10 +9,24 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry._cliutil import fail_cleanly
-from ferry.errors import ConfigError
+from ferry._cliutil import _stderr, _stdout, fail_cleanly
+from ferry.errors import ConfigError, PromotionRefused
 
 models_app = typer.Typer(help="Registered models: versions, aliases, promotion history.", no_args_is_help=True)
+registry_app = typer.Typer()
+
+ActorOption = Annotated[
+    str | None,
+    typer.Option("--actor", help="Who is acting, for the history (default: $FERRY_ACTOR, git user.email, "
+                                 "the pod's service account, $USER@host)."),
+]
+
+
+def _actor(explicit: str | None, gitops_dir: Path | None) -> str:
+    """With a GitOps tree, its git identity (the author of the commit) names the actor."""
+    from ferry.registry import resolve_actor
+
+    return resolve_actor(explicit, cwd=gitops_dir if gitops_dir is not None and gitops_dir.is_dir() else None)
 
 
 def registry_client() -> Any:
@@ -147,3 +161,96 @@ def gitops_update(client: Any, policy: Any, result: Any, root: Path, do_commit: 
         message = (f"{result.model}: {result.env} → v{version} ({'forced ' if result.forced else ''}{result.action})\n\n"
                    f"{result.alias}: v{result.from_version or '-'} → v{version}\nstorageUri: {resolved.storage_uri}\ngates: {gates}\n")
         console.print("committed" if commit(root, changed, message) else "no change to commit")
+
+
+@registry_app.command()
+@fail_cleanly
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Option("--version", help="The candidate version.")],
+    env: Annotated[str, typer.Option("--env", help="Target environment (staging, production, ...).")],
+    policy: Annotated[Path | None, typer.Option(help="Python file defining Promotion(model=NAME, ...); default gates otherwise.")] = None,
+    gitops_dir: Annotated[Path | None, typer.Option("--gitops-dir", help="Write DIR/<env>/<model>/ manifests pinned to the version.")] = None,
+    commit: Annotated[bool, typer.Option("--commit", help="git commit the GitOps change (no-op when unchanged).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if gates fail (recorded as forced).")] = False,
+    actor: ActorOption = None,
+) -> None:
+    """Move an environment's alias to a version that passes the gates, record it, write GitOps."""
+    from ferry.registry import promote as do_promote
+
+    rules = load_policy(policy, name)
+    client = registry_client()
+    try:
+        result = do_promote(client, rules, name, version, env, force=force, actor=_actor(actor, gitops_dir))
+    except PromotionRefused as exc:
+        from ferry.registry import PromotionResult
+
+        print_verdict(PromotionResult(name, env, "", None, version, exc.gates, False, False, None))
+        raise
+    print_verdict(result)
+    if gitops_dir is not None:
+        gitops_update(client, rules, result, gitops_dir, commit)
+
+
+@registry_app.command()
+@fail_cleanly
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    env: Annotated[str, typer.Option("--env", help="Environment whose alias goes back.")],
+    policy: Annotated[Path | None, typer.Option(help="Python file defining Promotion(model=NAME, ...).")] = None,
+    gitops_dir: Annotated[Path | None, typer.Option("--gitops-dir", help="Rewrite DIR/<env>/<model>/ for the restored version.")] = None,
+    commit: Annotated[bool, typer.Option("--commit", help="git commit the GitOps change.")] = False,
+    actor: ActorOption = None,
+) -> None:
+    """Point an environment's alias back to the version that held it before."""
+    from ferry.registry import rollback as do_rollback
+
+    client = registry_client()
+    result = do_rollback(client, name, env, actor=_actor(actor, gitops_dir))
+    print_verdict(result)
+    if gitops_dir is not None:
+        gitops_update(client, load_policy(policy, name), result, gitops_dir, commit)
+
+
+@registry_app.command()
+@fail_cleanly
+def optimize(
+    model_uri: Annotated[str, typer.Argument(help="The source version: models:/NAME/VERSION or models:/NAME@ALIAS.")],
+    quantize: Annotated[str | None, typer.Option(help="int8: dynamic int8 quantization of Linear/LSTM/GRU layers.")] = None,
+    prune: Annotated[float | None, typer.Option(help="Magnitude pruning: the fraction of weights to zero, 0 < AMOUNT < 1.")] = None,
+    structured: Annotated[bool, typer.Option("--structured", help="Prune whole output channels (L2) instead of single weights.")] = False,
+    finetune_data: Annotated[str | None, typer.Option("--finetune-data", help="module:function returning (inputs, labels) to fine-tune the pruned model on.")] = None,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Epochs of that fine-tune.")] = 2,
+    distill: Annotated[Path | None, typer.Option(help="A student TrainingJob file (with a 'teacher' hyperparameter) to train on this model's soft targets.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter of the student job: key=value (repeatable).")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX, check parity with ONNX Runtime, log with the ONNX flavor.")] = False,
+    onnx_tolerance: Annotated[float, typer.Option("--onnx-tolerance", help="Largest output difference from the source an ONNX export may have.")] = 1e-4,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="module:function returning (inputs, labels); default: the job's held-out split recorded on the source run.")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for every model while measuring.")] = 1,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register each candidate as a new version.")] = True,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Also write report.md, report.png and report.json here.")] = None,
+) -> None:
+    """Make cheaper candidates of a registered model, measure them side by side with it, and register them."""
+    from ferry.optimize import PruneOptions, rich_table
+    from ferry.optimize import optimize as do_optimize
+
+    err = _stderr()
+    prune_options = PruneOptions(prune, structured, finetune_data, finetune_epochs) if prune is not None else None
+    client = registry_client()
+    result = do_optimize(model_uri, quantize=quantize, prune=prune_options, onnx=onnx, distill=distill,
+                         distill_sets=set_ or (), eval_data=eval_data, onnx_tolerance=onnx_tolerance, threads=threads,
+                         register=register, client=client, report_dir=report_dir, console=err,
+                         say=lambda line: err.print(f"[dim]{line}[/]"))
+    out = _stdout()
+    if not out.is_terminal:
+        out.width = 160  # a log or a pipe: keep the table's rows on one line each
+    out.print(rich_table(result.rows(), result.title))
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    for note in result.notes:
+        out.print(f"note: {note}")
+    for cand in result.candidates:
+        if cand.version:
+            out.print(f"registered {cand.model_name} v{cand.version} ({cand.label})")
+    out.print(f"MLflow run {result.run_id}: report/report.md and report/report.png"
+              + (f"; also in {result.report_dir}" if result.report_dir else ""))

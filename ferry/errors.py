@@ -9,7 +9,16 @@
     │   └── PromotionRefused   the candidate failed a gate (CLI exit code 1)
     ├── OptimizationFailed     a candidate could not be made or failed its checks, e.g. ONNX
     │                          parity or a failed student job (CLI exit code 1)
-    └── ManifestInvalid        a manifest fails its schema or policy checks (CLI exit code 1)
+    ├── ManifestInvalid        a manifest fails its schema or policy checks (CLI exit code 1)
+    └── ClusterError           the Kubernetes API refused or could not be reached; each kind
+        │                      keeps the API's meaning and has its own exit code
+        ├── NotFound           (3) the object or namespace does not exist
+        ├── Conflict           (4) the object exists, or another field manager owns a field
+        ├── Forbidden          (5) RBAC: a verb on a resource in a namespace is not allowed
+        ├── Rejected           (6) the API server or its admission refused the object
+        ├── NotInstalled       (7) the kind's CRD is not installed (training operator, KServe)
+        ├── ClusterUnreachable (8) no cluster: unreachable, bad kubeconfig, rejected credentials
+        └── WaitTimeout        (124) --wait ran out of time (the job goes on)
 
 Every ``raise`` of one of these from another exception uses ``raise ... from exc`` so the
 cause stays visible to a debugger, while the CLI prints only the message.
@@ -22,6 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ClusterError",
+    "ClusterUnreachable",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "NotInstalled",
+    "Rejected",
+    "WaitTimeout",
     "PromotionConflict",
     "PromotionRefused",
     "RegistryError",
@@ -99,3 +116,60 @@ class ManifestInvalid(FerryError):
         self.issues = tuple(issues)
         lines = "\n".join(f"  - {issue}" for issue in self.issues)
         super().__init__(f"{len(self.issues)} validation error(s):\n{lines}")
+
+
+class ClusterError(FerryError):
+    """The Kubernetes API refused a request or could not be reached. ``status`` is the HTTP
+    status when the API answered, ``reason`` its Status reason (``Forbidden``, ``Invalid``, ...)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class NotFound(ClusterError):
+    """The named object (or its namespace) does not exist."""
+
+    exit_code = 3
+
+
+class Conflict(ClusterError):
+    """The object already exists in a state Ferry will not reuse, or another field manager owns
+    fields a server-side apply would change."""
+
+    exit_code = 4
+
+
+class Forbidden(ClusterError):
+    """RBAC denied a verb on a resource in a namespace."""
+
+    exit_code = 5
+
+
+class Rejected(ClusterError):
+    """The API server refused the object: invalid fields or an admission denial (Pod Security,
+    a webhook). The message lists each cause."""
+
+    exit_code = 6
+
+
+class NotInstalled(ClusterError):
+    """The kind's CustomResourceDefinition is not installed in the cluster."""
+
+    exit_code = 7
+
+
+class ClusterUnreachable(ClusterError):
+    """No usable cluster: the API server cannot be reached, the kubeconfig is missing or
+    wrong, or the credentials were rejected."""
+
+    exit_code = 8
+
+
+class WaitTimeout(ClusterError):
+    """``--wait`` ran out of time before the job finished; the job itself goes on."""
+
+    exit_code = 124

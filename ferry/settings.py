@@ -68,6 +68,9 @@ FERRY_FLUSH_TIMEOUT = EnvSetting(
 FERRY_ACTOR = EnvSetting(
     "FERRY_ACTOR", None, "Who promotes (recorded in the promotion history); else git user.email, the pod's service account, $USER@host."
 )
+FERRY_POLL_INTERVAL_S = EnvSetting(
+    "FERRY_POLL_INTERVAL_S", "2", "Seconds between reads of a job's state while a cluster command waits or follows logs."
+)
 MLFLOW_TRACKING_URI = EnvSetting("MLFLOW_TRACKING_URI", None, "MLflow tracking server (or store) URI.")
 MLFLOW_EXPERIMENT_NAME = EnvSetting("MLFLOW_EXPERIMENT_NAME", None, "MLflow experiment of the job.")
 

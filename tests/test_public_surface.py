@@ -14,8 +14,15 @@ SURFACE = {
         "Toleration", "Tracking", "TrainingJob", "__version__",
     ],
     "ferry.errors": [
-        "ConfigError", "FerryError", "JobFileError", "ManifestInvalid", "ManifestIssue", "OptimizationFailed", "PromotionConflict",
-        "PromotionRefused", "RegistryError", "SpecError",
+        "ClusterError", "ClusterUnreachable", "ConfigError", "Conflict", "FerryError", "Forbidden", "JobFileError",
+        "ManifestInvalid", "ManifestIssue", "NotFound", "NotInstalled", "OptimizationFailed", "PromotionConflict",
+        "PromotionRefused", "RegistryError", "Rejected", "SpecError", "WaitTimeout",
+    ],
+    "ferry.kube": [
+        "CLUSTERSERVINGRUNTIME", "CONFIGMAP", "INFERENCESERVICE", "NAMESPACE", "POD", "PYTORCHJOB", "SCALEDOBJECT",
+        "Cluster", "Condition", "JobState", "Kind", "ReplicaCounts", "Retry", "ServiceState", "Submitted",
+        "apply_manifests", "delete_job", "failed_replica_logs", "follow_logs", "job_pods", "job_state", "list_jobs",
+        "plan_submission", "replica_name", "service_state", "submit", "wait_for",
     ],
     "ferry.render": [
         "Rendered", "ResolvedModel", "build_pytorchjob", "dump_yaml", "ferry_env", "render_inferenceservice",

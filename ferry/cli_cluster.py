@@ -1,0 +1,350 @@
+"""``ferry submit``, ``status``, ``list``, ``logs`` and ``delete``: training jobs on a cluster.
+
+Every command takes ``--namespace/-n``, ``--context`` and ``--kubeconfig`` (else
+``$KUBECONFIG``, else ``~/.kube/config``, else the pod's service account) and exits with the
+codes in :data:`EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ferry._cliutil import _stderr, _stdout, fail_cleanly, select_job
+
+cluster_app = typer.Typer()
+
+EXIT_CODES = """Exit codes:
+  0   done (with --wait: the job succeeded)
+  1   the job failed, or a manifest is invalid
+  2   bad input (job file, options)
+  3   not found (the job, its namespace, the ConfigMap it reads)
+  4   conflict (the job exists; a field another field manager owns)
+  5   forbidden (RBAC)
+  6   refused by the API server (invalid fields, admission / Pod Security)
+  7   not installed (the training operator, KServe)
+  8   no cluster (unreachable, bad kubeconfig, rejected credentials)
+  124 --wait timed out (the job goes on)
+  130 interrupted"""
+
+NamespaceOption = Annotated[str | None, typer.Option(
+    "--namespace", "-n", help="Namespace (default: the job's own when set, else the context's, else 'default').")]
+ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: the current one).")]
+KubeconfigOption = Annotated[Path | None, typer.Option(
+    "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the pod's service account).")]
+PANEL = "Cluster"
+
+
+def connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> Any:
+    from ferry.kube import Cluster
+
+    return Cluster.connect(kubeconfig, context, namespace)
+
+
+def _poll_s() -> float:
+    from ferry import settings
+
+    return float(settings.FERRY_POLL_INTERVAL_S.get() or 2)
+
+
+def _state_table(state: Any) -> Any:
+    from rich.table import Table
+
+    colour = {"Succeeded": "green", "Failed": "red", "Restarting": "yellow", "Running": "cyan"}.get(state.phase, "white")
+    table = Table(title=f"PyTorchJob {state.namespace}/{state.name}  [{colour}]{state.phase}[/]  "
+                        f"age {state.age()}  restarts {state.restarts}", title_justify="left")
+    for column in ("replica", "active", "succeeded", "failed"):
+        table.add_column(column, justify="left" if column == "replica" else "right")
+    for role, counts in state.replicas.items():
+        table.add_row(role.lower(), str(counts.active), str(counts.succeeded), str(counts.failed))
+    if not state.replicas:
+        table.add_row("(no replicas yet)", "-", "-", "-")
+    return table
+
+
+def _report_outcome(cluster: Any, state: Any) -> int:
+    """Print how the job ended; its exit code (0 succeeded, 1 failed)."""
+    from rich.markup import escape
+
+    from ferry.kube import failed_replica_logs
+
+    out = _stdout()
+    if state.succeeded:
+        out.print(f"[green]{state.name} succeeded[/] (submission {state.submission}, {state.age()} old)")
+        return 0
+    err = _stderr()
+    err.print(f"[bold red]{state.name} failed[/]: {escape(state.reason or 'Failed')}: {escape(state.message or 'no message')}")
+    for replica, lines in failed_replica_logs(cluster, state.name, state.namespace):
+        err.print(f"--- last lines of {replica} ---")
+        for line in lines:
+            err.print(f"[dim]\\[{replica}][/] {escape(line)}")
+    return 1
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow: bool) -> int:
+    """Follow the job to its end with a live status (a line per change when not on a terminal),
+    streaming its replicas' logs with ``follow``; the exit code of its outcome."""
+    from rich.live import Live
+    from rich.markup import escape
+
+    from ferry.kube import follow_logs, wait_for
+
+    out = _stdout()
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
+    log_thread = None
+    if follow:
+        def emit(replica: str, line: str) -> None:
+            out.print(f"[dim]\\[{replica}][/] {escape(line)}", highlight=False, soft_wrap=True)
+
+        log_thread = threading.Thread(target=follow_logs, args=(cluster, name, namespace, emit, stop),
+                                      kwargs={"poll_s": _poll_s()}, daemon=True)
+        log_thread.start()
+    live = out.is_terminal and not follow
+    last: list[str] = []
+
+    def show(state: Any) -> None:
+        if live:
+            display.update(_state_table(state))
+        elif state.summary() not in last:
+            last[:] = [state.summary()]
+            out.print(state.summary())
+
+    try:
+        if live:
+            with Live(console=out, refresh_per_second=4, transient=False) as display:
+                state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=_poll_s(), on_state=show)
+        else:
+            display = None
+            state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=_poll_s(), on_state=show)
+    except KeyboardInterrupt:
+        _stderr().print(f"stopped watching; {name} goes on: `ferry status {name} -n {namespace}`")
+        return 130
+    finally:
+        stop.set()
+        if log_thread is not None:
+            log_thread.join(timeout=_poll_s() + 5)
+        signal.signal(signal.SIGTERM, previous)
+    return _report_outcome(cluster, state)
+
+
+@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@fail_cleanly
+def submit(
+    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob.")],
+    job_name: Annotated[str | None, typer.Option("--job", help="Which job, when the file defines several.")] = None,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    kubeconfig: KubeconfigOption = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: key=value (repeatable).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Override the number of workers.")] = None,
+    resume_from: Annotated[str | None, typer.Option(
+        "--resume-from", help="Start from another submission's latest checkpoint: its id, runs:/<run id>, or a checkpoint URI.")] = None,
+    dry_run: Annotated[str | None, typer.Option(
+        "--dry-run", help="client: print what would be applied; server: the API server and its admission judge it, nothing is stored.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Stream every replica's log while waiting (implies --wait).")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete an existing PyTorchJob of this name first (its MLflow run and checkpoints stay).")] = False,
+    force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager owns.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="Create/update the ConfigMap the job reads MLFLOW_TRACKING_URI from (default: it must exist).")] = None,
+) -> None:
+    """Submit a job to the cluster as a new submission.
+
+    Each call is a new submission (a fresh id, fresh checkpoints), applied server-side as field
+    manager 'ferry'. A PyTorchJob of the same name is never reused: without --replace, an
+    existing one (running or finished) is a conflict."""
+    from ferry.local import apply_overrides
+    from ferry.render import Rendered, dump_yaml
+    from ferry.validate import find_crd_dir, validate_manifests
+
+    if dry_run not in (None, "client", "server"):
+        raise typer.BadParameter("must be 'client' or 'server'", param_hint="--dry-run")
+    if timeout is not None and timeout <= 0:
+        raise typer.BadParameter("must be more than 0 seconds", param_hint="--timeout")
+    spec = select_job(job_file, job_name)
+    explicit_namespace = "namespace" in spec.model_fields_set
+    job = apply_overrides(spec, set_ or (), workers, resume_from)
+    cluster = None if dry_run == "client" else connect(kubeconfig, context, namespace)
+    target = namespace or (job.namespace if explicit_namespace or cluster is None else cluster.namespace)
+    if target != job.namespace:
+        job = type(job)(**{**{f: getattr(job, f) for f in type(job).model_fields}, "namespace": target})
+    from ferry.kube import plan_submission
+
+    submission, manifest = plan_submission(job)
+    validate_manifests([(f"{job.name}/pytorchjob.yaml", manifest)], find_crd_dir())
+    err = _stderr()
+    if cluster is None:
+        docs = [manifest]
+        if tracking_uri is not None and job.tracking is not None:
+            ref = job.tracking.uri_from
+            docs.insert(0, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ref.name, "namespace": target},
+                            "data": {ref.key: tracking_uri}})
+        _stdout().file.write(dump_yaml(docs))
+        err.print(f"dry run (client): submission {submission}; nothing sent")
+        return
+    from ferry.kube import submit as do_submit
+
+    with cluster:
+        done = do_submit(cluster, job, manifest, submission, dry_run=dry_run == "server", replace=replace,
+                         force_conflicts=force_conflicts, tracking_uri=tracking_uri, say=err.print, poll_s=_poll_s())
+        for item in done.applied:
+            err.print(f"{'accepted (dry run, server)' if done.dry_run else 'applied'}: {item}")
+        if done.dry_run:
+            _stdout().print(f"dry run: the API server accepts {job.name} (submission {submission}); nothing was stored")
+            return
+        out = _stdout()
+        out.print(f"submitted {job.name} to namespace {done.namespace}: submission {submission}"
+                  + (f" (replaced {done.replaced})" if done.replaced else ""))
+        if not (wait or follow):
+            out.print(f"  follow it: ferry status {job.name} -n {done.namespace}   ferry logs {job.name} -n {done.namespace} --follow")
+            return
+        raise typer.Exit(watch(cluster, job.name, done.namespace, timeout, follow))
+
+
+@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@fail_cleanly
+def status(
+    name: Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")],
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    kubeconfig: KubeconfigOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")] = None,
+) -> None:
+    """A job's state: phase and why, replicas per role, restarts, age, and its pods."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ferry.kube import job_pods, job_state, replica_name
+
+    with connect(kubeconfig, context, namespace) as cluster:
+        if wait:
+            raise typer.Exit(watch(cluster, name, namespace or cluster.namespace, timeout, False))
+        state = job_state(cluster, name)
+        out = _stdout()
+        out.print(_state_table(state))
+        out.print(f"submission {state.submission or '-'}" + (f"; {escape(state.reason)}: {escape(state.message)}"
+                                                            if state.message else ""))
+        pods = job_pods(cluster, name)
+        if pods:
+            table = Table("replica", "pod", "phase", "restarts", "node")
+            for pod in pods:
+                st = pod.get("status") or {}
+                restarts = sum(int(c.get("restartCount") or 0) for c in st.get("containerStatuses") or [])
+                table.add_row(replica_name(pod), pod["metadata"]["name"], st.get("phase", "-"), str(restarts),
+                              (pod.get("spec") or {}).get("nodeName") or "-")
+            out.print(table)
+
+
+@cluster_app.command("list", rich_help_panel=PANEL, epilog=EXIT_CODES)
+@fail_cleanly
+def list_(
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    kubeconfig: KubeconfigOption = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Jobs of every namespace.")] = False,
+) -> None:
+    """The jobs Ferry submitted (label app.kubernetes.io/managed-by=ferry), newest first."""
+    from rich.table import Table
+
+    from ferry.kube import list_jobs
+
+    with connect(kubeconfig, context, namespace) as cluster:
+        states = list_jobs(cluster, all_namespaces=all_namespaces)
+        table = Table(*(["namespace"] if all_namespaces else []), "name", "submission", "phase", "age")
+        for s in states:
+            table.add_row(*([s.namespace] if all_namespaces else []), s.name, s.submission or "-", s.phase, s.age())
+        out = _stdout()
+        if states:
+            out.print(table)
+        else:
+            out.print(f"no jobs submitted by Ferry in {'any namespace' if all_namespaces else 'namespace ' + cluster.namespace}")
+
+
+@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@fail_cleanly
+def logs(
+    name: Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")],
+    replica: Annotated[str | None, typer.Option("--replica", help="Only this replica: master-0, worker-N (default: all).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines until the job ends (Ctrl-C stops).")] = False,
+    previous: Annotated[bool, typer.Option("--previous", help="The previous container's log (before a restart).")] = False,
+    tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines of each replica.")] = None,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Every replica's log, each line prefixed \\[master-0], \\[worker-1], ... as `ferry run` prints them."""
+    from rich.markup import escape
+
+    from ferry.errors import NotFound
+    from ferry.kube import PYTORCHJOB, follow_logs, job_pods, replica_name, wait_for
+
+    out = _stdout()
+
+    def emit(who: str, line: str) -> None:
+        out.print(f"[dim]\\[{who}][/] {escape(line)}", highlight=False, soft_wrap=True)
+
+    with connect(kubeconfig, context, namespace) as cluster:
+        cluster.get(PYTORCHJOB, name)  # a missing job (or kind) is its own error
+        pods = job_pods(cluster, name)
+        if replica is not None:
+            pods = [p for p in pods if replica_name(p) == replica]
+            if not pods:
+                known = ", ".join(replica_name(p) for p in job_pods(cluster, name)) or "none yet"
+                raise NotFound(f"job {name!r} has no replica {replica!r} (replicas: {known})", reason="ReplicaNotFound")
+        if not follow:
+            if not pods:
+                raise NotFound(f"job {name!r} has no pods yet; `ferry status {name}` says why", reason="NoPods")
+            for pod in pods:
+                for line in cluster.pod_log(pod["metadata"]["name"], previous=previous, tail_lines=tail):
+                    emit(replica_name(pod), line)
+            return
+        stop = threading.Event()
+        if replica is not None:
+            pod = pods[0]["metadata"]["name"]
+            try:
+                for line in cluster.pod_log(pod, follow=True, tail_lines=tail, previous=previous):
+                    emit(replica, line)
+            except KeyboardInterrupt:
+                raise typer.Exit(130) from None
+            return
+        thread = threading.Thread(target=follow_logs, args=(cluster, name, cluster.namespace, emit, stop),
+                                  kwargs={"poll_s": _poll_s()}, daemon=True)
+        thread.start()
+        try:
+            wait_for(cluster, name, poll_s=_poll_s())
+            stop.wait(_poll_s())  # the last lines
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        finally:
+            stop.set()
+            thread.join(timeout=_poll_s() + 5)
+
+
+@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@fail_cleanly
+def delete(
+    name: Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")],
+    wait: Annotated[bool, typer.Option("--wait", help="Return once the job and its pods are gone.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")] = 300,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Delete a job's PyTorchJob (its pods go with it). Its MLflow run and checkpoints stay."""
+    from ferry.kube import delete_job
+
+    with connect(kubeconfig, context, namespace) as cluster:
+        delete_job(cluster, name, wait=wait, timeout_s=timeout, poll_s=_poll_s())
+        _stdout().print(f"deleted PyTorchJob {cluster.namespace}/{name}" + ("" if wait else " (going)"))

@@ -1,0 +1,94 @@
+"""``ferry render``, ``validate``, ``run`` and ``ui``: jobs as manifests, and on this machine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ferry._cliutil import _stderr, _stdout, fail_cleanly, select_job, validate_and_emit
+
+local_app = typer.Typer()
+
+CrdDirOption = Annotated[
+    Path | None,
+    typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, else the schemas shipped with Ferry)."),
+]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: key=value (repeatable).")]
+WorkersOption = Annotated[int | None, typer.Option("--workers", help="Override the number of workers.")]
+JobNameOption = Annotated[str | None, typer.Option("--job", help="Which job, when the file defines several.")]
+ResumeOption = Annotated[str | None, typer.Option(
+    "--resume-from", help="Start from another submission's latest checkpoint: its id, runs:/<run id>, or a checkpoint folder.")]
+
+
+@local_app.command()
+@fail_cleanly
+def render(
+    job_files: Annotated[list[Path], typer.Argument(help="Python files defining TrainingJob objects.")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
+    crd_dir: CrdDirOption = None,
+) -> None:
+    """Render job files into validated Kubernetes manifests."""
+    from ferry.render import render_spec
+    from ferry.spec import load_specs
+
+    validate_and_emit([item for loaded in load_specs(job_files) for item in render_spec(loaded.spec)], out, crd_dir)
+
+
+@local_app.command()
+@fail_cleanly
+def validate(
+    manifests: Annotated[list[Path], typer.Argument(help="YAML files (multi-document allowed).")],
+    crd_dir: CrdDirOption = None,
+) -> None:
+    """Validate manifests against the real CRD schemas, Kubernetes' own schemas and Pod Security 'restricted'."""
+    from ferry.validate import find_crd_dir, load_manifest_file, validate_manifests
+
+    docs = [doc for path in manifests for doc in load_manifest_file(path)]
+    validate_manifests(docs, crd_dir or find_crd_dir())
+    _stderr().print(f"[green]ok:[/] {len(docs)} manifest(s) valid")
+
+
+@local_app.command()
+@fail_cleanly
+def run(
+    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob.")],
+    set_: SetOption = None,
+    workers: WorkersOption = None,
+    job_name: JobNameOption = None,
+    resume_from: ResumeOption = None,
+) -> None:
+    """Run a job on this machine exactly as the training operator would run it on a cluster.
+
+    Each call is a new submission, starting from step 0 (restarts inside it resume its own
+    checkpoints), unless --resume-from names where to start."""
+    from ferry.local import apply_overrides, run_job
+    from ferry.local._report import report
+
+    job = apply_overrides(select_job(job_file, job_name), set_ or (), workers, resume_from)
+    console = _stdout()
+    result = run_job(job, console=console, progress=console.is_terminal)
+    raise typer.Exit(report(job, result, console))
+
+
+@local_app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI (127.0.0.1).")] = 5000,
+) -> None:
+    """Open the MLflow UI on the embedded store (.ferry/), or say where your server is."""
+    import os
+
+    from ferry import settings
+    from ferry.local import LocalStore
+
+    if settings.MLFLOW_TRACKING_URI.is_set():
+        typer.echo(f"MLFLOW_TRACKING_URI is set: open {settings.MLFLOW_TRACKING_URI.get()} in a browser")
+        return
+    store = LocalStore.default()
+    store.ensure()
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
+            "--default-artifact-root", store.artifact_root, "--host", "127.0.0.1", "--port", str(port)]
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {store.home}); Ctrl-C to stop")
+    os.execv(sys.executable, argv)

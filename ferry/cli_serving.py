@@ -1,0 +1,130 @@
+"""``ferry serve`` and ``ferry deploy``: a model behind the Open Inference Protocol, here or as
+a KServe InferenceService on a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ferry._cliutil import _stderr, _stdout, fail_cleanly, validate_and_emit
+from ferry.cli_cluster import EXIT_CODES, ContextOption, KubeconfigOption, NamespaceOption, connect
+from ferry.cli_local import CrdDirOption
+
+serving_app = typer.Typer()
+
+
+@serving_app.command()
+@fail_cleanly
+def serve(
+    model_uri: Annotated[str, typer.Argument(help="models:/name@alias, models:/name/N, runs:/..., s3://... or a local path.")],
+    name: Annotated[str | None, typer.Option(help="Model name in the API (default: from the URI).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a pod).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    max_batch_size: Annotated[int, typer.Option(help="Most rows per model call.")] = 32,
+    max_latency_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch under load.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Requests queued before answering 503.")] = 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 8 << 20,
+) -> None:
+    """Serve a model over KServe's Open Inference Protocol v2 and v1 REST APIs."""
+    from ferry import settings
+    from ferry.local import embedded_tracking_uri
+
+    if not settings.MLFLOW_TRACKING_URI.is_set():
+        import os
+
+        os.environ["MLFLOW_TRACKING_URI"] = embedded_tracking_uri()  # models:/ from the embedded store
+    from ferry.serve import serve as run_server
+
+    run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
+               max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes)
+
+
+def _show_service(name: str, namespace: str | None, context: str | None, kubeconfig: Path | None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ferry.kube import service_state
+
+    with connect(kubeconfig, context, namespace) as cluster:
+        state = service_state(cluster, name)
+    out = _stdout()
+    ready = "[green]Ready[/]" if state.ready else "[yellow]not ready[/]"
+    model = f"{state.model} v{state.model_version}" if state.model else "-"
+    out.print(f"InferenceService {state.namespace}/{state.name}: {ready}  model {model}  url {state.url or '-'}")
+    table = Table("condition", "status", "reason", "message")
+    for c in state.conditions:
+        table.add_row(c.type, c.status, c.reason or "-", escape(c.message) or "-")
+    if state.conditions:
+        out.print(table)
+    for t in state.traffic:
+        tag = " (latest)" if t.get("latestRevision") else ""
+        out.print(f"traffic: {t.get('percent', 0)}% → {t.get('revisionName', '?')}{tag}")
+
+
+@serving_app.command(epilog=EXIT_CODES)
+@fail_cleanly
+def deploy(
+    deploy_files: Annotated[list[Path] | None, typer.Argument(help="Python files defining Deployment objects.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/inferenceservice.yaml and OUT/clusterservingruntime.yaml; default: stdout.")] = None,
+    crd_dir: CrdDirOption = None,
+    image: Annotated[str | None, typer.Option(help="Image of Ferry's serving runtime.")] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Apply to the cluster (server-side, field manager 'ferry') instead of printing.")] = False,
+    dry_run: Annotated[str | None, typer.Option("--dry-run", help="With --apply: 'server' lets the API server judge it without storing it.")] = None,
+    force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="With --apply: take over fields another field manager owns.")] = False,
+    status: Annotated[str | None, typer.Option("--status", help="Show this InferenceService's conditions, URL and traffic (no files needed).")] = None,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Render (or --apply) each Deployment as an InferenceService pinned to a model version.
+
+    The model reference is resolved to a version in the registry; Ferry's ClusterServingRuntime
+    comes with it. --apply sends both to the cluster; --status NAME shows how one is doing."""
+    if status is not None:
+        _show_service(status, namespace, context, kubeconfig)
+        return
+    if not deploy_files:
+        raise typer.BadParameter("give one or more deploy files (or --status NAME)", param_hint="DEPLOY_FILES")
+    if dry_run not in (None, "server"):
+        raise typer.BadParameter("must be 'server' (without --apply, deploy only renders: a client-side dry run)",
+                                 param_hint="--dry-run")
+    if dry_run and not apply:
+        raise typer.BadParameter("needs --apply", param_hint="--dry-run")
+    from ferry.cli_models import registry_client
+    from ferry.registry import resolve_model
+    from ferry.render import Rendered, render_serving_runtime, render_spec
+    from ferry.spec import SERVE_IMAGE, Deployment, load_specs
+
+    specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
+    cluster = connect(kubeconfig, context, namespace) if apply else None
+    if cluster is not None or namespace is not None:
+        target = namespace or cluster.namespace  # type: ignore[union-attr]
+        specs = [s if "namespace" in s.model_fields_set and namespace is None
+                 else type(s)(**{**{f: getattr(s, f) for f in type(s).model_fields}, "namespace": target}) for s in specs]
+    client = registry_client()
+    rendered = []
+    for spec in specs:
+        resolved = resolve_model(spec.model, client)
+        if resolved.storage_uri.startswith("file:"):
+            _stderr().print(f"[yellow]warning:[/] {spec.name}: {resolved.storage_uri} is a local path a cluster cannot "
+                            "fetch; track to a server with an S3 artifact store for cluster deployments")
+        rendered += render_spec(spec, resolved)
+    rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image or SERVE_IMAGE)))
+    if cluster is None:
+        validate_and_emit(rendered, out, crd_dir)
+        return
+    from ferry.kube import apply_manifests
+    from ferry.validate import find_crd_dir, validate_manifests
+
+    validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir or find_crd_dir())
+    with cluster:
+        applied = apply_manifests(cluster, [item.doc for item in rendered], dry_run=dry_run == "server",
+                                  force=force_conflicts)
+    err = _stderr()
+    for item in applied:
+        err.print(f"{'accepted (dry run, server)' if dry_run else 'applied'}: {item}")
+    if not dry_run:
+        names = " ".join(s.name for s in specs)
+        _stdout().print(f"deployed {names}; watch it: ferry deploy --status {specs[0].name} -n {specs[0].namespace}")

@@ -1,0 +1,72 @@
+"""Ferry and a Kubernetes cluster: submit training jobs, follow them, read their logs, deploy
+models, with errors that keep the API server's meaning.
+
+    from ferry.kube import Cluster, plan_submission, submit, wait_for
+
+    with Cluster.connect(context="dev", namespace="ml") as cluster:
+        submission, manifest = plan_submission(job)
+        submit(cluster, job, manifest, submission)
+        state = wait_for(cluster, job.name)
+
+Every failure is a :class:`ferry.errors.ClusterError` subclass (NotFound, Conflict, Forbidden,
+Rejected, NotInstalled, ClusterUnreachable, WaitTimeout); transient ones (429, 5xx, a reset
+connection) are retried with bounded backoff first.
+"""
+
+from ferry.kube._client import Cluster, Retry
+from ferry.kube._jobs import (
+    JobState,
+    ReplicaCounts,
+    Submitted,
+    delete_job,
+    failed_replica_logs,
+    follow_logs,
+    job_pods,
+    job_state,
+    list_jobs,
+    plan_submission,
+    replica_name,
+    submit,
+    wait_for,
+)
+from ferry.kube._kinds import (
+    CLUSTERSERVINGRUNTIME,
+    CONFIGMAP,
+    INFERENCESERVICE,
+    NAMESPACE,
+    POD,
+    PYTORCHJOB,
+    SCALEDOBJECT,
+    Kind,
+)
+from ferry.kube._serving import Condition, ServiceState, apply_manifests, service_state
+
+__all__ = [
+    "CLUSTERSERVINGRUNTIME",
+    "CONFIGMAP",
+    "INFERENCESERVICE",
+    "NAMESPACE",
+    "POD",
+    "PYTORCHJOB",
+    "SCALEDOBJECT",
+    "Cluster",
+    "Condition",
+    "JobState",
+    "Kind",
+    "ReplicaCounts",
+    "Retry",
+    "ServiceState",
+    "Submitted",
+    "apply_manifests",
+    "delete_job",
+    "failed_replica_logs",
+    "follow_logs",
+    "job_pods",
+    "job_state",
+    "list_jobs",
+    "plan_submission",
+    "replica_name",
+    "service_state",
+    "submit",
+    "wait_for",
+]

@@ -1,0 +1,152 @@
+"""The API server's answers, kept in their meaning: each failure becomes the ClusterError that
+says what happened and what to do, in one line (plus one line per cause).
+
+What the API server sends (a ``Status`` object):
+- 403 ``Forbidden``: RBAC (``User "x" cannot patch resource "pytorchjobs" in API group
+  "kubeflow.org" in the namespace "ml"``), or an admission denial: Pod Security
+  (``violates PodSecurity "restricted:latest": a (why), b (why)``) or a webhook
+  (``admission webhook "x" denied the request: ...``).
+- 404: the object, its namespace (``details.kind == "namespaces"``), or the whole kind when its
+  CRD is not installed (then the group/version's discovery document has no such resource).
+- 409 ``AlreadyExists`` or ``Conflict`` (server-side apply: ``details.causes`` of type
+  ``FieldManagerConflict``, each naming a field and the manager that owns it).
+- 422 ``Invalid`` (``details.causes``: field and message), 400 ``BadRequest``.
+- 401: the credentials were refused (expired token, revoked certificate).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ferry.errors import ClusterError, ClusterUnreachable, Conflict, Forbidden, NotFound, NotInstalled, Rejected
+
+if TYPE_CHECKING:
+    from ferry.kube._client import Cluster
+    from ferry.kube._kinds import Kind
+
+
+@dataclass(frozen=True)
+class Action:
+    """What was asked of the API server: the RBAC verb, the kind, where, which."""
+
+    verb: str
+    kind: Kind
+    namespace: str | None
+    name: str | None
+    subresource: str | None = None
+
+    def resource(self) -> str:
+        base = self.kind.describe()
+        return f"{base}/{self.subresource}" if self.subresource else base
+
+    def target(self) -> str:
+        name = f" {self.name!r}" if self.name else "s"
+        where = f" in namespace {self.namespace!r}" if self.namespace else ""
+        return f"{self.kind.kind}{name}{where}"
+
+
+def _status(exc: Any) -> dict[str, Any]:
+    try:
+        body = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        return {"message": (exc.body or exc.reason or "").strip()[:300]}
+    return body if isinstance(body, dict) else {}
+
+
+def _pod_security_violations(message: str) -> list[str]:
+    """``... violates PodSecurity "restricted:latest": a (x), b (y, z)`` → ["a (x)", "b (y, z)"]."""
+    _, _, tail = message.partition('": ')
+    items, depth, current = [], 0, ""
+    for ch in tail:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        items.append(current.strip())
+    return items
+
+
+def _causes(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((status.get("details") or {}).get("causes") or [])
+
+
+def translate(exc: Any, action: Action, cluster: Cluster | None = None) -> ClusterError:
+    """The ClusterError for an ``ApiException`` raised while doing ``action``."""
+    status = _status(exc)
+    code = exc.status
+    reason = status.get("reason") or exc.reason or ""
+    message = status.get("message") or ""
+    details = status.get("details") or {}
+
+    if code == 401:
+        where = f" (context {cluster.context})" if cluster is not None and cluster.context else ""
+        return ClusterUnreachable(f"the API server refused the credentials{where} (401 Unauthorized): they are "
+                                  "missing or expired; log in again (refresh the token or certificate in the "
+                                  "kubeconfig)", status=code, reason="Unauthorized")
+    if code == 403:
+        if "violates PodSecurity" in message:
+            level = re.search(r'PodSecurity "([^"]+)"', message)
+            lines = "\n".join(f"  - {v}" for v in _pod_security_violations(message))
+            return Rejected(f"admission denied {action.target()}: it violates Pod Security "
+                            f"{level.group(1) if level else ''}; fix these in the spec:\n{lines}",
+                            status=code, reason="PodSecurity")
+        if "admission webhook" in message:
+            return Rejected(f"admission denied {action.target()}: {message}", status=code, reason="AdmissionDenied")
+        user = re.search(r'User "([^"]+)"', message)
+        who = f" as {user.group(1)}" if user else ""
+        where = f"in namespace {action.namespace!r}" if action.namespace else "cluster-wide"
+        return Forbidden(f"forbidden: you{who} may not {action.verb} {action.resource()} {where}; ask a cluster "
+                         f"admin for a Role granting '{action.verb}' on {action.resource()} (Ferry's needs are "
+                         "listed in the README under RBAC)", status=code, reason="Forbidden")
+    if code == 404:
+        if details.get("kind") == "namespaces" or message.startswith("namespaces "):
+            ns = details.get("name") or action.namespace
+            return NotFound(f"namespace {ns!r} does not exist: create it (kubectl create namespace {ns}) or choose "
+                            "another with --namespace", status=code, reason="NamespaceNotFound")
+        if cluster is not None and action.kind.group and not kind_installed(cluster, action.kind):
+            return NotInstalled(f"{action.kind.kind} ({action.kind.api_version}) is not installed in this cluster: "
+                                f"{action.kind.installed_by}", status=code, reason="KindNotInstalled")
+        return NotFound(f"{action.target()} not found", status=code, reason="ObjectNotFound")
+    if code == 409:
+        conflicts = [c for c in _causes(status) if c.get("type") == "FieldManagerConflict"]
+        if conflicts:
+            lines = "\n".join(f"  - {c.get('field', '?')}: {c.get('message', '')}" for c in conflicts)
+            return Conflict(f"conflict applying {action.target()}: fields are owned by another field manager; "
+                            "re-run with --force-conflicts to take them over, or change them where they are "
+                            f"managed:\n{lines}", status=code, reason="FieldManagerConflict")
+        return Conflict(f"conflict on {action.target()}: {message or reason}", status=code, reason=reason or "Conflict")
+    if code in (400, 422):
+        causes = _causes(status)
+        if causes:
+            lines = "\n".join(f"  - {c.get('field', '(object)')}: {c.get('message', c.get('reason', ''))}"
+                              for c in causes)
+            return Rejected(f"the API server refused {action.target()} ({reason or code}); fix these fields:\n{lines}",
+                            status=code, reason=reason or "Invalid")
+        if "admission webhook" in message:
+            return Rejected(f"admission denied {action.target()}: {message}", status=code, reason="AdmissionDenied")
+        return Rejected(f"the API server refused {action.target()} ({reason or code}): {message}", status=code,
+                        reason=reason or "Invalid")
+    text = message or str(exc.reason or "")
+    return ClusterError(f"the API server failed to {action.verb} {action.target()} ({code} {reason}): {text}"[:500],
+                        status=code, reason=reason)
+
+
+def kind_installed(cluster: Cluster, kind: Kind) -> bool:
+    """Whether the API server serves ``kind`` (its group/version's discovery lists the plural)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        doc = cluster.api.call_api(kind.group_path, "GET", header_params={"Accept": "application/json"},
+                                   response_type="object", auth_settings=["BearerToken"],
+                                   _return_http_data_only=True, _request_timeout=(10, 30))
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        return True  # discovery failed for another reason: do not claim it is missing
+    return any(r.get("name") == kind.plural for r in (doc or {}).get("resources", []))

@@ -1,0 +1,342 @@
+"""Training jobs on a cluster: submit one, read its state, wait for it, read its replicas' logs,
+list and delete them.
+
+What submitting a job whose PyTorchJob already exists does: nothing, unless asked. A running
+job is never touched by another submission, and a finished one is never reused (the training
+operator would not run it again, and a re-applied spec would silently change the record of what
+ran). ``replace=True`` (``ferry submit --replace``) deletes the old PyTorchJob, waits until its
+pods are gone, and submits anew; the old submission's MLflow run and checkpoints stay.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ferry._submission import SUBMISSION_LABEL, new_submission_id, with_submission
+from ferry.errors import Conflict, NotFound, Rejected, WaitTimeout
+from ferry.kube._client import Cluster
+from ferry.kube._kinds import (
+    CONFIGMAP,
+    CREATED,
+    FAILED,
+    FINISHED,
+    JOB_NAME_LABEL,
+    MANAGED_BY,
+    POD,
+    PYTORCHJOB,
+    REPLICA_INDEX_LABEL,
+    REPLICA_TYPE_LABEL,
+    RESTARTING,
+    RUNNING,
+    SUCCEEDED,
+)
+
+_PHASE_ORDER = (SUCCEEDED, FAILED, RESTARTING, RUNNING, CREATED)
+
+
+@dataclass(frozen=True)
+class ReplicaCounts:
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.active} active, {self.succeeded} succeeded, {self.failed} failed"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a PyTorchJob's status and pods say, in the terms a user asks about."""
+
+    name: str
+    namespace: str
+    submission: str | None
+    phase: str  # Pending (no condition yet), Created, Running, Restarting, Succeeded, Failed
+    message: str
+    reason: str
+    replicas: dict[str, ReplicaCounts] = field(default_factory=dict)
+    restarts: int = 0
+    created: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == SUCCEEDED
+
+    def age(self, now: datetime | None = None) -> str:
+        if self.created is None:
+            return "-"
+        return _duration(((now or datetime.now(timezone.utc)) - self.created).total_seconds())
+
+    def summary(self) -> str:
+        """One line, for logs and non-terminal output."""
+        roles = "; ".join(f"{role.lower()} {counts}" for role, counts in self.replicas.items()) or "no replicas yet"
+        return f"{self.name}: {self.phase} ({roles}; restarts {self.restarts})"
+
+    @classmethod
+    def of(cls, job: dict[str, Any], pods: list[dict[str, Any]] = ()) -> JobState:  # type: ignore[assignment]
+        meta, status = job.get("metadata") or {}, job.get("status") or {}
+        true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        phase = next((p for p in _PHASE_ORDER if p in true), "Pending")
+        condition = true.get(phase, {})
+        replicas = {role: ReplicaCounts(int(s.get("active") or 0), int(s.get("succeeded") or 0), int(s.get("failed") or 0))
+                    for role, s in sorted((status.get("replicaStatuses") or {}).items())}
+        restarts = sum(int(c.get("restartCount") or 0) for pod in pods
+                       for c in (pod.get("status") or {}).get("containerStatuses") or [])
+        return cls(name=meta.get("name", ""), namespace=meta.get("namespace", ""),
+                   submission=(meta.get("labels") or {}).get(SUBMISSION_LABEL), phase=phase,
+                   message=condition.get("message", ""), reason=condition.get("reason", ""), replicas=replicas,
+                   restarts=restarts, created=_time(meta.get("creationTimestamp")),
+                   finished_at=_time(status.get("completionTime")))
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _duration(seconds: float) -> str:
+    """kubectl's way of writing an age: 42s, 7m30s, 25m, 3h12m, 2d5h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def replica_name(pod: dict[str, Any]) -> str:
+    """``master-0``, ``worker-1``: how ``ferry run`` names replicas, from the operator's labels."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    role = labels.get(REPLICA_TYPE_LABEL)
+    index = labels.get(REPLICA_INDEX_LABEL)
+    if role is None or index is None:
+        return (pod.get("metadata") or {}).get("name", "?")
+    return f"{role.lower()}-{index}"
+
+
+def job_pods(cluster: Cluster, name: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    """The job's pods, master first, then workers by index."""
+    pods = cluster.list(POD, namespace, selector=f"{JOB_NAME_LABEL}={name}")
+
+    def order(pod: dict[str, Any]) -> tuple[int, int]:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        index = labels.get(REPLICA_INDEX_LABEL, "0")
+        return (0 if labels.get(REPLICA_TYPE_LABEL, "").lower() == "master" else 1,
+                int(index) if str(index).isdigit() else 0)
+
+    return sorted(pods, key=order)
+
+
+def job_state(cluster: Cluster, name: str, namespace: str | None = None) -> JobState:
+    job = cluster.get(PYTORCHJOB, name, namespace)
+    return JobState.of(job, job_pods(cluster, name, namespace))
+
+
+# ---- submit ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Submitted:
+    name: str
+    namespace: str
+    submission: str
+    applied: list[str]  # "PyTorchJob ml/digits", "ConfigMap ml/ferry-mlflow"
+    dry_run: str | None
+    replaced: str | None = None  # the submission that was replaced
+
+
+def plan_submission(job: Any, submission: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The submission id and the PyTorchJob manifest labelled with it."""
+    from ferry.render import render_spec
+
+    submission = submission or new_submission_id()
+    (rendered,) = render_spec(job)
+    return submission, with_submission(rendered.doc, submission)
+
+
+def submit(cluster: Cluster, job: Any, manifest: dict[str, Any], submission: str, *, dry_run: bool = False,
+           replace: bool = False, force_conflicts: bool = False, tracking_uri: str | None = None,
+           say: Callable[[str], None] = lambda line: None, replace_timeout_s: float = 300,
+           poll_s: float = 1.0) -> Submitted:
+    """Apply ``manifest`` (one submission of ``job``) and what it needs; see the module's
+    docstring for what happens when the PyTorchJob already exists."""
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    applied: list[str] = []
+    existing = cluster.find(PYTORCHJOB, name, namespace)
+    replaced = None
+    if existing is not None:
+        state = JobState.of(existing)
+        what = (f"PyTorchJob {name!r} in namespace {namespace!r} already exists (submission "
+                f"{state.submission or 'unknown'}, {state.phase}")
+        if not replace:
+            if state.finished:
+                raise Conflict(f"{what}, finished): a finished job is never reused; `ferry submit --replace` deletes "
+                               f"it and submits anew (its MLflow run and checkpoints stay), or `ferry delete {name}` "
+                               "first", reason="JobExists")
+            raise Conflict(f"{what}, age {state.age()}): it is still running; follow it with `ferry status {name}` or "
+                           f"`ferry logs {name} --follow`, or replace it with `ferry submit --replace`",
+                           reason="JobExists")
+        replaced = state.submission or "unknown"
+        if not dry_run:
+            say(f"deleting PyTorchJob {namespace}/{name} (submission {replaced}, {state.phase}) to replace it")
+            delete_job(cluster, name, namespace, wait=True, timeout_s=replace_timeout_s, poll_s=poll_s)
+    configmap = _tracking_configmap(cluster, job, namespace, tracking_uri)
+    if configmap is not None:
+        cluster.apply(configmap, dry_run=dry_run, force=force_conflicts)
+        applied.append(f"ConfigMap {namespace}/{configmap['metadata']['name']}")
+    cluster.apply(manifest, dry_run=dry_run, force=force_conflicts)
+    applied.append(f"PyTorchJob {namespace}/{name}")
+    return Submitted(name, namespace, submission, applied, "server" if dry_run else None, replaced)
+
+
+def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri: str | None) -> dict[str, Any] | None:
+    """The ConfigMap to apply for the job's tracking URI, or None. Without ``tracking_uri`` the
+    ConfigMap the job reads must already exist (the Helm chart creates it): a pod would otherwise
+    wait forever in CreateContainerConfigError. Secrets are never read or written (least
+    privilege): a Secret reference is the user's to provide."""
+    tracking = getattr(job, "tracking", None)
+    ref = getattr(tracking, "uri_from", None)
+    if ref is None or getattr(ref, "kind", None) != "configmap":
+        if tracking_uri is not None:
+            raise Rejected("--tracking-uri sets a ConfigMap, but this job reads its tracking URI from Secret "
+                           f"{ref.name!r}; put the URI in that Secret instead", reason="TrackingFromSecret")
+        return None
+    if tracking_uri is not None:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": ref.name, "namespace": namespace, "labels": dict([MANAGED_BY])},
+                "data": {ref.key: tracking_uri}}
+    existing = cluster.find(CONFIGMAP, ref.name, namespace)
+    if existing is None or ref.key not in (existing.get("data") or {}):
+        missing = f"ConfigMap {ref.name!r}" + (" has no key" if existing is not None else " with key") + f" {ref.key!r}"
+        raise NotFound(f"{missing} (the MLflow tracking URI the job reads) in namespace {namespace!r}: install Ferry's "
+                       "Helm chart there, or pass --tracking-uri http://<mlflow-service>:5000 to create it",
+                       reason="TrackingConfigMissing")
+    return None
+
+
+# ---- wait, logs --------------------------------------------------------------------------------
+def wait_for(cluster: Cluster, name: str, namespace: str | None = None, *, timeout_s: float | None = None,
+             poll_s: float = 2.0, on_state: Callable[[JobState], None] = lambda state: None,
+             stop: threading.Event | None = None) -> JobState:
+    """Poll the job until it finishes (or ``timeout_s`` passes: WaitTimeout), calling
+    ``on_state`` with every state read."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        state = job_state(cluster, name, namespace)
+        on_state(state)
+        if state.finished:
+            return state
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(f"PyTorchJob {name!r} is still {state.phase} after {timeout_s:g} s; it goes on: "
+                              f"`ferry status {name}` to look again", reason="Timeout")
+        if stop is not None and stop.wait(poll_s):
+            return state
+        if stop is None:
+            time.sleep(poll_s)
+
+
+def failed_replica_logs(cluster: Cluster, name: str, namespace: str | None = None,
+                        lines: int = 20) -> list[tuple[str, list[str]]]:
+    """The last ``lines`` of each failed replica's log (the previous container's when it was
+    restarted), master first."""
+    out = []
+    for pod in job_pods(cluster, name, namespace):
+        status = pod.get("status") or {}
+        containers = status.get("containerStatuses") or []
+        terminated_bad = any(((c.get("state") or {}).get("terminated") or {}).get("exitCode") not in (None, 0)
+                             for c in containers)
+        last_bad = any(((c.get("lastState") or {}).get("terminated") or {}).get("exitCode") not in (None, 0)
+                       for c in containers)
+        if status.get("phase") != "Failed" and not terminated_bad and not last_bad:
+            continue
+        pod_name = pod["metadata"]["name"]
+        try:
+            text = list(cluster.pod_log(pod_name, namespace, tail_lines=lines, previous=last_bad and not terminated_bad))
+        except (NotFound, Rejected):
+            text = ["(its log is gone)"]
+        out.append((replica_name(pod), text))
+    return out
+
+
+def follow_logs(cluster: Cluster, name: str, namespace: str | None, emit: Callable[[str, str], None],
+                stop: threading.Event, *, poll_s: float = 2.0) -> None:
+    """Stream every replica's log to ``emit(replica, line)`` until ``stop`` is set: a thread per
+    pod, started as pods appear; a stream that breaks off (a restarted container, a dropped
+    connection) is reopened from the last line it gave."""
+    threads: dict[str, threading.Thread] = {}
+    while not stop.is_set():
+        try:
+            pods = job_pods(cluster, name, namespace)
+        except NotFound:
+            pods = []
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            started = any((c.get("state") or {}).get("running") or (c.get("state") or {}).get("terminated")
+                          for c in (pod.get("status") or {}).get("containerStatuses") or [])
+            if pod_name not in threads and started:
+                thread = threading.Thread(target=_follow_one, args=(cluster, pod_name, namespace, replica_name(pod),
+                                                                    emit, stop, poll_s), daemon=True)
+                threads[pod_name] = thread
+                thread.start()
+        stop.wait(poll_s)
+    for thread in threads.values():
+        thread.join(timeout=poll_s + 1)
+
+
+def _follow_one(cluster: Cluster, pod: str, namespace: str | None, replica: str, emit: Callable[[str, str], None],
+                stop: threading.Event, poll_s: float) -> None:
+    last: str | None = None
+    while not stop.is_set():
+        try:
+            for line in cluster.pod_log(pod, namespace, follow=True, timestamps=True, since_time=last):
+                stamp, _, text = line.partition(" ")
+                if last is not None and stamp <= last:
+                    continue  # already shown before the stream was reopened
+                last = stamp
+                emit(replica, text)
+                if stop.is_set():
+                    return
+        except (NotFound, Rejected):
+            return  # the pod is gone, or its container never started
+        stop.wait(poll_s)
+
+
+# ---- list, delete ------------------------------------------------------------------------------
+def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces: bool = False) -> list[JobState]:
+    """The PyTorchJobs Ferry submitted (label ``app.kubernetes.io/managed-by=ferry``), newest first."""
+    jobs = cluster.list(PYTORCHJOB, namespace, selector=f"{MANAGED_BY[0]}={MANAGED_BY[1]}",
+                        all_namespaces=all_namespaces)
+    states = [JobState.of(job) for job in jobs]
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted(states, key=lambda s: (s.created or epoch, s.name), reverse=True)
+
+
+def delete_job(cluster: Cluster, name: str, namespace: str | None = None, *, wait: bool = False,
+               timeout_s: float = 300, poll_s: float = 1.0) -> None:
+    """Delete the PyTorchJob (its pods and services go with it); with ``wait``, return once it
+    is gone."""
+    cluster.delete(PYTORCHJOB, name, namespace)
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout_s
+    while cluster.find(PYTORCHJOB, name, namespace) is not None:
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"PyTorchJob {name!r} is still being deleted after {timeout_s:g} s (finalizers or pods "
+                              f"that do not stop); look with `kubectl describe pytorchjob {name}`", reason="Timeout")
+        time.sleep(poll_s)
