@@ -28,6 +28,7 @@ EXIT_CODES = """Exit codes:
   6   refused by the API server (invalid fields, admission / Pod Security)
   7   not installed (the training operator, KServe)
   8   no cluster (unreachable, bad kubeconfig, rejected credentials)
+  9   the API server failed otherwise (e.g. 5xx still, after the retries)
   124 --wait timed out (the job goes on)
   130 interrupted"""
 

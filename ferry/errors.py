@@ -11,7 +11,8 @@
     │                          parity or a failed student job (CLI exit code 1)
     ├── ManifestInvalid        a manifest fails its schema or policy checks (CLI exit code 1)
     └── ClusterError           the Kubernetes API refused or could not be reached; each kind
-        │                      keeps the API's meaning and has its own exit code
+        │                      keeps the API's meaning and has its own exit code (9 for
+        │                      other failures, e.g. 5xx still failing after the retries)
         ├── NotFound           (3) the object or namespace does not exist
         ├── Conflict           (4) the object exists, or another field manager owns a field
         ├── Forbidden          (5) RBAC: a verb on a resource in a namespace is not allowed
@@ -122,7 +123,7 @@ class ClusterError(FerryError):
     """The Kubernetes API refused a request or could not be reached. ``status`` is the HTTP
     status when the API answered, ``reason`` its Status reason (``Forbidden``, ``Invalid``, ...)."""
 
-    exit_code = 1
+    exit_code = 9
 
     def __init__(self, message: str, *, status: int | None = None, reason: str | None = None):
         super().__init__(message)

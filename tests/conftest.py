@@ -105,3 +105,27 @@ def postgres_mlflow(tmp_path_factory):
     finally:
         server.stop()
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """An embedded (SQLite) registry holding model 'tiny' v1 and v2, alias champion → v2."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    tmp = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    model = torch.nn.Linear(4, 2)
+    x = torch.randn(8, 4).numpy()
+    with scoped_tracking_uri(uri), mlflow.start_run(
+            experiment_id=mlflow.create_experiment("deploy", artifact_location=(tmp / "artifacts").as_uri())):
+        for _ in range(2):
+            mlflow.pytorch.log_model(model, name="model", input_example=x, registered_model_name="tiny",
+                                     signature=infer_signature(x, model(torch.from_numpy(x)).detach().numpy()),
+                                     serialization_format="pt2", pip_requirements=["torch"])
+    client = MlflowClient(uri)
+    client.set_registered_model_alias("tiny", "champion", "2")
+    return uri, client

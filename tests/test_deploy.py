@@ -93,31 +93,6 @@ def test_bad_deployments(overrides, message):
     assert message in str(info.value)
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    import mlflow
-    import mlflow.pytorch
-    import torch
-    from mlflow import MlflowClient
-    from mlflow.models import infer_signature
-
-    tmp = tmp_path_factory.mktemp("registry")
-    from tests.conftest import scoped_tracking_uri
-
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    model = torch.nn.Linear(4, 2)
-    x = torch.randn(8, 4).numpy()
-    with scoped_tracking_uri(uri), mlflow.start_run(
-            experiment_id=mlflow.create_experiment("deploy", artifact_location=(tmp / "artifacts").as_uri())):
-        for _ in range(2):
-            mlflow.pytorch.log_model(model, name="model", input_example=x, registered_model_name="tiny",
-                                     signature=infer_signature(x, model(torch.from_numpy(x)).detach().numpy()),
-                                     serialization_format="pt2", pip_requirements=["torch"])
-    client = MlflowClient(uri)
-    client.set_registered_model_alias("tiny", "champion", "2")
-    return uri, client
-
-
 @pytest.mark.integration
 def test_resolve_pins_alias_to_version(registry):
     from ferry.registry import resolve_model

@@ -19,7 +19,7 @@ SURFACE = {
         "PromotionRefused", "RegistryError", "Rejected", "SpecError", "WaitTimeout",
     ],
     "ferry.kube": [
-        "CLUSTERSERVINGRUNTIME", "CONFIGMAP", "INFERENCESERVICE", "NAMESPACE", "POD", "PYTORCHJOB", "SCALEDOBJECT",
+        "CLUSTERSERVINGRUNTIME", "CONFIGMAP", "INFERENCESERVICE", "POD", "PYTORCHJOB", "SCALEDOBJECT",
         "Cluster", "Condition", "JobState", "Kind", "ReplicaCounts", "Retry", "ServiceState", "Submitted",
         "apply_manifests", "delete_job", "failed_replica_logs", "follow_logs", "job_pods", "job_state", "list_jobs",
         "plan_submission", "replica_name", "service_state", "submit", "wait_for",

@@ -22,7 +22,7 @@ from typing import Any
 
 from ferry.errors import ClusterUnreachable
 from ferry.kube._errors import Action, translate
-from ferry.kube._kinds import FIELD_MANAGER, NAMESPACE, POD, PYTORCHJOB_CONTAINER, Kind, kind_of
+from ferry.kube._kinds import FIELD_MANAGER, POD, PYTORCHJOB_CONTAINER, Kind, kind_of
 
 _TRANSIENT = {429, 500, 502, 503, 504}
 _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -61,6 +61,7 @@ class Cluster:
         """Connect as kubectl would: ``kubeconfig`` (else ``$KUBECONFIG``, else ``~/.kube/config``
         when it exists, else the pod's in-cluster service account), its ``context`` (else the
         current one); the namespace is ``namespace``, else the context's, else ``default``."""
+        import yaml
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
@@ -94,7 +95,7 @@ class Cluster:
         except ConfigException as exc:
             where = f"kubeconfig {path}" if path else "in-cluster config"
             raise ClusterUnreachable(f"{where}: {exc}; fix it or choose another with --kubeconfig/--context") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
             raise ClusterUnreachable(f"kubeconfig {path} cannot be read ({type(exc).__name__}: {exc}); "
                                      "check the file, or choose another with --kubeconfig") from exc
         configuration.retries = 1  # connection-level; Cluster.call retries what is worth retrying
@@ -191,9 +192,6 @@ class Cluster:
         ns = (namespace or self.namespace) if kind.namespaced else None
         self.call("DELETE", kind.path(ns, name), Action("delete", kind, ns, name),
                   body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"})
-
-    def has_namespace(self, namespace: str) -> bool:
-        return self.find(NAMESPACE, namespace) is not None
 
     def pod_log(self, pod: str, namespace: str | None = None, *, container: str = PYTORCHJOB_CONTAINER,
                 follow: bool = False, previous: bool = False, tail_lines: int | None = None,

@@ -70,10 +70,9 @@ SCALEDOBJECT = Kind("ScaledObject", "keda.sh", "v1alpha1", "scaledobjects",
 CONFIGMAP = Kind("ConfigMap", "", "v1", "configmaps")
 SECRET = Kind("Secret", "", "v1", "secrets")
 POD = Kind("Pod", "", "v1", "pods")
-NAMESPACE = Kind("Namespace", "", "v1", "namespaces", namespaced=False)
 
 KINDS = {k.kind: k for k in (PYTORCHJOB, INFERENCESERVICE, CLUSTERSERVINGRUNTIME, SCALEDOBJECT, CONFIGMAP, SECRET,
-                             POD, NAMESPACE)}
+                             POD)}
 
 
 def kind_of(manifest: dict) -> Kind:
