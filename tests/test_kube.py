@@ -71,6 +71,11 @@ def test_a_job_of_the_same_name_is_never_reused(kube):
     finished = ferry("submit", DIGITS, "-n", "ml")
     assert finished.exit_code == 4 and "a finished job is never reused" in finished.output
     assert kube.job("digits")["metadata"]["labels"]["ferry.dev/submission"] == first
+    # a successor the API server refuses never costs the job it would replace
+    kube.fault("PATCH", "/pytorchjobs/digits", 403, "Forbidden", 'User "bob" cannot patch resource "pytorchjobs"')
+    refused = ferry("submit", DIGITS, "-n", "ml", "--replace")
+    assert refused.exit_code == 5 and "deleting" not in refused.output
+    assert kube.job("digits")["metadata"]["labels"]["ferry.dev/submission"] == first
     replaced = ferry("submit", DIGITS, "-n", "ml", "--replace")
     assert replaced.exit_code == 0, replaced.output
     second = kube.job("digits")["metadata"]["labels"]["ferry.dev/submission"]
@@ -298,7 +303,7 @@ def test_transient_errors_are_retried(kube, status, headers, monkeypatch):
     result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000")
     assert result.exit_code == 0, result.output
     tries = [r for r in kube.api.requests if r.method.value == "PATCH" and "/pytorchjobs/" in r.url.path]
-    assert len(tries) == 3
+    assert len(tries) == 4  # two refused, then the dry run and the apply
 
 
 def test_retries_are_bounded(kube):
@@ -362,9 +367,17 @@ def test_no_usable_cluster(tmp_path, monkeypatch):
 def test_missing_tracking_configmap_is_named(kube):
     result = ferry("submit", DIGITS)
     assert result.exit_code == 3, result.output
-    assert "ConfigMap 'ferry-mlflow' with key 'tracking-uri'" in result.stderr and "--tracking-uri" in result.stderr
-    with pytest.raises(Exception):
-        kube.job("digits")  # nothing half-applied
+    assert "ConfigMap 'ferry-mlflow' (key 'tracking-uri') is missing in namespace 'ml'" in result.stderr
+    assert "--tracking-uri" in result.stderr
+    assert not [r for r in kube.api.requests if r.method.value == "PATCH"]  # nothing half-applied
+    kube.request("POST", "/api/v1/namespaces/ml/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "ferry-mlflow", "namespace": "ml"}, "data": {"uri": "http://x"}})
+    result = ferry("submit", DIGITS)
+    assert result.exit_code == 3 and "ConfigMap 'ferry-mlflow' has no key 'tracking-uri'" in result.stderr
+    kube.request("PATCH", "/api/v1/namespaces/ml/configmaps/ferry-mlflow", {"data": {"tracking-uri": "http://x"}})
+    assert ferry("submit", DIGITS).exit_code == 0  # the chart's ConfigMap is used as it is
+    assert not [r for r in kube.api.requests if r.method.value == "PATCH" and "/configmaps/" in r.url.path
+                and r.params.get("fieldManager")]
 
 
 def test_bad_options_are_refused_before_any_request(kube):

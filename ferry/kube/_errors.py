@@ -112,7 +112,8 @@ def translate(exc: Any, action: Action, cluster: Cluster | None = None) -> Clust
         if cluster is not None and action.kind.group and not kind_installed(cluster, action.kind):
             return NotInstalled(f"{action.kind.kind} ({action.kind.api_version}) is not installed in this cluster: "
                                 f"{action.kind.installed_by}", status=code, reason="KindNotInstalled")
-        return NotFound(f"{action.target()} not found", status=code, reason="ObjectNotFound")
+        hint = "; `ferry list -A` lists the jobs Ferry submitted" if action.kind.kind == "PyTorchJob" else ""
+        return NotFound(f"{action.target()} not found{hint}", status=code, reason="ObjectNotFound")
     if code == 409:
         conflicts = [c for c in _causes(status) if c.get("type") == "FieldManagerConflict"]
         if conflicts:

@@ -179,7 +179,9 @@ def submit(cluster: Cluster, job: Any, manifest: dict[str, Any], submission: str
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     applied: list[str] = []
     existing = cluster.find(PYTORCHJOB, name, namespace)
-    replaced = None
+    replaced = replaced_phase = None
+    configmap = _tracking_configmap(cluster, job, namespace, tracking_uri)
+    objects = ([configmap] if configmap is not None else []) + [manifest]
     if existing is not None:
         state = JobState.of(existing)
         what = (f"PyTorchJob {name!r} in namespace {namespace!r} already exists (submission "
@@ -192,17 +194,21 @@ def submit(cluster: Cluster, job: Any, manifest: dict[str, Any], submission: str
             raise Conflict(f"{what}, age {state.age()}): it is still running; follow it with `ferry status {name}` or "
                            f"`ferry logs {name} --follow`, or replace it with `ferry submit --replace`",
                            reason="JobExists")
-        replaced = state.submission or "unknown"
-        if not dry_run:
-            say(f"deleting PyTorchJob {namespace}/{name} (submission {replaced}, {state.phase}) to replace it")
-            delete_job(cluster, name, namespace, wait=True, timeout_s=replace_timeout_s, poll_s=poll_s)
-    configmap = _tracking_configmap(cluster, job, namespace, tracking_uri)
-    if configmap is not None:
-        cluster.apply(configmap, dry_run=dry_run, force=force_conflicts)
-        applied.append(f"ConfigMap {namespace}/{configmap['metadata']['name']}")
-    cluster.apply(manifest, dry_run=dry_run, force=force_conflicts)
-    applied.append(f"PyTorchJob {namespace}/{name}")
-    return Submitted(name, namespace, submission, applied, "server" if dry_run else None, replaced)
+        replaced, replaced_phase = state.submission or "unknown", state.phase
+    # The API server judges every object first (RBAC, schema, admission, field ownership), so a
+    # refusal changes nothing: a job being replaced is only deleted once its successor is accepted.
+    for obj in objects:
+        cluster.apply(obj, dry_run=True, force=force_conflicts or (replaced is not None and obj is manifest))
+    if dry_run:
+        applied = [f"{obj['kind']} {namespace}/{obj['metadata']['name']}" for obj in objects]
+        return Submitted(name, namespace, submission, applied, "server", replaced)
+    if replaced is not None:
+        say(f"deleting PyTorchJob {namespace}/{name} (submission {replaced}, {replaced_phase}) to replace it")
+        delete_job(cluster, name, namespace, wait=True, timeout_s=replace_timeout_s, poll_s=poll_s)
+    for obj in objects:
+        cluster.apply(obj, force=force_conflicts)
+        applied.append(f"{obj['kind']} {namespace}/{obj['metadata']['name']}")
+    return Submitted(name, namespace, submission, applied, None, replaced)
 
 
 def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri: str | None) -> dict[str, Any] | None:
@@ -223,9 +229,10 @@ def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri
                 "data": {ref.key: tracking_uri}}
     existing = cluster.find(CONFIGMAP, ref.name, namespace)
     if existing is None or ref.key not in (existing.get("data") or {}):
-        missing = f"ConfigMap {ref.name!r}" + (" has no key" if existing is not None else " with key") + f" {ref.key!r}"
-        raise NotFound(f"{missing} (the MLflow tracking URI the job reads) in namespace {namespace!r}: install Ferry's "
-                       "Helm chart there, or pass --tracking-uri http://<mlflow-service>:5000 to create it",
+        what = (f"ConfigMap {ref.name!r} has no key {ref.key!r}" if existing is not None
+                else f"ConfigMap {ref.name!r} (key {ref.key!r}) is missing")
+        raise NotFound(f"{what} in namespace {namespace!r}: it holds the MLflow tracking URI the job reads; install "
+                       "Ferry's Helm chart there, or pass --tracking-uri http://<mlflow-service>:5000 to create it",
                        reason="TrackingConfigMissing")
     return None
 
