@@ -73,6 +73,7 @@ def deploy(
     apply: Annotated[bool, typer.Option("--apply", help="Apply to the cluster (server-side, field manager 'ferry') instead of printing.")] = False,
     dry_run: Annotated[str | None, typer.Option("--dry-run", help="With --apply: 'server' lets the API server judge it without storing it.")] = None,
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="With --apply: take over fields another field manager owns.")] = False,
+    runtime: Annotated[bool, typer.Option("--runtime/--no-runtime", help="Include Ferry's ClusterServingRuntime (--no-runtime when the Helm chart manages it: applying it needs cluster-wide rights).")] = True,
     status: Annotated[str | None, typer.Option("--status", help="Show this InferenceService's conditions, URL and traffic (no files needed).")] = None,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
@@ -111,7 +112,8 @@ def deploy(
             _stderr().print(f"[yellow]warning:[/] {spec.name}: {resolved.storage_uri} is a local path a cluster cannot "
                             "fetch; track to a server with an S3 artifact store for cluster deployments")
         rendered += render_spec(spec, resolved)
-    rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image or SERVE_IMAGE)))
+    if runtime:
+        rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image or SERVE_IMAGE)))
     if cluster is None:
         validate_and_emit(rendered, out, crd_dir)
         return

@@ -251,7 +251,8 @@ class Kube:
                 status = "False"
             conds.append({"type": type_, "status": status, "reason": reason, "message": message,
                           "lastTransitionTime": now()})
-        status: dict[str, Any] = {"conditions": conds, "replicaStatuses": replicas or {}}
+        counts = {role: {"active": 0, "succeeded": 0, "failed": 0, **c} for role, c in (replicas or {}).items()}
+        status: dict[str, Any] = {"conditions": conds, "replicaStatuses": counts}
         if types and types[-1] in ("Succeeded", "Failed"):
             status["completionTime"] = now()
         self.request("PATCH", f"/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs/{name}/status", {"status": status})

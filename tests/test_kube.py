@@ -247,8 +247,9 @@ def test_deploy_apply_and_status(kube, registry, monkeypatch):
     status = ferry("deploy", "--status", "tiny")
     assert status.exit_code == 0, status.output
     assert "Ready" in status.stdout and "http://tiny.ml.example.com" in status.stdout and "tiny v2" in status.stdout
-    dry = ferry("deploy", str(tiny), "--apply", "--dry-run", "server", "-n", "default")
+    dry = ferry("deploy", str(tiny), "--apply", "--dry-run", "server", "-n", "default", "--no-runtime")
     assert dry.exit_code == 0 and "accepted (dry run, server): InferenceService default/tiny" in dry.stderr
+    assert "ClusterServingRuntime" not in dry.stderr  # the chart's to manage: no cluster-wide write
     assert deploy.is_file()
 
 
