@@ -402,3 +402,79 @@ def test_our_names_are_the_training_operators():
         kf.GROUP, kf.VERSION, kf.PYTORCHJOB_PLURAL, kf.PYTORCHJOB_KIND)
     assert ours.PYTORCHJOB_CONTAINER == kf.PYTORCHJOB_CONTAINER
     assert {ours.CREATED, ours.RUNNING, ours.RESTARTING, ours.SUCCEEDED, ours.FAILED} == kf.JOB_CONDITIONS
+
+
+class _ResettingProxy:
+    """A TCP proxy on 127.0.0.1 to the emulator that resets the first ``resets`` connections
+    as soon as a request arrives (a dropped connection mid-request), then forwards."""
+
+    def __init__(self, target_port: int, resets: int):
+        import socket
+
+        self.target_port, self.resets = target_port, resets
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import struct
+
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.resets > 0:
+                self.resets -= 1
+                conn.recv(65536)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # RST
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopped = True
+        self.sock.close()
+
+
+def test_a_reset_connection_is_retried(kube, tmp_path, monkeypatch):
+    from ferry.kube import PYTORCHJOB, Cluster, Retry
+
+    submitted(kube)
+    proxy = _ResettingProxy(int(kube.url.rsplit(":", 1)[1]), resets=3)
+    try:
+        config = _kubeconfig(tmp_path / "via-proxy", f"http://127.0.0.1:{proxy.port}")
+        with Cluster.connect(config, namespace="ml", retry=Retry(base_s=0.01)) as cluster:
+            assert cluster.get(PYTORCHJOB, "digits")["metadata"]["name"] == "digits"
+        assert proxy.resets == 0
+    finally:
+        proxy.close()
+
+
+def test_the_console_script_speaks_to_the_cluster(kube, ferry_cli):
+    env = {"KUBECONFIG": str(kube.kubeconfig)}
+    result = ferry_cli("submit", DIGITS, "--dry-run=server", "--tracking-uri", "http://m:5000", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "accepted (dry run, server): PyTorchJob ml/digits" in result.stderr
+    missing = ferry_cli("status", "digits", env=env)
+    assert missing.returncode == 3 and missing.stderr.startswith("error: PyTorchJob 'digits' in namespace 'ml' not found")
