@@ -46,6 +46,8 @@ def _loop(model, ddp, opt, batches, steps, tracker=None, checkpointer=None):
             tracker.log_metrics({"loss": loss.item(), "samples_per_s": 1.0, "lr": 0.003}, step)
         if checkpointer is not None:
             checkpointer.maybe_save(step, model=model, optimizer=opt)
+    if checkpointer is not None:
+        checkpointer.flush()  # the last checkpoint's write counts: a job's end waits for it too
 
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, workdir: str, out: mp.Queue) -> None:

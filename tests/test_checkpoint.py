@@ -48,6 +48,7 @@ def test_local_roundtrip_and_keep(tmp_path):
     model, *_ = _objects()
     for step in range(1, 11):
         ckpt.maybe_save(step, model=model)
+    ckpt.flush()
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert names == ["ckpt-000000008.pt", "ckpt-000000010.pt", "latest"]
     assert ckpt.latest_step() == 10
@@ -79,9 +80,11 @@ def test_each_submission_has_its_own_folder_and_keep(tmp_path, monkeypatch):
     first = _env(monkeypatch, tmp_path, "sub-a")
     for step in range(1, 6):
         first.maybe_save(step, model=model)
+    first.flush()
     second = _env(monkeypatch, tmp_path, "sub-b")
     assert second.uri == str(tmp_path / "sub-b") and second.restore(model=model) == 0  # never sub-a's
     second.save(1, model=model)
+    second.flush()
     assert sorted(p.name for p in (tmp_path / "sub-a").glob("ckpt-*")) == [f"ckpt-00000000{i}.pt" for i in (3, 4, 5)]
     assert sorted(p.name for p in (tmp_path / "sub-b").glob("ckpt-*")) == ["ckpt-000000001.pt"]
     restart = _env(monkeypatch, tmp_path, "sub-a")  # a restart inside sub-a resumes sub-a
@@ -102,12 +105,15 @@ def test_a_finished_submission_is_never_continued(tmp_path, monkeypatch):
 
 def test_explicit_resume_reads_the_source_but_writes_its_own(tmp_path, monkeypatch):
     model, opt, sched = _objects()
-    _env(monkeypatch, tmp_path, "old").save(30, model=model, optimizer=opt, scheduler=sched)
+    old = _env(monkeypatch, tmp_path, "old")
+    old.save(30, model=model, optimizer=opt, scheduler=sched)
+    old.flush()
     for ref in ("old", str(tmp_path / "old"), (tmp_path / "old").as_uri()):
         new = _env(monkeypatch, tmp_path, f"new-{len(ref)}", resume=ref)
         fresh, *_ = _objects(seed=1)
         assert new.restore(model=fresh) == 30 and torch.equal(fresh.weight, model.weight)
         new.save(31, model=fresh)
+        new.flush()
         assert (tmp_path / f"new-{len(ref)}" / "latest").is_file() and Checkpointer(str(tmp_path / "old")).latest_step() == 30
         again = _env(monkeypatch, tmp_path, f"new-{len(ref)}", resume=ref)  # a restart: its own progress wins
         assert again.restore(model=fresh) == 31
@@ -131,7 +137,9 @@ def test_resume_from_a_run_reads_its_checkpoint_folder(tmp_path):
     from ferry.runtime import ResumeError, resolve_resume
 
     model, *_ = _objects()
-    Checkpointer(str(tmp_path / "s1")).save(3, model=model)
+    saver = Checkpointer(str(tmp_path / "s1"))
+    saver.save(3, model=model)
+    saver.flush()
 
     class Client:
         def get_run(self, run_id):
@@ -155,6 +163,7 @@ def test_s3_roundtrip_and_keep(moto_s3):
     model, *_ = _objects()
     for step in range(8, 14):
         ckpt.save(step, model=model)
+    ckpt.flush()
     keys = storage_for("s3://ckpts/jobs/digits").keys()
     assert keys == ["ckpt-000000011.pt", "ckpt-000000012.pt", "ckpt-000000013.pt", "latest"]
 
@@ -195,3 +204,38 @@ def test_kill_during_save_leaves_previous_checkpoint(backend, tmp_path, request)
     if backend == "local":  # no half-written file is visible under a checkpoint name
         assert sorted(p.name for p in (tmp_path / "ck").iterdir() if not p.name.startswith(".")) == ["ckpt-000000010.pt", "latest"]
         assert json.loads((tmp_path / "ck" / "latest").read_text())["step"] == 10
+
+
+def test_the_write_happens_beside_training_and_its_errors_surface(tmp_path):
+    """save() returns once the state is serialized; the write goes on in the background, one
+    at a time, and a failed write is raised by the next call that waits for it."""
+    import threading
+
+    class SlowStorage:
+        def __init__(self, inner):
+            self.inner, self.release, self.fail = inner, threading.Event(), False
+
+        def put(self, key, data):
+            self.release.wait(5)
+            if self.fail:
+                raise OSError("No space left on device")
+            self.inner.put(key, data)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    storage = SlowStorage(storage_for(str(tmp_path / "slow")))
+    ckpt = Checkpointer(str(tmp_path / "slow"), every_steps=1, storage=storage)
+    model, *_ = _objects()
+    assert ckpt.save(1, model=model) == "ckpt-000000001.pt"  # returned while the write waits
+    assert not (tmp_path / "slow" / "latest").exists()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on: the checkpoint keeps the state it was given
+    storage.release.set()
+    fresh, *_ = _objects(seed=3)
+    assert ckpt.restore(model=fresh) == 1 and not torch.equal(fresh.weight, model.weight)
+    storage.fail = True
+    ckpt.save(2, model=model)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.flush()
+    assert ckpt.latest_step() == 1  # the failed one never became latest

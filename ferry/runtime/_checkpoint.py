@@ -10,6 +10,13 @@ Layout of one submission's folder, ``<Checkpointing.uri>/<submission>/`` (a loca
 A checkpoint is complete before ``latest`` names it (local: temp file + fsync + rename; S3:
 a PUT is all-or-nothing), so a reader never sees a half-written checkpoint, and a crash during
 a save leaves the previous one in force.
+
+Saving is split in two: the state is serialized at the step it belongs to, in the training
+thread (a few milliseconds), and written (fsync or upload, pruning) by one background thread
+while training goes on; at most one write is in flight, and the next save, ``restore``,
+``latest_step``, ``finish`` and ``flush`` wait for it and raise its error, if any. A process
+that exits normally finishes its last write; one that is killed loses at most the checkpoint
+still being written, and the one before it stays in force.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import random
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -71,6 +79,8 @@ class Checkpointer:
         self.storage = storage or storage_for(uri)
         self.resume_from = resume_from
         self.restored_from: str | None = None  # the folder restore() loaded from, if any
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     @classmethod
     def from_env(cls, *, is_primary: bool = True) -> Checkpointer | None:
@@ -85,6 +95,7 @@ class Checkpointer:
                    int(settings.FERRY_CHECKPOINT_KEEP.get() or 3), is_primary=is_primary, resume_from=source)
 
     def latest_step(self) -> int | None:
+        self.flush()
         raw = self.storage.get(LATEST)
         return None if raw is None else int(json.loads(raw)["step"])
 
@@ -93,14 +104,26 @@ class Checkpointer:
         ``state_dict``; other values as they are) at ``step``. Only the primary rank writes."""
         if not self.is_primary:
             return None
+        self.flush()  # the previous checkpoint is complete before this one starts
         state = {name: (obj.state_dict() if hasattr(obj, "state_dict") else obj) for name, obj in objects.items()}
         buffer = io.BytesIO()
         torch.save({"step": step, "state": state, "rng": _rng_state()}, buffer)
         key = f"ckpt-{step:09d}.pt"
-        self.storage.put(key, buffer.getvalue())
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-checkpoint")
+        self._pending = self._writer.submit(self._write, step, key, buffer.getvalue())
+        return key
+
+    def _write(self, step: int, key: str, data: bytes) -> None:
+        self.storage.put(key, data)
         self.storage.put(LATEST, json.dumps({"step": step, "key": key}).encode())
         self._prune(keep_key=key)
-        return key
+
+    def flush(self) -> None:
+        """Wait for the checkpoint being written, if any; raises what its write raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def maybe_save(self, step: int, **objects: Any) -> str | None:
         return self.save(step, **objects) if step % self.every_steps == 0 else None
@@ -109,6 +132,7 @@ class Checkpointer:
         """Load the latest checkpoint into ``objects`` (by the names they were saved under) and
         restore RNG state; returns its step, or 0 when there is none. This submission's own
         checkpoints come first; ``resume_from`` is read only while it has none."""
+        self.flush()
         storage, where = self.storage, self.uri
         raw = storage.get(LATEST)
         if raw is None and self.resume_from:
@@ -139,6 +163,7 @@ class Checkpointer:
             return
         if objects and self.latest_step() != step:
             self.save(step, **objects)
+        self.flush()
         self.storage.put(FINISHED, json.dumps({"step": step, "time": time.time()}).encode())
 
     def _prune(self, keep_key: str) -> None:
