@@ -478,3 +478,42 @@ def test_the_console_script_speaks_to_the_cluster(kube, ferry_cli):
     assert "accepted (dry run, server): PyTorchJob ml/digits" in result.stderr
     missing = ferry_cli("status", "digits", env=env)
     assert missing.returncode == 3 and missing.stderr.startswith("error: PyTorchJob 'digits' in namespace 'ml' not found")
+
+
+def _cond(type_: str, status: str = "True") -> dict:
+    return {"type": type_, "status": status, "reason": f"PyTorchJob{type_}", "message": f"{type_} message"}
+
+
+@pytest.mark.parametrize("conditions,phase", [
+    ([], "Pending"),
+    ([_cond("Created")], "Created"),
+    ([_cond("Created"), _cond("Running")], "Running"),
+    ([_cond("Created"), _cond("Running", "False"), _cond("Restarting")], "Restarting"),
+    ([_cond("Created"), _cond("Restarting", "False"), _cond("Running")], "Running"),
+    ([_cond("Created"), _cond("Running", "False"), _cond("Succeeded")], "Succeeded"),
+    ([_cond("Created"), _cond("Running", "False"), _cond("Failed")], "Failed"),
+])
+def test_the_phase_is_the_conditions_meaning(conditions, phase):
+    from ferry.kube import JobState
+
+    state = JobState.of({"metadata": {"name": "j", "namespace": "n"}, "status": {"conditions": conditions}},
+                        [{"status": {"containerStatuses": [{"restartCount": 2}, {"restartCount": 1}]}}])
+    assert state.phase == phase and state.restarts == 3
+    assert state.finished == (phase in ("Succeeded", "Failed"))
+    assert state.message == (f"{phase} message" if conditions else "")
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (59, "59s"), (75, "1m15s"), (900, "15m"), (3 * 3600 + 720, "3h12m"),
+                                          (2 * 86400 + 5 * 3600, "2d5h")])
+def test_ages_read_like_kubectl(seconds, text):
+    from ferry.kube._jobs import _duration
+
+    assert _duration(seconds) == text
+
+
+def test_pod_security_violations_are_split_at_the_top_level():
+    from ferry.kube._errors import _pod_security_violations
+
+    assert _pod_security_violations(PSA) == [
+        'allowPrivilegeEscalation != false (container "pytorch" must set securityContext.allowPrivilegeEscalation=false)',
+        'runAsNonRoot != true (pod or container "pytorch" must set securityContext.runAsNonRoot=true)']
