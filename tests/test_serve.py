@@ -245,3 +245,77 @@ def test_sigterm_drains_in_flight_requests(model):
     assert answered and all(r.status_code == 200 for r in answered)
     # requests already received were answered; any refused ones were refused at connect, not dropped mid-way
     assert all(isinstance(r, (httpx.Response, httpx.ConnectError)) for r in results), results
+
+
+# ---- the binary tensor extension ---------------------------------------------------------------
+def test_triton_http_client_with_binary_and_json_tensors(server, model):
+    """NVIDIA Triton's own HTTP client, with its defaults (binary tensors) and without."""
+    import tritonclient.http as httpclient
+
+    _, x, expected = model
+    client = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready("tiny-digits")
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    output = client.get_model_metadata("tiny-digits")["outputs"][0]["name"]
+    for binary_in in (True, False):
+        for binary_out in (True, False):
+            tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary_in)
+            result = client.infer("tiny-digits", [tensor], outputs=[httpclient.InferRequestedOutput(output, binary_data=binary_out)])
+            np.testing.assert_allclose(result.as_numpy(output), expected, rtol=1e-4, atol=1e-5)
+    tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)  # the client's defaults: binary in, and no outputs named (JSON out)
+    np.testing.assert_allclose(client.infer("tiny-digits", [tensor]).as_numpy(output), expected, rtol=1e-4, atol=1e-5)
+    client.close()
+
+
+def _binary(header: dict, raw: bytes, header_length: int | None = None) -> tuple[bytes, dict[str, str]]:
+    import json
+
+    text = json.dumps(header).encode()
+    return text + raw, {"Inference-Header-Content-Length": str(len(text) if header_length is None else header_length)}
+
+
+def _bin_input(size: int, shape=(1, 1, 8, 8), datatype="FP32"):
+    return {"inputs": [{"name": "x", "shape": list(shape), "datatype": datatype, "parameters": {"binary_data_size": size}}]}
+
+
+ROW = np.zeros((1, 1, 8, 8), dtype=np.float32).tobytes()
+BAD_BINARY = [
+    (_binary(_bin_input(256), ROW, header_length=10_000), "past the end of the"),
+    (_binary(_bin_input(128), ROW[:128]), "binary_data_size is 128 bytes; shape [1, 1, 8, 8] of FP32 needs 256 (64 × 4)"),
+    (_binary(_bin_input(256), ROW + b"\0" * 8), "8 bytes of binary data follow the last input's 256"),
+    (_binary(_bin_input(512), ROW), "binary_data_size is 512 bytes, past the end of the 256 bytes"),
+    (_binary(_bin_input(256, datatype="FP8"), ROW), "'FP8' is not a datatype of the protocol"),
+    ((_binary(_bin_input(256), ROW)[0], {}), "not valid JSON"),
+    ((_binary(_bin_input(256), ROW)[0], {"Inference-Header-Content-Length": "lots"}), "must be a byte count"),
+    (_binary({"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32"}]}, ROW), "inputs[0].data is missing"),
+]
+
+
+@pytest.mark.parametrize("request_,message", BAD_BINARY, ids=[m[:30] for _, m in BAD_BINARY])
+def test_malformed_binary_requests_get_400_and_the_server_lives_on(server, request_, message):
+    body, headers = request_
+    r = httpx.post(f"{server.url}/v2/models/tiny-digits/infer", content=body, headers=headers, timeout=30)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("datatype", ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                                      "FP16", "FP32", "FP64", "BYTES"])
+def test_binary_tensors_round_trip_every_datatype(datatype):
+    from ferry.serve._protocol import from_bytes, to_bytes
+
+    if datatype == "BYTES":
+        x = np.array([b"", b"a", "é".encode(), b"\0" * 300, b"xyz", b"q"], dtype=np.object_).reshape(2, 3)
+    else:
+        from ferry.serve._model import OIP_DTYPES
+
+        x = (np.arange(6) % 2 == 1) if datatype == "BOOL" else np.arange(6).astype(OIP_DTYPES[datatype])
+        x = x.reshape(2, 3)
+    raw = to_bytes(x)
+    if datatype not in ("BYTES", "BOOL"):
+        assert raw == x.astype(x.dtype.newbyteorder("<")).tobytes()  # little-endian, row-major
+    back = from_bytes(raw, datatype, [2, 3], "inputs[0]")
+    assert back.shape == (2, 3) and back.tolist() == x.tolist()

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ferry.serve import _protocol as proto
 from ferry.serve._batcher import DynamicBatcher
-from ferry.serve._errors import InferenceError, MethodNotAllowed, ModelNotFound, NotFound, NotReady, PayloadTooLarge
+from ferry.serve._errors import BadRequest, InferenceError, MethodNotAllowed, ModelNotFound, NotFound, NotReady, PayloadTooLarge
 from ferry.serve._model import LoadedModel
 
 log = logging.getLogger("ferry.serve")
@@ -135,7 +135,7 @@ class ModelServer:
         if path == "/metrics":
             return 200, generate_latest(self.metrics.registry), [(b"content-type", b"text/plain; version=0.0.4")]
         if path == "/v2":
-            return ok({"name": "ferry", "version": _version(), "extensions": []})
+            return ok({"name": "ferry", "version": _version(), "extensions": ["binary_tensor_data"]})
         if path.startswith("/v2/models/"):
             rest = path[len("/v2/models/"):]
             name, _, tail = rest.partition("/")
@@ -153,9 +153,14 @@ class ModelServer:
                     raise MethodNotAllowed("use POST for /infer")
                 body = await self._body(scope, receive)
                 model = self._model_for(name)
-                x, request_id = proto.decode_v2(proto.parse_json(body), model)
+                request = proto.decode_v2(body, model, _header_length(scope))
                 assert self.batcher is not None
-                return 200, proto.encode_v2(model, await self.batcher.submit(x), request_id), _JSON
+                out, json_length = proto.encode_v2(model, await self.batcher.submit(request.x), request.id,
+                                                   request.binary_output)
+                if json_length is None:
+                    return 200, out, _JSON
+                return 200, out, [(b"content-type", b"application/octet-stream"),
+                                  (proto.BINARY_HEADER, str(json_length).encode())]
         if path.startswith("/v1/models/"):
             rest = path[len("/v1/models/"):]
             if rest.endswith(":predict"):
@@ -170,6 +175,16 @@ class ModelServer:
                 model = self._model_for(rest)
                 return ok({"name": model.name, "ready": True})
         raise NotFound(f"no route for {method} {path}; see /v2/models/{{name}}/infer or /v1/models/{{name}}:predict")
+
+
+def _header_length(scope: dict[str, Any]) -> int | None:
+    for key, value in scope["headers"]:
+        if key == proto.BINARY_HEADER:
+            try:
+                return int(value)
+            except ValueError:
+                raise BadRequest(f"Inference-Header-Content-Length must be a byte count (got {value.decode()!r})") from None
+    return None
 
 
 def _version() -> str:
