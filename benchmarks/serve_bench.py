@@ -130,7 +130,7 @@ def main() -> None:
         ferry_port, mlflow_port = free_port(), free_port()
         ferry_bin = str(Path(sys.executable).with_name("ferry"))
         servers = {
-            "ferry": subprocess.Popen([ferry_bin, "serve", "models:/bench-digits/1", "--port", str(ferry_port)], env=env,
+            "ferry": subprocess.Popen([ferry_bin, "serve", "models:/bench-digits/1", "--port", str(ferry_port), "--grpc-port", "0"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             "mlflow": subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bench-digits/1",
                                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)], env=env,

@@ -22,12 +22,13 @@ def serve(
     name: Annotated[str | None, typer.Option(help="Model name in the API (default: from the URI).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a pod).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", help="Port of KServe's v2 gRPC protocol (0: REST only).")] = 8081,
     max_batch_size: Annotated[int, typer.Option(help="Most rows per model call.")] = 32,
     max_latency_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch under load.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Requests queued before answering 503.")] = 1024,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 8 << 20,
 ) -> None:
-    """Serve a model over KServe's Open Inference Protocol v2 and v1 REST APIs."""
+    """Serve a model over KServe's Open Inference Protocol: v2 REST (binary tensors too) and gRPC, v1 REST."""
     from ferry import settings
     from ferry.local import embedded_tracking_uri
 
@@ -38,7 +39,7 @@ def serve(
     from ferry.serve import serve as run_server
 
     run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
-               max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes)
+               max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, grpc_port=grpc_port)
 
 
 def _show_service(name: str, namespace: str | None, context: str | None, kubeconfig: Path | None) -> None:

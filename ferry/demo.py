@@ -122,7 +122,7 @@ def serve_and_predict(store, client, version: int) -> int:  # type: ignore[no-un
     ferry = Path(sys.executable).with_name("ferry")
     log_path = store.home / "serve.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen([str(ferry), "serve", uri, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+        server = subprocess.Popen([str(ferry), "serve", uri, "--port", str(port), "--grpc-port", "0"], stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "MLFLOW_TRACKING_URI": embedded_tracking_uri(store)})
 
     def call(path: str, body: dict | None = None) -> dict:

@@ -68,9 +68,10 @@ class Server:
     def __init__(self, uri: str, tracking: str, *args: str, env: dict[str, str] | None = None):
         from tests._servers import free_port
 
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([FERRY, "serve", uri, "--port", str(self.port), *args],
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        self.proc = subprocess.Popen([FERRY, "serve", uri, "--port", str(self.port), "--grpc-port", str(self.grpc_port), *args],
                                      env={**os.environ, "MLFLOW_TRACKING_URI": tracking, **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.saw_not_ready = False
@@ -319,3 +320,86 @@ def test_binary_tensors_round_trip_every_datatype(datatype):
         assert raw == x.astype(x.dtype.newbyteorder("<")).tobytes()  # little-endian, row-major
     back = from_bytes(raw, datatype, [2, 3], "inputs[0]")
     assert back.shape == (2, 3) and back.tolist() == x.tolist()
+
+
+# ---- gRPC (KServe's v2 protocol, the service Triton serves) -------------------------------------
+TRITON_GRPC = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+x = np.load(sys.argv[2])
+client = grpcclient.InferenceServerClient(url=sys.argv[1])
+out = {"live": client.is_server_live(), "ready": client.is_server_ready(), "model_ready": client.is_model_ready("tiny-digits"),
+       "server": client.get_server_metadata(as_json=True)["name"], "meta": client.get_model_metadata("tiny-digits", as_json=True)}
+name = out["meta"]["outputs"][0]["name"]
+tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+tensor.set_data_from_numpy(x)  # raw_input_contents
+result = client.infer("tiny-digits", [tensor], request_id="g-1")
+out["y"], out["id"] = result.as_numpy(name).tolist(), result.get_response().id
+bad = grpcclient.InferInput("x", [1, 64], "FP32")
+bad.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
+out["errors"] = []
+for model_name, tensors in (("tiny-digits", [bad]), ("other", [tensor])):
+    try:
+        client.infer(model_name, tensors)
+        out["errors"].append(None)
+    except InferenceServerException as exc:
+        out["errors"].append([exc.status(), exc.message()])
+out["still_ready"] = client.is_server_ready()
+print(json.dumps(out))
+"""
+
+
+def _client_script(script: str, server: "Server", x: np.ndarray, tmp_path: Path) -> object:
+    """Run a client in a process of its own: Triton's and KServe's stubs define the same protocol
+    messages, and one process's protobuf registry holds only one of them."""
+    import json
+
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([sys.executable, "-c", script, server.grpc, str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_triton_grpc_client(server, model, tmp_path):
+    _, x, expected = model
+    out = _client_script(TRITON_GRPC, server, x, tmp_path)
+    assert out["live"] and out["ready"] and out["model_ready"] and out["server"] == "ferry"
+    assert out["meta"]["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
+    np.testing.assert_allclose(np.asarray(out["y"]), expected, rtol=1e-4, atol=1e-5)
+    assert out["id"] == "g-1"
+    (code1, message1), (code2, message2) = out["errors"]
+    assert code1 == "StatusCode.INVALID_ARGUMENT" and "does not match the model's input [N, 1, 8, 8]" in message1
+    assert code2 == "StatusCode.NOT_FOUND" and "model 'other' is not served here" in message2
+    assert out["still_ready"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'ferry_requests_total{code="OK",model="tiny-digits",protocol="grpc"}' in metrics
+    assert 'ferry_requests_total{code="INVALID_ARGUMENT",model="tiny-digits",protocol="grpc"}' in metrics
+
+
+KSERVE_GRPC = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+x = np.load(sys.argv[2])
+async def main():
+    client = InferenceGRPCClient(sys.argv[1], verbose=False, use_ssl=False, timeout=30)
+    out = []
+    for binary in (False, True):  # typed contents (fp32_contents), then raw_input_contents
+        tensor = InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        response = await client.infer(InferRequest(model_name="tiny-digits", infer_inputs=[tensor], request_id="k"))
+        out.append(response.outputs[0].as_numpy().tolist())
+    print(json.dumps(out))
+    await client.close()
+asyncio.run(main())
+"""
+
+
+def test_kserve_grpc_client_with_typed_and_raw_contents(server, model, tmp_path):
+    _, x, expected = model
+    typed, raw = _client_script(KSERVE_GRPC, server, x, tmp_path)
+    np.testing.assert_allclose(np.asarray(typed), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(raw), expected, rtol=1e-4, atol=1e-5)

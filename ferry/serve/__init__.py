@@ -16,13 +16,15 @@ __all__ = ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelS
 
 def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8080,
           max_batch_size: int = 32, max_latency_ms: float = 5.0, max_queue: int = 1024,
-          max_body_bytes: int = 8 << 20, drain_seconds: int = 30) -> None:
-    """Serve ``model_uri`` until SIGTERM/SIGINT; in-flight requests are answered first."""
+          max_body_bytes: int = 8 << 20, drain_seconds: int = 30, grpc_port: int = 8081) -> None:
+    """Serve ``model_uri`` until SIGTERM/SIGINT; in-flight requests are answered first. REST on
+    ``port``; KServe's v2 gRPC protocol on ``grpc_port`` (0: none)."""
     import uvicorn
 
     served_name = name or _default_name(model_uri)
     app = ModelServer(lambda: load_model(model_uri, served_name), name=served_name, max_batch_size=max_batch_size,
-                      max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes)
+                      max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                      grpc_host=host, grpc_port=grpc_port, drain_seconds=drain_seconds)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # uvicorn drains on SIGTERM, then re-raises the signal through the handler it found at
     # start; make that one a no-op so a drained server exits 0 (not 143), whatever the model's

@@ -41,8 +41,11 @@ class Metrics:
 
 class ModelServer:
     def __init__(self, load: Callable[[], LoadedModel], *, name: str, max_batch_size: int = 32,
-                 max_latency_ms: float = 5.0, max_queue: int = 1024, max_body_bytes: int = 8 << 20):
+                 max_latency_ms: float = 5.0, max_queue: int = 1024, max_body_bytes: int = 8 << 20,
+                 grpc_host: str = "127.0.0.1", grpc_port: int = 0, drain_seconds: float = 30):
         self.load, self.name = load, name
+        self.grpc_host, self.grpc_port, self.drain_seconds = grpc_host, grpc_port, drain_seconds
+        self.grpc: Any = None
         self.max_batch_size, self.max_latency_ms, self.max_queue = max_batch_size, max_latency_ms, max_queue
         self.max_body_bytes = max_body_bytes
         self.model: LoadedModel | None = None
@@ -73,9 +76,20 @@ class ModelServer:
                                               max_latency_ms=self.max_latency_ms, max_queue=self.max_queue,
                                               on_batch=batch_hist.observe)
                 self.batcher.start()
+                if self.grpc_port:
+                    from ferry.serve._grpc import GrpcFrontend
+
+                    try:
+                        self.grpc = GrpcFrontend(self, self.grpc_host, self.grpc_port)
+                        await self.grpc.start()
+                    except Exception as exc:  # noqa: BLE001 - the server must not half-start
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
                 threading.Thread(target=self._load, name="ferry-load", daemon=True).start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.grpc is not None:
+                    await self.grpc.stop(self.drain_seconds)
                 if self.batcher is not None:
                     await self.batcher.stop()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -119,9 +133,12 @@ class ModelServer:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    def _model_for(self, name: str) -> LoadedModel:
+    def check_name(self, name: str) -> None:
         if name != self.name:
             raise ModelNotFound(f"model {name!r} is not served here; this server serves {self.name!r}")
+
+    def _model_for(self, name: str) -> LoadedModel:
+        self.check_name(name)
         if not self.ready or self.model is None:
             raise NotReady(f"model {self.name!r} is not ready yet" + (f": loading failed: {self.load_error}" if self.load_error else ""))
         return self.model

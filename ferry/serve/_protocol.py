@@ -107,14 +107,7 @@ def decode_v2(body: bytes, model: LoadedModel, header_length: int | None = None)
         if key not in tensor:
             raise BadRequest(f"inputs[0].{key} is missing")
     datatype, shape = tensor["datatype"], tensor["shape"]
-    if datatype not in OIP_DTYPES and datatype != "BYTES":
-        known = ", ".join([*OIP_DTYPES, "BYTES"])
-        raise BadRequest(f"inputs[0].datatype {datatype!r} is not a datatype of the protocol ({known})")
-    expected = model.input.datatype
-    if datatype != expected and not (datatype in _FLOAT_OK and expected in _FLOAT_OK):
-        raise BadRequest(f"inputs[0].datatype is {datatype!r}; the model expects {expected!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise BadRequest(f"inputs[0].shape must be a list of non-negative integers (got {shape!r})")
+    check_header(datatype, shape, model, "inputs[0]")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0:
@@ -128,22 +121,47 @@ def decode_v2(body: bytes, model: LoadedModel, header_length: int | None = None)
         if size < len(binary):
             raise BadRequest(f"{len(binary) - size} bytes of binary data follow the last input's "
                              f"{size}; binary_data_size must account for all of it")
-        x = from_bytes(binary[:size], datatype, shape, "inputs[0]")
+        x = tensor_from_raw(binary[:size], datatype, shape, model, "inputs[0]")
     else:
         if "data" not in tensor:
             raise BadRequest("inputs[0].data is missing (or give parameters.binary_data_size with binary data)")
         if binary:
             raise BadRequest(f"{len(binary)} bytes of binary data but no input declares binary_data_size")
-        try:
-            x = np.asarray(tensor["data"], dtype=OIP_DTYPES[datatype] if datatype in OIP_DTYPES else model.input.dtype)
-        except (ValueError, TypeError) as exc:
-            raise BadRequest(f"inputs[0].data is not a flat list of {datatype} numbers: {exc}") from None
-        if x.size != int(np.prod(shape)):
-            raise BadRequest(f"inputs[0].data has {x.size} values; shape {shape} needs {int(np.prod(shape))}")
+        x = tensor_from_values(tensor["data"], datatype, shape, model, "inputs[0]")
+    return V2Request(x, payload.get("id"), _wants_binary(payload, model))
+
+
+def check_header(datatype: Any, shape: Any, model: LoadedModel, where: str) -> None:
+    """An input's datatype is the protocol's and the model's, and its shape is a shape."""
+    if datatype not in OIP_DTYPES and datatype != "BYTES":
+        known = ", ".join([*OIP_DTYPES, "BYTES"])
+        raise BadRequest(f"{where}.datatype {datatype!r} is not a datatype of the protocol ({known})")
+    expected = model.input.datatype
+    if datatype != expected and not (datatype in _FLOAT_OK and expected in _FLOAT_OK):
+        raise BadRequest(f"{where}.datatype is {datatype!r}; the model expects {expected!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise BadRequest(f"{where}.shape must be a list of non-negative integers (got {shape!r})")
+
+
+def tensor_from_raw(raw: bytes, datatype: str, shape: list[int], model: LoadedModel, where: str) -> np.ndarray:
+    return _finish(from_bytes(raw, datatype, shape, where), shape, model, where)
+
+
+def tensor_from_values(values: Any, datatype: str, shape: list[int], model: LoadedModel, where: str) -> np.ndarray:
+    try:
+        x = np.asarray(values, dtype=OIP_DTYPES[datatype] if datatype in OIP_DTYPES else model.input.dtype)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"{where}.data is not a flat list of {datatype} numbers: {exc}") from None
+    if x.size != int(np.prod(shape)):
+        raise BadRequest(f"{where}.data has {x.size} values; shape {shape} needs {int(np.prod(shape))}")
+    return _finish(x, shape, model, where)
+
+
+def _finish(x: np.ndarray, shape: list[int], model: LoadedModel, where: str) -> np.ndarray:
     x = x.reshape(shape).astype(model.input.dtype, copy=False)
     if not x.flags.writeable:  # a view of the request body: torch wants memory it may write
         x = x.copy()
-    return V2Request(_check_shape(x, model, "inputs[0]"), payload.get("id"), _wants_binary(payload, model))
+    return _check_shape(x, model, where)
 
 
 def _wants_binary(payload: dict[str, Any], model: LoadedModel) -> bool:
