@@ -26,6 +26,7 @@ VARIANTS = {
                                     autoscaling=Autoscaling(max_replicas=8, metric="gpu-utilization", target=70)),
     "standard-queue-keda": Deployment(name="digits-q", model=MODEL, mode="standard", autoscaling=Autoscaling(metric="queue-depth", target=8)),
     "standard-cpu-hpa": Deployment(name="digits-cpu", model=MODEL, mode="standard", autoscaling=Autoscaling(metric="cpu", target=60)),
+    "serverless-grpc": Deployment(name="digits-grpc", model=MODEL, protocol="grpc"),
 }
 
 
@@ -44,6 +45,16 @@ def test_variant_validates_and_matches_golden(name, crd_dir):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dump_yaml([doc]))
     assert path.read_text() == dump_yaml([doc]), f"{path} drifted; run `make golden` and review the diff"
+
+
+def test_grpc_deployments_route_to_the_runtimes_grpc_port():
+    runtime = render_serving_runtime()["spec"]
+    args = runtime["containers"][0]["args"]
+    assert args[args.index("--grpc-port") + 1] == "8081" and "grpc-v2" in runtime["protocolVersions"]
+    model = render_inferenceservice(VARIANTS["serverless-grpc"], PINNED)["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "grpc-v2"
+    assert model["ports"] == [{"name": "h2c", "containerPort": 8081, "protocol": "TCP"}]
+    assert "ports" not in render_inferenceservice(VARIANTS["serverless"], PINNED)["spec"]["predictor"]["model"]
 
 
 def test_manifests_pin_the_version_never_the_alias():

@@ -21,6 +21,7 @@ API_VERSION = "serving.kserve.io/v1beta1"
 RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
 DEPLOYMENT_LABEL = "ferry.dev/deployment"
 SERVE_PORT = 8080
+GRPC_PORT = 8081
 RUNTIME_UID = 1000
 
 
@@ -95,9 +96,10 @@ def render_inferenceservice(d: Deployment, model: ResolvedModel) -> dict[str, An
         "model": {
             "modelFormat": {"name": model.model_format},
             "runtime": d.runtime,
-            "protocolVersion": "v2",
+            "protocolVersion": "grpc-v2" if d.protocol == "grpc" else "v2",
             "storageUri": model.storage_uri,
             **container,
+            **({"ports": [{"name": "h2c", "containerPort": GRPC_PORT, "protocol": "TCP"}]} if d.protocol == "grpc" else {}),
         },
         "securityContext": _pod.to_dict(_pod.pod_security_context(RUNTIME_UID)),
         "automountServiceAccountToken": False if d.service_account is None else None,
@@ -122,7 +124,9 @@ def render_inferenceservice(d: Deployment, model: ResolvedModel) -> dict[str, An
 
 def render_serving_runtime(image: str = SERVE_IMAGE, name: str = "ferry") -> dict[str, Any]:
     """Ferry's ClusterServingRuntime: ``ferry serve`` on the model KServe's storage
-    initializer put in /mnt/models, OIP v2 and v1, probes, restricted security context."""
+    initializer put in /mnt/models, OIP v2 REST (8080, the port KServe routes by default) and
+    gRPC (8081: an InferenceService with ``protocol="grpc"`` names it as its ``h2c`` port;
+    Knative allows one port per container), v1, probes, restricted security context."""
     probe = lambda path, delay: k8s.V1Probe(  # noqa: E731
         http_get=k8s.V1HTTPGetAction(path=path, port=SERVE_PORT), initial_delay_seconds=delay, period_seconds=5,
         failure_threshold=3)
@@ -133,6 +137,7 @@ def render_serving_runtime(image: str = SERVE_IMAGE, name: str = "ferry") -> dic
         image=image,
         command=["ferry"],
         args=["serve", "/mnt/models", "--name", "{{.Name}}", "--host", "0.0.0.0", "--port", str(SERVE_PORT),
+              "--grpc-port", str(GRPC_PORT),
               "--max-batch-size", "$(FERRY_MAX_BATCH_SIZE)", "--max-latency-ms", "$(FERRY_MAX_LATENCY_MS)"],
         env=[k8s.V1EnvVar(name="FERRY_MAX_BATCH_SIZE", value="32"), k8s.V1EnvVar(name="FERRY_MAX_LATENCY_MS", value="5")],
         ports=[k8s.V1ContainerPort(container_port=SERVE_PORT, protocol="TCP")],
@@ -151,7 +156,7 @@ def render_serving_runtime(image: str = SERVE_IMAGE, name: str = "ferry") -> dic
                 {"name": "pytorch", "version": "2", "autoSelect": True, "priority": 1},
                 {"name": "onnx", "version": "1", "autoSelect": True, "priority": 1},
             ],
-            "protocolVersions": ["v2", "v1"],
+            "protocolVersions": ["v2", "v1", "grpc-v2"],
             "containers": [_pod.to_dict(container)],
         },
     }

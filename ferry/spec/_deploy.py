@@ -73,7 +73,9 @@ class Deployment(Spec):
     ``model`` is resolved at deploy time to the immutable storage URI of one model version, so
     the manifest never points at a moving alias. ``mode="serverless"`` (Knative) scales on
     concurrency or RPS and may scale to zero; ``mode="standard"`` (raw Deployment) scales with
-    HPA on CPU or with KEDA on GPU utilization or queue depth.
+    HPA on CPU or with KEDA on GPU utilization or queue depth. ``protocol="grpc"`` routes the
+    service's traffic to the runtime's gRPC port (KServe's v2 gRPC protocol, port 8081, named
+    ``h2c`` as Knative requires); REST stays served on 8080 inside the pod either way.
     """
 
     name: str
@@ -84,6 +86,7 @@ class Deployment(Spec):
     autoscaling: Autoscaling = Autoscaling()
     canary_percent: int | None = None
     runtime: str = "ferry"
+    protocol: Literal["rest", "grpc"] = "rest"
     max_batch_size: int = 32
     max_latency_ms: float = 5.0
     service_account: str | None = None
