@@ -23,6 +23,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a pod).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
     grpc_port: Annotated[int, typer.Option("--grpc-port", help="Port of KServe's v2 gRPC protocol (0: REST only).")] = 8081,
+    device: Annotated[str, typer.Option("--device", help="auto (the first GPU when one is visible), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16 (torch models; reduced precision where the device has it).")] = "float32",
     max_batch_size: Annotated[int, typer.Option(help="Most rows per model call.")] = 32,
     max_latency_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch under load.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Requests queued before answering 503.")] = 1024,
@@ -39,7 +41,8 @@ def serve(
     from ferry.serve import serve as run_server
 
     run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
-               max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, grpc_port=grpc_port)
+               max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, grpc_port=grpc_port,
+               device=device, dtype=dtype)
 
 
 def _show_service(name: str, namespace: str | None, context: str | None, kubeconfig: Path | None) -> None:

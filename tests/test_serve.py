@@ -147,6 +147,7 @@ def test_metadata(server):
     meta = httpx.get(f"{server.url}/v2/models/tiny-digits").json()
     assert meta["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     assert meta["platform"] in ("pytorch", "onnx")
+    assert meta["parameters"] == {"device": "cpu", "dtype": "float32"}  # auto on a machine without a GPU
     assert httpx.get(f"{server.url}/v1/models/tiny-digits").json() == {"name": "tiny-digits", "ready": True}
 
 
@@ -403,3 +404,34 @@ def test_kserve_grpc_client_with_typed_and_raw_contents(server, model, tmp_path)
     typed, raw = _client_script(KSERVE_GRPC, server, x, tmp_path)
     np.testing.assert_allclose(np.asarray(typed), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(raw), expected, rtol=1e-4, atol=1e-5)
+
+
+# ---- devices ---------------------------------------------------------------------------------------
+def test_an_impossible_placement_is_refused_before_serving(model):
+    import torch
+
+    tracking, _, _ = model
+    ask = ["--device", "cuda:7"] if torch.cuda.device_count() < 8 else ["--device", "nope"]
+    for argv, message in [(ask, "--device cuda:7: " if ask[1] == "cuda:7" else "--device must be"),
+                          (["--device", "cpu", "--dtype", "float16"], "--dtype float16 needs a GPU"),
+                          (["--dtype", "float8"], "--dtype must be one of float32, float16, bfloat16")]:
+        out = subprocess.run([FERRY, "serve", "models:/tiny-digits/1", "--port", "0", "--grpc-port", "0", *argv],
+                             env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, (argv, out.stderr)
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="no GPU on this machine: the CUDA path "
+                    "(pinned memory, non-blocking copies, float16) runs where torch sees one")
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-4), ("float16", 2e-2)])
+def test_cuda_serving_matches_the_model(model, dtype, tolerance):
+    tracking, x, expected = model
+    srv = Server("models:/tiny-digits/1", tracking, "--name", "tiny-digits", "--device", "cuda", "--dtype", dtype)
+    try:
+        srv.wait_ready()
+        meta = httpx.get(f"{srv.url}/v2/models/tiny-digits").json()
+        assert meta["parameters"] == {"device": "cuda:0", "dtype": dtype}
+        out = httpx.post(f"{srv.url}/v2/models/tiny-digits/infer", json=_v2(x.ravel().tolist(), list(x.shape))).json()
+        np.testing.assert_allclose(np.asarray(out["outputs"][0]["data"]).reshape(expected.shape), expected,
+                                   rtol=tolerance, atol=tolerance)
+    finally:
+        assert srv.stop() == 0

@@ -16,13 +16,20 @@ __all__ = ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelS
 
 def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8080,
           max_batch_size: int = 32, max_latency_ms: float = 5.0, max_queue: int = 1024,
-          max_body_bytes: int = 8 << 20, drain_seconds: int = 30, grpc_port: int = 8081) -> None:
+          max_body_bytes: int = 8 << 20, drain_seconds: int = 30, grpc_port: int = 8081, device: str = "auto",
+          dtype: str = "float32") -> None:
     """Serve ``model_uri`` until SIGTERM/SIGINT; in-flight requests are answered first. REST on
-    ``port``; KServe's v2 gRPC protocol on ``grpc_port`` (0: none)."""
+    ``port``; KServe's v2 gRPC protocol on ``grpc_port`` (0: none). The model runs on ``device``
+    (``auto``: the first GPU when one is visible) in ``dtype``."""
     import uvicorn
 
+    from ferry.serve._device import choose, detect
+
+    machine = detect()
+    choose(device, dtype, machine)  # an impossible placement is refused before anything starts
     served_name = name or _default_name(model_uri)
-    app = ModelServer(lambda: load_model(model_uri, served_name), name=served_name, max_batch_size=max_batch_size,
+    app = ModelServer(lambda: load_model(model_uri, served_name, device=device, dtype=dtype, machine=machine),
+                      name=served_name, max_batch_size=max_batch_size,
                       max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
                       grpc_host=host, grpc_port=grpc_port, drain_seconds=drain_seconds)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")

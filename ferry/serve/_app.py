@@ -61,7 +61,8 @@ class ModelServer:
             model = self.load()
             model.warm_up(self.max_batch_size)
             self.model = model
-            log.warning("model %s version %s (%s) loaded and warmed up; ready", model.name, model.version, model.platform)
+            log.warning("model %s version %s (%s) loaded and warmed up on %s in %s; ready", model.name, model.version,
+                        model.platform, model.device, model.dtype)
             self.ready = True
         except BaseException as exc:  # noqa: BLE001 - reported on /v2/health/ready and in the log
             self.load_error = exc
@@ -161,7 +162,8 @@ class ModelServer:
             if tail == "":
                 model = self._model_for(name)
                 return ok({"name": model.name, "versions": [model.version], "platform": model.platform,
-                           "inputs": [model.input.metadata()], "outputs": [model.output.metadata()]})
+                           "inputs": [model.input.metadata()], "outputs": [model.output.metadata()],
+                           "parameters": {"device": model.device, "dtype": model.dtype}})
             if tail == "ready":
                 model = self._model_for(name)
                 return ok({"name": model.name, "ready": True})

@@ -48,6 +48,8 @@ class LoadedModel:
     output: TensorInfo
     predict: Callable[[np.ndarray], np.ndarray]
     source: str
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def warm_up(self, max_batch: int) -> None:
         """Run batch sizes 1 and ``max_batch`` once, so the first requests pay no first-call costs."""
@@ -87,15 +89,20 @@ def _local_copy(uri: str) -> Iterator[tuple[Path, str, str]]:
         yield Path(local), name, version
 
 
-def load_model(uri: str, name: str | None = None, *, onnx_threads: int = 1) -> LoadedModel:
-    """Load the model at ``uri`` into a ``predict(np.ndarray) -> np.ndarray`` callable.
+def load_model(uri: str, name: str | None = None, *, onnx_threads: int = 1, device: str = "cpu",
+               dtype: str = "float32", machine: Any = None) -> LoadedModel:
+    """Load the model at ``uri`` into a ``predict(np.ndarray) -> np.ndarray`` callable on
+    ``device`` (``auto``: the first GPU when one is visible) in ``dtype`` (torch models).
     ``onnx_threads``: ONNX Runtime's intra-op threads (1 by default: a server's concurrency
     comes from batching many requests, not from splitting one)."""
     with _local_copy(uri) as (path, default_name, version):
-        return _load(uri, path, name or default_name, version, onnx_threads)
+        return _load(uri, path, name or default_name, version, onnx_threads, device, dtype, machine)
 
 
-def _load(uri: str, path: Path, name: str, version: str, onnx_threads: int) -> LoadedModel:
+def _load(uri: str, path: Path, name: str, version: str, onnx_threads: int, device: str = "cpu",
+          dtype: str = "float32", machine: Any = None) -> LoadedModel:
+    from ferry.serve._device import choose, detect
+
     from mlflow.models import Model
 
     if not (path / "MLmodel").is_file():
@@ -109,16 +116,24 @@ def _load(uri: str, path: Path, name: str, version: str, onnx_threads: int) -> L
     output_info = TensorInfo((out_spec.name if out_spec else None) or "output-0",
                              np.dtype(out_spec.type) if out_spec else np.dtype(np.float32),
                              tuple(out_spec.shape) if out_spec else (-1,))
+    placement = choose(device, dtype, machine if machine is not None else detect())
     if "onnx" in meta.flavors:
-        predict, platform = _onnx_predictor(path, meta.flavors["onnx"], onnx_threads), "onnx"
+        if dtype != "float32":
+            raise ConfigError(f"--dtype {dtype} applies to torch models; an ONNX model runs in the types it was "
+                              "exported with (export a reduced-precision graph instead)")
+        predict, placement = _onnx_predictor(path, meta.flavors["onnx"], onnx_threads, placement,
+                                             explicit=device != "auto")
+        platform = "onnx"
     elif "pytorch" in meta.flavors:
-        predict, platform = _torch_predictor(path), "pytorch"
+        predict, platform = _torch_predictor(path, placement), "pytorch"
     else:
         raise ConfigError(f"{uri}: flavor(s) {sorted(meta.flavors)} are not served; Ferry serves pytorch and onnx models")
-    return LoadedModel(name, version, platform, input_info, output_info, predict, uri)
+    return LoadedModel(name, version, platform, input_info, output_info, predict, uri, placement.device, placement.dtype)
 
 
-def _torch_predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_predictor(path: Path, placement: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """On CPU the batch is used in place; on a GPU it is copied through pinned host memory with
+    a non-blocking transfer, and the answer comes back as float32 whatever the dtype."""
     import mlflow.pytorch
     import torch
 
@@ -127,23 +142,51 @@ def _torch_predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
         module.eval()  # eager and TorchScript modules; a torch.export program is inference-only already
     except (NotImplementedError, RuntimeError):
         pass
+    dtype = getattr(torch, placement.dtype)
+    if placement.is_cuda or placement.dtype != "float32":
+        module = module.to(device=placement.device, dtype=dtype)
+    if not placement.is_cuda:
+        def predict(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                t = torch.from_numpy(x)
+                return module(t if dtype is torch.float32 else t.to(dtype)).float().numpy()
 
-    def predict(x: np.ndarray) -> np.ndarray:
+        return predict
+    device = torch.device(placement.device)
+
+    def predict_cuda(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
+            host = torch.from_numpy(x).pin_memory()
+            batch = host.to(device, non_blocking=True)
+            if batch.is_floating_point():
+                batch = batch.to(dtype)
+            return module(batch).float().cpu().numpy()
 
-    return predict
+    return predict_cuda
 
 
-def _onnx_predictor(path: Path, flavor: dict[str, Any], threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx_predictor(path: Path, flavor: dict[str, Any], threads: int, placement: Any,
+                    explicit: bool) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    """ONNX Runtime's CUDA execution provider on a GPU (it needs onnxruntime-gpu), else the CPU's."""
     import onnxruntime as ort
+
+    from ferry.serve._device import Placement
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path / flavor["data"]), options, providers=["CPUExecutionProvider"])
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if placement.is_cuda:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(placement.device.split(":")[1])}))
+        elif explicit:
+            raise ConfigError(f"--device {placement.device}: ONNX models run on a GPU through onnxruntime-gpu's CUDA "
+                              "execution provider, which is not installed (pip install onnxruntime-gpu)")
+        else:
+            placement = Placement("cpu", placement.dtype)  # auto: the GPU is there, the provider is not
+    session = ort.InferenceSession(str(path / flavor["data"]), options, providers=providers)
     input_name = session.get_inputs()[0].name
 
     def predict(x: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: x})[0]
 
-    return predict
+    return predict, placement
