@@ -27,6 +27,9 @@ VARIANTS = {
     "standard-queue-keda": Deployment(name="digits-q", model=MODEL, mode="standard", autoscaling=Autoscaling(metric="queue-depth", target=8)),
     "standard-cpu-hpa": Deployment(name="digits-cpu", model=MODEL, mode="standard", autoscaling=Autoscaling(metric="cpu", target=60)),
     "serverless-grpc": Deployment(name="digits-grpc", model=MODEL, protocol="grpc"),
+    "standard-gpu-fp16": Deployment(name="digits-fp16", model=MODEL, mode="standard", dtype="float16",
+                                    resources=Resources(cpu="4", memory="16Gi", gpu=1),
+                                    autoscaling=Autoscaling(max_replicas=4, metric="gpu-utilization", target=70)),
 }
 
 
@@ -57,6 +60,15 @@ def test_grpc_deployments_route_to_the_runtimes_grpc_port():
     assert "ports" not in render_inferenceservice(VARIANTS["serverless"], PINNED)["spec"]["predictor"]["model"]
 
 
+def test_the_device_follows_the_gpu_request():
+    env = lambda name: {e["name"]: e["value"] for e in  # noqa: E731
+                        render_inferenceservice(VARIANTS[name], PINNED)["spec"]["predictor"]["model"]["env"]}
+    assert (env("serverless")["FERRY_DEVICE"], env("serverless")["FERRY_DTYPE"]) == ("cpu", "float32")
+    assert (env("standard-gpu-fp16")["FERRY_DEVICE"], env("standard-gpu-fp16")["FERRY_DTYPE"]) == ("cuda", "float16")
+    args = render_serving_runtime()["spec"]["containers"][0]["args"]
+    assert args[args.index("--device") + 1] == "$(FERRY_DEVICE)" and args[args.index("--dtype") + 1] == "$(FERRY_DTYPE)"
+
+
 def test_manifests_pin_the_version_never_the_alias():
     for doc in (render_inferenceservice(d, PINNED) for d in VARIANTS.values()):
         model = doc["spec"]["predictor"]["model"]
@@ -80,6 +92,8 @@ def test_autoscaling_fields_per_mode():
 
 
 BAD = [
+    ("fp16-on-cpu", dict(dtype="float16"), "dtype='float16' needs a GPU"),
+    ("unknown-protocol", dict(protocol="http3"), "protocol"),
     ("gpu-metric-serverless", dict(autoscaling=dict(metric="gpu-utilization")), "does not work with mode='serverless'"),
     ("concurrency-standard", dict(mode="standard", autoscaling=dict(metric="concurrency")), "does not work with mode='standard'"),
     ("zero-replicas-standard", dict(mode="standard", autoscaling=dict(metric="cpu", min_replicas=0)), "cannot scale to zero"),

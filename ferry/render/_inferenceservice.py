@@ -88,7 +88,9 @@ def render_inferenceservice(d: Deployment, model: ResolvedModel) -> dict[str, An
         resources=k8s.V1ResourceRequirements(**_resources(d)),
         security_context=_pod.container_security_context(),
         env=[k8s.V1EnvVar(name="FERRY_MAX_BATCH_SIZE", value=str(d.max_batch_size)),
-             k8s.V1EnvVar(name="FERRY_MAX_LATENCY_MS", value=f"{d.max_latency_ms:g}")],
+             k8s.V1EnvVar(name="FERRY_MAX_LATENCY_MS", value=f"{d.max_latency_ms:g}"),
+             k8s.V1EnvVar(name="FERRY_DEVICE", value="cuda" if d.resources.gpu else "cpu"),
+             k8s.V1EnvVar(name="FERRY_DTYPE", value=d.dtype)],
     ))
     container.pop("name")
     predictor: dict[str, Any] = {
@@ -137,9 +139,10 @@ def render_serving_runtime(image: str = SERVE_IMAGE, name: str = "ferry") -> dic
         image=image,
         command=["ferry"],
         args=["serve", "/mnt/models", "--name", "{{.Name}}", "--host", "0.0.0.0", "--port", str(SERVE_PORT),
-              "--grpc-port", str(GRPC_PORT),
+              "--grpc-port", str(GRPC_PORT), "--device", "$(FERRY_DEVICE)", "--dtype", "$(FERRY_DTYPE)",
               "--max-batch-size", "$(FERRY_MAX_BATCH_SIZE)", "--max-latency-ms", "$(FERRY_MAX_LATENCY_MS)"],
-        env=[k8s.V1EnvVar(name="FERRY_MAX_BATCH_SIZE", value="32"), k8s.V1EnvVar(name="FERRY_MAX_LATENCY_MS", value="5")],
+        env=[k8s.V1EnvVar(name="FERRY_MAX_BATCH_SIZE", value="32"), k8s.V1EnvVar(name="FERRY_MAX_LATENCY_MS", value="5"),
+             k8s.V1EnvVar(name="FERRY_DEVICE", value="auto"), k8s.V1EnvVar(name="FERRY_DTYPE", value="float32")],
         ports=[k8s.V1ContainerPort(container_port=SERVE_PORT, protocol="TCP")],
         readiness_probe=probe("/v2/health/ready", 2),
         liveness_probe=probe("/v2/health/live", 10),

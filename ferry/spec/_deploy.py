@@ -75,7 +75,9 @@ class Deployment(Spec):
     concurrency or RPS and may scale to zero; ``mode="standard"`` (raw Deployment) scales with
     HPA on CPU or with KEDA on GPU utilization or queue depth. ``protocol="grpc"`` routes the
     service's traffic to the runtime's gRPC port (KServe's v2 gRPC protocol, port 8081, named
-    ``h2c`` as Knative requires); REST stays served on 8080 inside the pod either way.
+    ``h2c`` as Knative requires); REST stays served on 8080 inside the pod either way. The
+    model serves on the GPU when ``resources`` asks for one (the server refuses to start when
+    the pod cannot see it) and on CPU otherwise; ``dtype`` (float16 or bfloat16) needs a GPU.
     """
 
     name: str
@@ -87,6 +89,7 @@ class Deployment(Spec):
     canary_percent: int | None = None
     runtime: str = "ferry"
     protocol: Literal["rest", "grpc"] = "rest"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     max_batch_size: int = 32
     max_latency_ms: float = 5.0
     service_account: str | None = None
@@ -160,4 +163,7 @@ class Deployment(Spec):
                              "use mode='serverless' for a canary, or roll out without one")
         if scaling.metric == "gpu-utilization" and self.resources.gpu < 1:
             raise ValueError("autoscaling.metric='gpu-utilization' needs a GPU: set resources=Resources(gpu=1, ...)")
+        if self.dtype == "float16" and self.resources.gpu < 1:
+            raise ValueError("dtype='float16' needs a GPU (CPUs have no fast float16): set resources=Resources(gpu=1, "
+                             "...) or dtype='float32'")
         return self
