@@ -286,8 +286,8 @@ ROW = np.zeros((1, 1, 8, 8), dtype=np.float32).tobytes()
 BAD_BINARY = [
     (_binary(_bin_input(256), ROW, header_length=10_000), "past the end of the"),
     (_binary(_bin_input(128), ROW[:128]), "binary_data_size is 128 bytes; shape [1, 1, 8, 8] of FP32 needs 256 (64 × 4)"),
-    (_binary(_bin_input(256), ROW + b"\0" * 8), "8 bytes of binary data follow the last input's 256"),
-    (_binary(_bin_input(512), ROW), "binary_data_size is 512 bytes, past the end of the 256 bytes"),
+    (_binary(_bin_input(256), ROW + b"\0" * 8), "8 bytes of binary data follow the last binary input"),
+    (_binary(_bin_input(512), ROW), "binary_data_size is 512 bytes, past the end of the 256 bytes of binary data left"),
     (_binary(_bin_input(256, datatype="FP8"), ROW), "'FP8' is not a datatype of the protocol"),
     ((_binary(_bin_input(256), ROW)[0], {}), "not valid JSON"),
     ((_binary(_bin_input(256), ROW)[0], {"Inference-Header-Content-Length": "lots"}), "must be a byte count"),

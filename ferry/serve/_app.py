@@ -73,7 +73,7 @@ class ModelServer:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 batch_hist = self.metrics.batch.labels(self.name)
-                self.batcher = DynamicBatcher(lambda x: self.model.predict(x), max_batch_size=self.max_batch_size,  # type: ignore[union-attr]
+                self.batcher = DynamicBatcher(lambda xs: self.model.run(xs), max_batch_size=self.max_batch_size,  # type: ignore[union-attr]
                                               max_latency_ms=self.max_latency_ms, max_queue=self.max_queue,
                                               on_batch=batch_hist.observe)
                 self.batcher.start()
@@ -162,7 +162,7 @@ class ModelServer:
             if tail == "":
                 model = self._model_for(name)
                 return ok({"name": model.name, "versions": [model.version], "platform": model.platform,
-                           "inputs": [model.input.metadata()], "outputs": [model.output.metadata()],
+                           "inputs": [t.metadata() for t in model.inputs], "outputs": [t.metadata() for t in model.outputs],
                            "parameters": {"device": model.device, "dtype": model.dtype}})
             if tail == "ready":
                 model = self._model_for(name)
@@ -174,8 +174,8 @@ class ModelServer:
                 model = self._model_for(name)
                 request = proto.decode_v2(body, model, _header_length(scope))
                 assert self.batcher is not None
-                out, json_length = proto.encode_v2(model, await self.batcher.submit(request.x), request.id,
-                                                   request.binary_output)
+                out, json_length = proto.encode_v2(model, await self.batcher.submit(request.xs), request.id,
+                                                   request.outputs)
                 if json_length is None:
                     return 200, out, _JSON
                 return 200, out, [(b"content-type", b"application/octet-stream"),
@@ -189,7 +189,7 @@ class ModelServer:
                 model = self._model_for(rest[: -len(":predict")])
                 x = proto.decode_v1(proto.parse_json(body), model)
                 assert self.batcher is not None
-                return 200, proto.encode_v1(await self.batcher.submit(x)), _JSON
+                return 200, proto.encode_v1((await self.batcher.submit([x]))[0]), _JSON
             if "/" not in rest and ":" not in rest:
                 model = self._model_for(rest)
                 return ok({"name": model.name, "ready": True})

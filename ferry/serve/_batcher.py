@@ -2,7 +2,8 @@
 
 Requests queue up (bounded: a full queue answers 503 rather than growing without limit). One
 worker takes everything queued, up to ``max_batch_size`` rows, runs the model once in a
-single inference thread and splits the result. It waits up to ``max_latency_ms`` for more
+single inference thread and splits the result. A request is one array per model input (the
+same rows in each); inputs are joined and outputs split position by position. It waits up to ``max_latency_ms`` for more
 rows only when it found more than one request queued (the server is under load): at low load
 a lone request runs at once and pays no batching delay.
 """
@@ -19,14 +20,21 @@ import numpy as np
 from ferry.serve._errors import Overloaded
 
 
+Arrays = list[np.ndarray]
+
+
 @dataclass
 class _Item:
-    x: np.ndarray
-    future: asyncio.Future[np.ndarray] = field(repr=False)
+    xs: Arrays
+    future: asyncio.Future[Arrays] = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.xs[0])
 
 
 class DynamicBatcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 32,
+    def __init__(self, predict: Callable[[Arrays], Arrays], *, max_batch_size: int = 32,
                  max_latency_ms: float = 5.0, max_queue: int = 1024, on_batch: Callable[[int], None] | None = None):
         self.predict, self.max_batch_size, self.max_latency = predict, max_batch_size, max_latency_ms / 1000
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
@@ -46,10 +54,11 @@ class DynamicBatcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+    async def submit(self, xs: Arrays) -> Arrays:
+        """The model's outputs for one request's inputs (one array per input)."""
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         try:
-            self.queue.put_nowait(_Item(x, future))
+            self.queue.put_nowait(_Item(xs, future))
         except asyncio.QueueFull:
             raise Overloaded(f"server overloaded: {self.queue.maxsize} requests already queued; retry later") from None
         return await future
@@ -58,7 +67,7 @@ class DynamicBatcher:
         while rows < self.max_batch_size and not self.queue.empty():
             item = self.queue.get_nowait()
             items.append(item)
-            rows += len(item.x)
+            rows += item.rows
         return rows
 
     async def _run(self) -> None:
@@ -66,7 +75,7 @@ class DynamicBatcher:
         while True:
             first = await self.queue.get()
             items = [first]
-            rows = self._drain(items, len(first.x))
+            rows = self._drain(items, first.rows)
             if len(items) > 1 and rows < self.max_batch_size and self.max_latency > 0:
                 deadline = loop.time() + self.max_latency
                 while rows < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
@@ -75,11 +84,11 @@ class DynamicBatcher:
                     except TimeoutError:
                         break
                     items.append(item)
-                    rows = self._drain(items, rows + len(item.x))
+                    rows = self._drain(items, rows + item.rows)
             await self._execute(loop, items, rows)
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, items: list[_Item], rows: int) -> None:
-        batch = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+        batch = items[0].xs if len(items) == 1 else [np.concatenate(parts) for parts in zip(*(i.xs for i in items))]
         if self.on_batch is not None:
             self.on_batch(rows)
         try:
@@ -91,7 +100,7 @@ class DynamicBatcher:
             return
         start = 0
         for item in items:
-            n = len(item.x)
+            n = item.rows
             if not item.future.done():
-                item.future.set_result(out[start:start + n])
+                item.future.set_result([y[start:start + n] for y in out])
             start += n

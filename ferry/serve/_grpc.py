@@ -138,31 +138,44 @@ class GrpcFrontend:
         tensor = self.pb.ModelMetadataResponse.TensorMetadata
         return self.pb.ModelMetadataResponse(
             name=model.name, versions=[model.version], platform=model.platform,
-            inputs=[tensor(**model.input.metadata())], outputs=[tensor(**model.output.metadata())])
+            inputs=[tensor(**t.metadata()) for t in model.inputs], outputs=[tensor(**t.metadata()) for t in model.outputs])
 
     async def model_infer(self, request: Any) -> Any:
         model = self.app._model_for(request.model_name)
-        if len(request.inputs) != 1:
-            raise BadRequest(f"the model takes 1 input ({model.input.name}); got {len(request.inputs)}")
-        tensor = request.inputs[0]
-        shape = list(tensor.shape)
-        proto.check_header(tensor.datatype, shape, model, "inputs[0]")
-        if request.raw_input_contents:
-            if len(request.raw_input_contents) != len(request.inputs):
-                raise BadRequest(f"raw_input_contents has {len(request.raw_input_contents)} entries for "
-                                 f"{len(request.inputs)} inputs; give one per input")
-            x = proto.tensor_from_raw(request.raw_input_contents[0], tensor.datatype, shape, model, "inputs[0]")
-        elif tensor.HasField("contents"):
-            field = _CONTENTS.get(tensor.datatype)
-            if field is None:
-                raise BadRequest(f"inputs[0]: {tensor.datatype} tensors travel as raw_input_contents only")
-            x = proto.tensor_from_values(list(getattr(tensor.contents, field)), tensor.datatype, shape, model,
-                                         "inputs[0]")
-        else:
-            raise BadRequest("inputs[0] has no data: set its contents, or raw_input_contents")
+        if not request.inputs:
+            raise BadRequest("the request has no inputs")
+        raw = request.raw_input_contents
+        if raw and len(raw) != len(request.inputs):
+            raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one "
+                             "per input (or typed contents for all)")
+        order = proto.match_inputs([t.name for t in request.inputs], model)
+        xs: list[Any] = [None] * len(model.inputs)
+        for i, tensor in enumerate(request.inputs):
+            where, info, shape = f"inputs[{i}]", model.inputs[order[i]], list(tensor.shape)
+            proto.check_header(tensor.datatype, shape, info, where)
+            if raw:
+                xs[order[i]] = proto.tensor_from_raw(raw[i], tensor.datatype, shape, info, where)
+            elif tensor.HasField("contents"):
+                field = _CONTENTS.get(tensor.datatype)
+                if field is None:
+                    raise BadRequest(f"{where}: {tensor.datatype} tensors travel as raw_input_contents only")
+                xs[order[i]] = proto.tensor_from_values(list(getattr(tensor.contents, field)), tensor.datatype, shape,
+                                                        info, where)
+            else:
+                raise BadRequest(f"{where} has no data: set its contents, or raw_input_contents")
         assert self.app.batcher is not None
-        y = await self.app.batcher.submit(x)
-        out = self.pb.ModelInferResponse.InferOutputTensor(
-            name=model.output.name, datatype=proto.NUMPY_TO_OIP.get(y.dtype, "FP32"), shape=list(y.shape))
+        ys = await self.app.batcher.submit(proto.same_rows(xs))
+        names = [t.name for t in model.outputs]
+        wanted = [names.index(o.name) if o.name in names else -1 for o in request.outputs] or list(range(len(names)))
+        if -1 in wanted:
+            if len(names) == 1 and len(wanted) == 1:
+                wanted = [0]  # a one-output model answers its output under any name asked
+            else:
+                missing = request.outputs[wanted.index(-1)].name
+                raise BadRequest(f"output {missing!r} is not an output of the model ({', '.join(names)})")
+        tensor_type = self.pb.ModelInferResponse.InferOutputTensor
+        outs = [tensor_type(name=names[j], datatype=proto.NUMPY_TO_OIP.get(ys[j].dtype, "FP32"), shape=list(ys[j].shape))
+                for j in wanted]
         return self.pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id,
-                                          outputs=[out], raw_output_contents=[proto.to_bytes(np.asarray(y))])
+                                          outputs=outs, raw_output_contents=[proto.to_bytes(np.asarray(ys[j]))
+                                                                             for j in wanted])

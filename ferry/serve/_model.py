@@ -41,21 +41,35 @@ class TensorInfo:
 
 @dataclass
 class LoadedModel:
+    """A model ready to serve: its tensors (from the MLflow signature, in its order) and ``run``,
+    which takes one array per input (rows along axis 0) and returns one per output."""
+
     name: str
     version: str
     platform: str  # "pytorch" | "onnx"
-    input: TensorInfo
-    output: TensorInfo
-    predict: Callable[[np.ndarray], np.ndarray]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    run: Callable[[list[np.ndarray]], list[np.ndarray]]
     source: str
     device: str = "cpu"
     dtype: str = "float32"
 
+    @property
+    def input(self) -> TensorInfo:
+        return self.inputs[0]
+
+    @property
+    def output(self) -> TensorInfo:
+        return self.outputs[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The first output for one input array: the common case of a one-input model."""
+        return self.run([x])[0]
+
     def warm_up(self, max_batch: int) -> None:
         """Run batch sizes 1 and ``max_batch`` once, so the first requests pay no first-call costs."""
-        dims = [d if d > 0 else 1 for d in self.input.shape[1:]]
         for batch in sorted({1, max_batch}):
-            self.predict(np.zeros((batch, *dims), dtype=self.input.dtype))
+            self.run([np.zeros((batch, *[d if d > 0 else 1 for d in t.shape[1:]]), dtype=t.dtype) for t in self.inputs])
 
 
 @contextlib.contextmanager
@@ -110,30 +124,49 @@ def _load(uri: str, path: Path, name: str, version: str, onnx_threads: int, devi
     meta = Model.load(str(path))
     if meta.signature is None or meta.signature.inputs is None:
         raise ConfigError(f"{uri}: the model has no signature; log it with one (Ferry's runtime always does)")
-    spec = meta.signature.inputs.inputs[0]
-    input_info = TensorInfo(spec.name or "input-0", np.dtype(spec.type), tuple(spec.shape))
-    out_spec = meta.signature.outputs.inputs[0] if meta.signature.outputs else None
-    output_info = TensorInfo((out_spec.name if out_spec else None) or "output-0",
-                             np.dtype(out_spec.type) if out_spec else np.dtype(np.float32),
-                             tuple(out_spec.shape) if out_spec else (-1,))
+    inputs = _tensors(meta.signature.inputs, "input", uri)
+    outputs = _tensors(meta.signature.outputs, "output", uri) if meta.signature.outputs else \
+        [TensorInfo("output-0", np.dtype(np.float32), (-1,))]
     placement = choose(device, dtype, machine if machine is not None else detect())
     if "onnx" in meta.flavors:
         if dtype != "float32":
             raise ConfigError(f"--dtype {dtype} applies to torch models; an ONNX model runs in the types it was "
                               "exported with (export a reduced-precision graph instead)")
-        predict, placement = _onnx_predictor(path, meta.flavors["onnx"], onnx_threads, placement,
-                                             explicit=device != "auto")
+        run, placement = _onnx_predictor(path, meta.flavors["onnx"], onnx_threads, placement,
+                                         explicit=device != "auto", inputs=inputs, outputs=outputs)
         platform = "onnx"
     elif "pytorch" in meta.flavors:
-        predict, platform = _torch_predictor(path, placement), "pytorch"
+        run, platform = _torch_predictor(path, placement, outputs), "pytorch"
     else:
         raise ConfigError(f"{uri}: flavor(s) {sorted(meta.flavors)} are not served; Ferry serves pytorch and onnx models")
-    return LoadedModel(name, version, platform, input_info, output_info, predict, uri, placement.device, placement.dtype)
+    return LoadedModel(name, version, platform, inputs, outputs, run, uri, placement.device, placement.dtype)
 
 
-def _torch_predictor(path: Path, placement: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """On CPU the batch is used in place; on a GPU it is copied through pinned host memory with
-    a non-blocking transfer, and the answer comes back as float32 whatever the dtype."""
+def _tensors(schema: Any, kind: str, uri: str) -> list[TensorInfo]:
+    """The signature's tensors, in order; an unnamed one is ``input-0``, ``output-1``, ..."""
+    specs = schema.inputs
+    if not schema.is_tensor_spec():
+        raise ConfigError(f"{uri}: the signature's {kind}s are columns, not tensors; log the model with a tensor "
+                          "signature (numpy arrays as input_example), as Ferry's runtime does")
+    return [TensorInfo(spec.name or f"{kind}-{i}", np.dtype(spec.type), tuple(spec.shape)) for i, spec in enumerate(specs)]
+
+
+def _as_list(result: Any, outputs: list[TensorInfo]) -> list[Any]:
+    """A module's answer as one tensor per output: a tensor, a tuple/list, or a dict (by the
+    signature's output names when they match, else in its own order)."""
+    if isinstance(result, dict):
+        names = [t.name for t in outputs]
+        return [result[n] for n in names] if all(n in result for n in names) else list(result.values())
+    if isinstance(result, (tuple, list)):
+        return list(result)
+    return [result]
+
+
+def _torch_predictor(path: Path, placement: Any, outputs: list[TensorInfo]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """The inputs go to the module positionally, in the signature's order; it may answer a
+    tensor, a tuple or a dict. On CPU a batch is used in place; on a GPU it is copied through
+    pinned host memory with a non-blocking transfer. Floating answers come back as float32
+    whatever the dtype."""
     import mlflow.pytorch
     import torch
 
@@ -145,28 +178,27 @@ def _torch_predictor(path: Path, placement: Any) -> Callable[[np.ndarray], np.nd
     dtype = getattr(torch, placement.dtype)
     if placement.is_cuda or placement.dtype != "float32":
         module = module.to(device=placement.device, dtype=dtype)
-    if not placement.is_cuda:
-        def predict(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                t = torch.from_numpy(x)
-                return module(t if dtype is torch.float32 else t.to(dtype)).float().numpy()
-
-        return predict
     device = torch.device(placement.device)
 
-    def predict_cuda(x: np.ndarray) -> np.ndarray:
+    def prepare(x: np.ndarray) -> Any:
+        t = torch.from_numpy(x)
+        if placement.is_cuda:
+            t = t.pin_memory().to(device, non_blocking=True)
+        return t.to(dtype) if t.is_floating_point() and dtype is not torch.float32 else t
+
+    def answer(t: Any) -> np.ndarray:
+        t = t.float() if t.is_floating_point() and t.dtype is not torch.float32 else t
+        return t.cpu().numpy() if placement.is_cuda else t.numpy()
+
+    def run(xs: list[np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            host = torch.from_numpy(x).pin_memory()
-            batch = host.to(device, non_blocking=True)
-            if batch.is_floating_point():
-                batch = batch.to(dtype)
-            return module(batch).float().cpu().numpy()
+            return [answer(t) for t in _as_list(module(*[prepare(x) for x in xs]), outputs)]
 
-    return predict_cuda
+    return run
 
 
-def _onnx_predictor(path: Path, flavor: dict[str, Any], threads: int, placement: Any,
-                    explicit: bool) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+def _onnx_predictor(path: Path, flavor: dict[str, Any], threads: int, placement: Any, explicit: bool,
+                    inputs: list[TensorInfo], outputs: list[TensorInfo]) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], Any]:
     """ONNX Runtime's CUDA execution provider on a GPU (it needs onnxruntime-gpu), else the CPU's."""
     import onnxruntime as ort
 
@@ -184,9 +216,15 @@ def _onnx_predictor(path: Path, flavor: dict[str, Any], threads: int, placement:
         else:
             placement = Placement("cpu", placement.dtype)  # auto: the GPU is there, the provider is not
     session = ort.InferenceSession(str(path / flavor["data"]), options, providers=providers)
-    input_name = session.get_inputs()[0].name
+    graph_inputs = [i.name for i in session.get_inputs()]
+    graph_outputs = [o.name for o in session.get_outputs()]
+    if len(graph_inputs) != len(inputs):
+        raise ConfigError(f"the ONNX graph takes {len(graph_inputs)} inputs but the signature lists {len(inputs)}")
+    # By name when the signature names the graph's tensors, else in order.
+    feed = [t.name for t in inputs] if {t.name for t in inputs} == set(graph_inputs) else graph_inputs
+    fetch = [t.name for t in outputs] if {t.name for t in outputs} <= set(graph_outputs) else None
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: x})[0]
+    def run(xs: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(fetch, dict(zip(feed, xs)))
 
-    return predict, placement
+    return run, placement

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from ferry.serve._errors import BadRequest
-from ferry.serve._model import NUMPY_TO_OIP, OIP_DTYPES, LoadedModel
+from ferry.serve._model import NUMPY_TO_OIP, OIP_DTYPES, LoadedModel, TensorInfo
 
 _FLOAT_OK = {"FP16", "FP32", "FP64"}
 
@@ -32,8 +32,8 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
-def _check_shape(x: np.ndarray, model: LoadedModel, where: str) -> np.ndarray:
-    want = model.input.shape
+def _check_shape(x: np.ndarray, info: TensorInfo, where: str) -> np.ndarray:
+    want = info.shape
     if x.ndim != len(want) or any(w > 0 and w != g for w, g in zip(want[1:], x.shape[1:])):
         expected = "[N, " + ", ".join(str(d) for d in want[1:]) + "]"
         raise BadRequest(f"{where}: shape {list(x.shape)} does not match the model's input {expected}")
@@ -47,9 +47,9 @@ BINARY_HEADER = b"inference-header-content-length"
 
 @dataclass(frozen=True)
 class V2Request:
-    x: np.ndarray
+    xs: list[np.ndarray]  # one per model input, in the model's order
     id: str | None
-    binary_output: bool  # answer the output as raw bytes (binary tensor extension)
+    outputs: list[tuple[int, bool]]  # (model output index, answer as raw bytes), in the order asked
 
 
 def from_bytes(raw: bytes, datatype: str, shape: list[int], where: str) -> np.ndarray:
@@ -98,105 +98,149 @@ def decode_v2(body: bytes, model: LoadedModel, header_length: int | None = None)
     payload = parse_json(header)
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
         raise BadRequest('expected {"inputs": [{"name", "shape", "datatype", "data"}]}; "inputs" is missing or empty')
-    if len(payload["inputs"]) != 1:
-        raise BadRequest(f"the model takes 1 input ({model.input.name}); got {len(payload['inputs'])}")
-    tensor = payload["inputs"][0]
-    if not isinstance(tensor, dict):
-        raise BadRequest("inputs[0] must be an object with name, shape, datatype and data")
-    for key in ("shape", "datatype"):
-        if key not in tensor:
-            raise BadRequest(f"inputs[0].{key} is missing")
-    datatype, shape = tensor["datatype"], tensor["shape"]
-    check_header(datatype, shape, model, "inputs[0]")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size < 0:
-            raise BadRequest(f"inputs[0].parameters.binary_data_size must be a byte count (got {size!r})")
-        if header_length is None:
-            raise BadRequest("inputs[0] has binary_data_size but the request has no Inference-Header-Content-Length "
-                             "header to say where its JSON ends")
-        if size > len(binary):
-            raise BadRequest(f"inputs[0].parameters.binary_data_size is {size} bytes, past the end of the "
-                             f"{len(binary)} bytes of binary data")
-        if size < len(binary):
-            raise BadRequest(f"{len(binary) - size} bytes of binary data follow the last input's "
-                             f"{size}; binary_data_size must account for all of it")
-        x = tensor_from_raw(binary[:size], datatype, shape, model, "inputs[0]")
-    else:
-        if "data" not in tensor:
-            raise BadRequest("inputs[0].data is missing (or give parameters.binary_data_size with binary data)")
-        if binary:
-            raise BadRequest(f"{len(binary)} bytes of binary data but no input declares binary_data_size")
-        x = tensor_from_values(tensor["data"], datatype, shape, model, "inputs[0]")
-    return V2Request(x, payload.get("id"), _wants_binary(payload, model))
+    tensors = payload["inputs"]
+    for i, tensor in enumerate(tensors):
+        if not isinstance(tensor, dict):
+            raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
+    order = match_inputs([t.get("name") for t in tensors], model)
+    xs: list[np.ndarray | None] = [None] * len(model.inputs)
+    offset = 0
+    for i, tensor in enumerate(tensors):
+        where, info = f"inputs[{i}]", model.inputs[order[i]]
+        for key in ("shape", "datatype"):
+            if key not in tensor:
+                raise BadRequest(f"{where}.{key} is missing")
+        datatype, shape = tensor["datatype"], tensor["shape"]
+        check_header(datatype, shape, info, where)
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise BadRequest(f"{where}.parameters.binary_data_size must be a byte count (got {size!r})")
+            if header_length is None:
+                raise BadRequest(f"{where} has binary_data_size but the request has no Inference-Header-Content-Length "
+                                 "header to say where its JSON ends")
+            if offset + size > len(binary):
+                raise BadRequest(f"{where}.parameters.binary_data_size is {size} bytes, past the end of the "
+                                 f"{len(binary) - offset} bytes of binary data left")
+            xs[order[i]] = tensor_from_raw(binary[offset:offset + size], datatype, shape, info, where)
+            offset += size
+        else:
+            if "data" not in tensor:
+                raise BadRequest(f"{where}.data is missing (or give parameters.binary_data_size with binary data)")
+            xs[order[i]] = tensor_from_values(tensor["data"], datatype, shape, info, where)
+    if offset < len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the last binary input; each input's "
+                         "binary_data_size must account for all of it")
+    return V2Request(same_rows(xs), payload.get("id"), _requested_outputs(payload, model))  # type: ignore[arg-type]
 
 
-def check_header(datatype: Any, shape: Any, model: LoadedModel, where: str) -> None:
+def match_inputs(names: list[Any], model: LoadedModel) -> list[int]:
+    """For each request input, the index of the model input it is. A one-input model takes its
+    one input under any name; a model with several takes each by its name, all of them."""
+    want = [t.name for t in model.inputs]
+    if len(want) == 1:
+        if len(names) != 1:
+            raise BadRequest(f"the model takes 1 input ({want[0]}); got {len(names)}")
+        return [0]
+    if sorted(map(str, names)) != sorted(want):
+        raise BadRequest(f"the model takes {len(want)} inputs named {', '.join(want)}; got "
+                         f"{', '.join(map(str, names)) or 'none'}")
+    return [want.index(n) for n in names]
+
+
+def same_rows(xs: list[np.ndarray]) -> list[np.ndarray]:
+    rows = {len(x) for x in xs}
+    if len(rows) > 1:
+        raise BadRequest(f"the inputs have different numbers of rows ({', '.join(str(len(x)) for x in xs)}); "
+                         "each row of a request is one example across all inputs")
+    return xs
+
+
+def _requested_outputs(payload: dict[str, Any], model: LoadedModel) -> list[tuple[int, bool]]:
+    """Which outputs to answer (all, unless ``outputs`` names some) and which as raw bytes."""
+    default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    asked = payload.get("outputs")
+    if not asked:
+        return [(i, default) for i in range(len(model.outputs))]
+    names = [t.name for t in model.outputs]
+    chosen = []
+    for j, out in enumerate(asked):
+        name = out.get("name") if isinstance(out, dict) else None
+        if name not in names:
+            if len(names) == 1 and len(asked) == 1:
+                name = names[0]  # a one-output model answers its output under any name asked
+            else:
+                raise BadRequest(f"outputs[{j}].name {name!r} is not an output of the model ({', '.join(names)})")
+        chosen.append((names.index(name), bool((out.get("parameters") or {}).get("binary_data", default))))
+    return chosen
+
+
+def check_header(datatype: Any, shape: Any, info: TensorInfo, where: str) -> None:
     """An input's datatype is the protocol's and the model's, and its shape is a shape."""
     if datatype not in OIP_DTYPES and datatype != "BYTES":
         known = ", ".join([*OIP_DTYPES, "BYTES"])
         raise BadRequest(f"{where}.datatype {datatype!r} is not a datatype of the protocol ({known})")
-    expected = model.input.datatype
+    expected = info.datatype
     if datatype != expected and not (datatype in _FLOAT_OK and expected in _FLOAT_OK):
         raise BadRequest(f"{where}.datatype is {datatype!r}; the model expects {expected!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise BadRequest(f"{where}.shape must be a list of non-negative integers (got {shape!r})")
 
 
-def tensor_from_raw(raw: bytes, datatype: str, shape: list[int], model: LoadedModel, where: str) -> np.ndarray:
-    return _finish(from_bytes(raw, datatype, shape, where), shape, model, where)
+def tensor_from_raw(raw: bytes, datatype: str, shape: list[int], info: TensorInfo, where: str) -> np.ndarray:
+    return _finish(from_bytes(raw, datatype, shape, where), shape, info, where)
 
 
-def tensor_from_values(values: Any, datatype: str, shape: list[int], model: LoadedModel, where: str) -> np.ndarray:
+def tensor_from_values(values: Any, datatype: str, shape: list[int], info: TensorInfo, where: str) -> np.ndarray:
     try:
-        x = np.asarray(values, dtype=OIP_DTYPES[datatype] if datatype in OIP_DTYPES else model.input.dtype)
+        x = np.asarray(values, dtype=OIP_DTYPES[datatype] if datatype in OIP_DTYPES else info.dtype)
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"{where}.data is not a flat list of {datatype} numbers: {exc}") from None
     if x.size != int(np.prod(shape)):
         raise BadRequest(f"{where}.data has {x.size} values; shape {shape} needs {int(np.prod(shape))}")
-    return _finish(x, shape, model, where)
+    return _finish(x, shape, info, where)
 
 
-def _finish(x: np.ndarray, shape: list[int], model: LoadedModel, where: str) -> np.ndarray:
-    x = x.reshape(shape).astype(model.input.dtype, copy=False)
+def _finish(x: np.ndarray, shape: list[int], info: TensorInfo, where: str) -> np.ndarray:
+    x = x.reshape(shape).astype(info.dtype, copy=False)
     if not x.flags.writeable:  # a view of the request body: torch wants memory it may write
         x = x.copy()
-    return _check_shape(x, model, where)
+    return _check_shape(x, info, where)
 
 
-def _wants_binary(payload: dict[str, Any], model: LoadedModel) -> bool:
-    default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
-    for out in payload.get("outputs") or []:
-        if isinstance(out, dict) and out.get("name") == model.output.name:
-            return bool((out.get("parameters") or {}).get("binary_data", default))
-    return default
-
-
-def encode_v2(model: LoadedModel, y: np.ndarray, request_id: str | None, binary: bool = False) -> tuple[bytes, int | None]:
-    """The response body, and the length of its JSON header when the output is sent binary."""
-    output: dict[str, Any] = {"name": model.output.name, "datatype": NUMPY_TO_OIP.get(y.dtype, "FP32"),
-                              "shape": list(y.shape)}
-    raw = b""
-    if binary:
-        raw = to_bytes(y)
-        output["parameters"] = {"binary_data_size": len(raw)}
-    else:
-        output["data"] = y.ravel()
-    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": [output]}
+def encode_v2(model: LoadedModel, ys: list[np.ndarray], request_id: str | None,
+              outputs: list[tuple[int, bool]]) -> tuple[bytes, int | None]:
+    """The response body, and the length of its JSON header when any output is sent binary."""
+    entries, raws = [], []
+    for index, binary in outputs:
+        y = ys[index]
+        entry: dict[str, Any] = {"name": model.outputs[index].name, "datatype": NUMPY_TO_OIP.get(y.dtype, "FP32"),
+                                 "shape": list(y.shape)}
+        if binary:
+            raw = to_bytes(y)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            raws.append(raw)
+        else:
+            entry["data"] = y.ravel()
+        entries.append(entry)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": entries}
     if request_id is not None:
         body["id"] = request_id
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    return (header + raw, len(header)) if binary else (header, None)
+    return (header + b"".join(raws), len(header)) if raws else (header, None)
 
 
 def decode_v1(payload: Any, model: LoadedModel) -> np.ndarray:
+    if len(model.inputs) != 1:
+        raise BadRequest(f"the model takes {len(model.inputs)} inputs; v1's instances carry one: use the v2 API "
+                         "(/v2/models/{name}/infer) with each input by name")
     if not isinstance(payload, dict) or "instances" not in payload:
         raise BadRequest('expected {"instances": [...]} with one row per instance')
     try:
         x = np.asarray(payload["instances"], dtype=model.input.dtype)
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"instances must be a rectangular array of numbers: {exc}") from None
-    return _check_shape(x, model, "instances")
+    return _check_shape(x, model.input, "instances")
 
 
 def encode_v1(y: np.ndarray) -> bytes:
