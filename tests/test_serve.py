@@ -435,3 +435,124 @@ def test_cuda_serving_matches_the_model(model, dtype, tolerance):
                                    rtol=tolerance, atol=tolerance)
     finally:
         assert srv.stop() == 0
+
+
+# ---- several inputs and outputs --------------------------------------------------------------------
+def _two_io_models(tmp: Path) -> tuple[str, dict, dict]:
+    """A model of two inputs (a: [N, 4] FP32, b: [N, 3] FP32) and two outputs (y: [N, 2], z: [N]),
+    registered as two-io/1 (torch.export) and two-io/2 (ONNX)."""
+    import mlflow
+    import mlflow.onnx
+    import mlflow.pytorch
+    import onnx
+    import torch
+    from mlflow.models import infer_signature
+
+    from tests.conftest import scoped_tracking_uri
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+
+        def forward(self, a, b):
+            return self.linear(a) + b.sum(dim=1, keepdim=True), (a * a).sum(dim=1) - b.mean(dim=1)
+
+    torch.manual_seed(3)
+    model = TwoHeads().eval()
+    rng = np.random.default_rng(0)
+    inputs = {"a": rng.normal(size=(6, 4)).astype(np.float32), "b": rng.normal(size=(6, 3)).astype(np.float32)}
+    with torch.no_grad():
+        y, z = (t.numpy() for t in model(torch.from_numpy(inputs["a"]), torch.from_numpy(inputs["b"])))
+    outputs = {"y": y, "z": z}
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with scoped_tracking_uri(uri):
+        exp = mlflow.create_experiment("two-io", artifact_location=(tmp / "artifacts").as_uri())
+        signature = infer_signature(inputs, outputs)
+        with mlflow.start_run(experiment_id=exp):
+            mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=(inputs["a"], inputs["b"]),
+                                     registered_model_name="two-io", serialization_format="pt2", pip_requirements=["torch"])
+            path = tmp / "two.onnx"
+            torch.onnx.export(model, (torch.from_numpy(inputs["a"]), torch.from_numpy(inputs["b"])), str(path), dynamo=False,
+                              input_names=["a", "b"], output_names=["y", "z"],
+                              dynamic_axes={"a": {0: "n"}, "b": {0: "n"}, "y": {0: "n"}, "z": {0: "n"}})
+            mlflow.onnx.log_model(onnx.load(str(path)), name="onnx", signature=signature, registered_model_name="two-io",
+                                  pip_requirements=["onnxruntime"])
+    return uri, inputs, outputs
+
+
+@pytest.fixture(scope="module")
+def two_io(tmp_path_factory):
+    return _two_io_models(tmp_path_factory.mktemp("two-io"))
+
+
+@pytest.fixture(scope="module", params=["models:/two-io/1", "models:/two-io/2"], ids=["pytorch-pt2", "onnx"])
+def two_io_server(request, two_io):
+    srv = Server(request.param, two_io[0], "--name", "two-io")
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def test_two_inputs_and_outputs_over_rest_json_binary_and_mixed(two_io_server, two_io):
+    import json
+
+    _, inputs, outputs = two_io
+    url = f"{two_io_server.url}/v2/models/two-io/infer"
+    meta = httpx.get(f"{two_io_server.url}/v2/models/two-io").json()
+    assert [t["name"] for t in meta["inputs"]] == ["a", "b"] and [t["name"] for t in meta["outputs"]] == ["y", "z"]
+    # JSON, the inputs in the other order (matched by name)
+    body = {"inputs": [{"name": n, "shape": list(inputs[n].shape), "datatype": "FP32", "data": inputs[n].ravel().tolist()}
+                       for n in ("b", "a")]}
+    out = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in httpx.post(url, json=body).json()["outputs"]}
+    for name in ("y", "z"):
+        np.testing.assert_allclose(out[name], outputs[name], rtol=1e-4, atol=1e-5)
+    # mixed: a as JSON, b as binary; only z asked for, as binary
+    header = {"inputs": [{"name": "a", "shape": [6, 4], "datatype": "FP32", "data": inputs["a"].ravel().tolist()},
+                         {"name": "b", "shape": [6, 3], "datatype": "FP32", "parameters": {"binary_data_size": 72}}],
+              "outputs": [{"name": "z", "parameters": {"binary_data": True}}]}
+    text = json.dumps(header).encode()
+    r = httpx.post(url, content=text + inputs["b"].tobytes(), headers={"Inference-Header-Content-Length": str(len(text))})
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    answer = json.loads(r.content[:n])
+    assert [o["name"] for o in answer["outputs"]] == ["z"] and answer["outputs"][0]["parameters"]["binary_data_size"] == 24
+    np.testing.assert_allclose(np.frombuffer(r.content[n:], dtype="<f4"), outputs["z"], rtol=1e-4, atol=1e-5)
+    for bad, message in [({"inputs": body["inputs"][:1]}, "takes 2 inputs named a, b; got b"),
+                         ({"inputs": [body["inputs"][1], {**body["inputs"][0], "shape": [2, 3],
+                                                          "data": inputs["b"][:2].ravel().tolist()}]},
+                          "different numbers of rows (6, 2)"),
+                         ({**body, "outputs": [{"name": "w"}]}, "outputs[0].name 'w' is not an output of the model (y, z)")]:
+        r = httpx.post(url, json=bad)
+        assert r.status_code == 400 and message in r.json()["error"], r.text
+    r = httpx.post(f"{two_io_server.url}/v1/models/two-io:predict", json={"instances": inputs["a"].tolist()})
+    assert r.status_code == 400 and "use the v2 API" in r.json()["error"]
+
+
+TWO_IO_GRPC = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+data = np.load(sys.argv[2])
+client = grpcclient.InferenceServerClient(url=sys.argv[1])
+tensors = []
+for name in ("a", "b"):
+    t = grpcclient.InferInput(name, list(data[name].shape), "FP32")
+    t.set_data_from_numpy(data[name])
+    tensors.append(t)
+result = client.infer("two-io", tensors)
+print(json.dumps({n: result.as_numpy(n).tolist() for n in ("y", "z")}))
+"""
+
+
+def test_two_inputs_and_outputs_over_grpc(two_io_server, two_io, tmp_path):
+    import json
+
+    _, inputs, outputs = two_io
+    np.savez(tmp_path / "io.npz", **inputs)
+    out = subprocess.run([sys.executable, "-c", TWO_IO_GRPC, two_io_server.grpc, str(tmp_path / "io.npz")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("y", "z"):
+        np.testing.assert_allclose(np.asarray(answer[name]), outputs[name], rtol=1e-4, atol=1e-5)
