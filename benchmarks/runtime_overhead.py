@@ -77,7 +77,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, workdir:
             opt = torch.optim.Adam(model.parameters(), lr=0.003)
             ddp = ctx.wrap(model)
             tracker = checkpointer = None
-            if mode == "ferry":
+            if mode == "ferry" and not args.control:
                 t_setup = time.perf_counter()
                 tracker = fr.Tracker(is_primary=ctx.is_primary, submission_id=uuid.uuid4().hex, system_metrics=True)
                 tracker.start()
@@ -98,7 +98,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, workdir:
                 tracker.close()
                 closing.append(time.perf_counter() - t_close)
     if ctx.is_primary:
-        out.put((timings, setup, closing))
+        out.put((timings, setup or [0.0], closing or [0.0]))
     fr.shutdown()
 
 
@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100, help="checkpoint every N steps")
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--control", action="store_true",
+                        help="time the bare loop against itself: the spread this machine gives with nothing to find")
     args = parser.parse_args()
     from ferry.local import free_port
 
@@ -120,6 +122,8 @@ def main() -> None:
     bare, ferry = statistics.median(timings["bare"]), statistics.median(timings["ferry"])
     # Each round runs both back to back, so its ratio is free of the machine's drift between rounds.
     ratios = sorted(f / b for f, b in zip(timings["ferry"], timings["bare"]))
+    if args.control:
+        print("CONTROL RUN: the 'Ferry runtime' row below is the bare loop again")
     print(f"runtime overhead: {args.world} gloo processes, {args.steps} steps, DigitsCNN batch {args.batch}, "
           f"checkpoint every {args.every} steps, 3 metrics/step, {args.rounds} interleaved rounds (median)")
     print(f"  bare DDP loop      {bare:8.3f} s   {args.steps / bare:8.1f} steps/s   runs: {', '.join(f'{t:.3f}' for t in timings['bare'])}")
