@@ -24,6 +24,7 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
     grpc_port: Annotated[int, typer.Option("--grpc-port", help="Port of KServe's v2 gRPC protocol (0: REST only).")] = 8081,
     device: Annotated[str, typer.Option("--device", help="auto (the first GPU when one is visible), cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes sharing the ports (CPU serving): each loads the model and batches on its own; torch threads are divided among them.")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16 (torch models; reduced precision where the device has it).")] = "float32",
     max_batch_size: Annotated[int, typer.Option(help="Most rows per model call.")] = 32,
     max_latency_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch under load.")] = 5.0,
@@ -42,7 +43,7 @@ def serve(
 
     run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
                max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, grpc_port=grpc_port,
-               device=device, dtype=dtype)
+               device=device, dtype=dtype, workers=workers)
 
 
 def _show_service(name: str, namespace: str | None, context: str | None, kubeconfig: Path | None) -> None:

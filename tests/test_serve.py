@@ -556,3 +556,50 @@ def test_two_inputs_and_outputs_over_grpc(two_io_server, two_io, tmp_path):
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     for name in ("y", "z"):
         np.testing.assert_allclose(np.asarray(answer[name]), outputs[name], rtol=1e-4, atol=1e-5)
+
+
+# ---- workers -----------------------------------------------------------------------------------------
+def test_workers_share_the_port_and_the_metrics(model):
+    import psutil
+
+    tracking, x, expected = model
+    srv = Server("models:/tiny-digits/1", tracking, "--name", "tiny-digits", "--workers", "2")
+    try:
+        srv.wait_ready()
+        deadline = time.monotonic() + 90  # every worker loads its own copy: wait until all answer ready
+        streak = 0
+        while streak < 20 and time.monotonic() < deadline:
+            streak = streak + 1 if httpx.get(f"{srv.url}/v2/health/ready", timeout=5).status_code == 200 else 0
+        workers = [p for p in psutil.Process(srv.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        body = httpx.Request("POST", "/", json=_v2(x.ravel().tolist(), list(x.shape))).content
+
+        async def load():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60,
+                                         limits=httpx.Limits(max_connections=8, max_keepalive_connections=0)) as client:
+                return await asyncio.gather(*(client.post("/v2/models/tiny-digits/infer", content=body) for _ in range(100)))
+
+        for r in asyncio.run(load()):
+            assert r.status_code == 200
+            np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"]).reshape(expected.shape), expected,
+                                       rtol=1e-4, atol=1e-5)
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        line = next(m for m in metrics.splitlines()
+                    if m.startswith('ferry_requests_total{') and 'code="200"' in m and 'protocol="v2"' in m)
+        assert float(line.rsplit(" ", 1)[1]) == 100  # both workers' requests, whichever answered /metrics
+        served = [w.cpu_times().user + w.cpu_times().system for w in workers]
+        assert all(t > 0.5 for t in served), served  # each loaded the model; the kernel spread the connections
+    finally:
+        assert srv.stop() == 0
+
+
+def test_workers_are_for_cpu_serving(model):
+    tracking, _, _ = model
+    import torch
+
+    if torch.cuda.is_available():
+        out = subprocess.run([FERRY, "serve", "models:/tiny-digits/1", "--workers", "2", "--device", "cuda", "--port", "0"],
+                             env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "--workers is for CPU serving" in out.stderr
+    out = subprocess.run([FERRY, "serve", "models:/tiny-digits/1", "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--workers" in out.stderr

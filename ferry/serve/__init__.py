@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 
+from ferry.errors import ConfigError
 from ferry.serve._app import Metrics, ModelServer
 from ferry.serve._batcher import DynamicBatcher
 from ferry.serve._errors import InferenceError
@@ -17,7 +18,7 @@ __all__ = ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelS
 def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8080,
           max_batch_size: int = 32, max_latency_ms: float = 5.0, max_queue: int = 1024,
           max_body_bytes: int = 8 << 20, drain_seconds: int = 30, grpc_port: int = 8081, device: str = "auto",
-          dtype: str = "float32") -> None:
+          dtype: str = "float32", workers: int = 1) -> None:
     """Serve ``model_uri`` until SIGTERM/SIGINT; in-flight requests are answered first. REST on
     ``port``; KServe's v2 gRPC protocol on ``grpc_port`` (0: none). The model runs on ``device``
     (``auto``: the first GPU when one is visible) in ``dtype``."""
@@ -26,19 +27,50 @@ def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", p
     from ferry.serve._device import choose, detect
 
     machine = detect()
-    choose(device, dtype, machine)  # an impossible placement is refused before anything starts
+    placement = choose(device, dtype, machine)  # an impossible placement is refused before anything starts
     served_name = name or _default_name(model_uri)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    if workers > 1:
+        if placement.is_cuda:
+            raise ConfigError("--workers is for CPU serving: on a GPU one process batches for the whole device "
+                              "(several would each hold a copy of the model in its memory); use --workers 1")
+        _serve_workers(workers, model_uri=model_uri, name=served_name, host=host, port=port, grpc_port=grpc_port,
+                       max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, max_queue=max_queue,
+                       max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, device=device, dtype=dtype)
+        return
     app = ModelServer(lambda: load_model(model_uri, served_name, device=device, dtype=dtype, machine=machine),
                       name=served_name, max_batch_size=max_batch_size,
                       max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
                       grpc_host=host, grpc_port=grpc_port, drain_seconds=drain_seconds)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # uvicorn drains on SIGTERM, then re-raises the signal through the handler it found at
-    # start; make that one a no-op so a drained server exits 0 (not 143), whatever the model's
-    # libraries installed.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # start (set above to a no-op), so a drained server exits 0 (not 143), whatever the
+    # model's libraries installed.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                 timeout_graceful_shutdown=drain_seconds, http="httptools", loop="uvloop" if _has_uvloop() else "asyncio")
+
+
+def _serve_workers(workers: int, **config: object) -> None:
+    """The supervisor of ``workers`` processes (see ``_workers``)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from ferry.serve._workers import CONFIG_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix="ferry-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[CONFIG_ENV] = json.dumps({**config, "workers": workers})
+    try:
+        uvicorn.run("ferry.serve._workers:create_app", factory=True, workers=workers, host=str(config["host"]),
+                    port=int(config["port"]), log_level="warning", access_log=False, lifespan="on",  # type: ignore[call-overload]
+                    timeout_graceful_shutdown=int(config["drain_seconds"]), http="httptools",  # type: ignore[call-overload]
+                    loop="uvloop" if _has_uvloop() else "asyncio")
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _default_name(uri: str) -> str:

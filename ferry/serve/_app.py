@@ -27,16 +27,30 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 class Metrics:
-    """What the autoscaler and dashboards read from /metrics."""
+    """What the autoscaler and dashboards read from /metrics. With ``--workers`` (the
+    ``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor) every worker writes to shared files and
+    ``/metrics`` reports the sum over all of them; the queue depth is then each worker's live
+    depth, summed."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("ferry_requests", "Requests by protocol and HTTP status.", ["model", "protocol", "code"], registry=self.registry)
-        self.latency = Histogram("ferry_request_latency_seconds", "Request latency.", ["model", "protocol"], registry=self.registry,
+        import os
+
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        own = CollectorRegistry()
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry)
+        else:
+            self.registry = own
+        self.requests = Counter("ferry_requests", "Requests by protocol and HTTP status.", ["model", "protocol", "code"], registry=own)
+        self.latency = Histogram("ferry_request_latency_seconds", "Request latency.", ["model", "protocol"], registry=own,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-        self.batch = Histogram("ferry_batch_size", "Rows per model call.", ["model"], registry=self.registry,
+        self.batch = Histogram("ferry_batch_size", "Rows per model call.", ["model"], registry=own,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.queue = Gauge("ferry_queue_depth", "Requests waiting for the model.", ["model"], registry=self.registry)
+        self.queue = Gauge("ferry_queue_depth", "Requests waiting for the model.", ["model"], registry=own,
+                           multiprocess_mode="livesum")
 
 
 class ModelServer:
@@ -53,7 +67,8 @@ class ModelServer:
         self.ready = False
         self.load_error: BaseException | None = None
         self.metrics = Metrics()
-        self.metrics.queue.labels(name).set_function(lambda: self.batcher.depth if self.batcher else 0)
+        if not self.metrics.multiprocess:
+            self.metrics.queue.labels(name).set_function(lambda: self.batcher.depth if self.batcher else 0)
 
     # ---- lifecycle: load and warm up in the background; ready only afterwards ------------------
     def _load(self) -> None:
@@ -75,7 +90,8 @@ class ModelServer:
                 batch_hist = self.metrics.batch.labels(self.name)
                 self.batcher = DynamicBatcher(lambda xs: self.model.run(xs), max_batch_size=self.max_batch_size,  # type: ignore[union-attr]
                                               max_latency_ms=self.max_latency_ms, max_queue=self.max_queue,
-                                              on_batch=batch_hist.observe)
+                                              on_batch=batch_hist.observe,
+                                              on_depth=self.metrics.queue.labels(self.name).set if self.metrics.multiprocess else None)
                 self.batcher.start()
                 if self.grpc_port:
                     from ferry.serve._grpc import GrpcFrontend

@@ -35,10 +35,11 @@ class _Item:
 
 class DynamicBatcher:
     def __init__(self, predict: Callable[[Arrays], Arrays], *, max_batch_size: int = 32,
-                 max_latency_ms: float = 5.0, max_queue: int = 1024, on_batch: Callable[[int], None] | None = None):
+                 max_latency_ms: float = 5.0, max_queue: int = 1024, on_batch: Callable[[int], None] | None = None,
+                 on_depth: Callable[[int], None] | None = None):
         self.predict, self.max_batch_size, self.max_latency = predict, max_batch_size, max_latency_ms / 1000
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
-        self.on_batch = on_batch
+        self.on_batch, self.on_depth = on_batch, on_depth
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-infer")
         self._task: asyncio.Task[None] | None = None
 
@@ -61,6 +62,8 @@ class DynamicBatcher:
             self.queue.put_nowait(_Item(xs, future))
         except asyncio.QueueFull:
             raise Overloaded(f"server overloaded: {self.queue.maxsize} requests already queued; retry later") from None
+        if self.on_depth is not None:
+            self.on_depth(self.queue.qsize())
         return await future
 
     def _drain(self, items: list[_Item], rows: int) -> int:
@@ -85,6 +88,8 @@ class DynamicBatcher:
                         break
                     items.append(item)
                     rows = self._drain(items, rows + item.rows)
+            if self.on_depth is not None:
+                self.on_depth(self.queue.qsize())
             await self._execute(loop, items, rows)
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, items: list[_Item], rows: int) -> None:

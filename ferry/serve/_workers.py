@@ -1,0 +1,46 @@
+"""``ferry serve --workers N``: N processes sharing the ports, for CPU serving on a pod with
+several cores.
+
+uvicorn's supervisor binds the HTTP socket once and hands it to each worker (it restarts a
+worker that dies and forwards SIGTERM); each worker binds the gRPC port itself with
+SO_REUSEPORT (grpcio's default on Linux), so the kernel spreads connections over them. Every
+worker loads the model and runs its own batcher: ``--max-batch-size`` and ``--max-queue`` are
+per worker, and each worker's torch uses ``cpus // N`` threads. Metrics are kept in
+Prometheus' multiprocess mode (a folder of memory-mapped files the supervisor creates and
+removes), so ``/metrics`` from any worker counts the requests of all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+CONFIG_ENV = "FERRY_SERVE_WORKER_CONFIG"
+
+
+def create_app() -> Any:
+    """One worker's app, from the configuration the supervisor put in the environment."""
+    from ferry.serve._app import ModelServer
+    from ferry.serve._device import detect
+    from ferry.serve._model import load_model
+
+    config = json.loads(os.environ[CONFIG_ENV])
+    threads = max(1, _cpus() // config["workers"])
+    import torch
+
+    torch.set_num_threads(threads)
+    machine = detect()
+    return ModelServer(lambda: load_model(config["model_uri"], config["name"], device=config["device"],
+                                          dtype=config["dtype"], machine=machine),
+                       name=config["name"], max_batch_size=config["max_batch_size"],
+                       max_latency_ms=config["max_latency_ms"], max_queue=config["max_queue"],
+                       max_body_bytes=config["max_body_bytes"], grpc_host=config["host"],
+                       grpc_port=config["grpc_port"], drain_seconds=config["drain_seconds"])
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
