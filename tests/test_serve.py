@@ -587,6 +587,16 @@ def test_workers_share_the_port_and_the_metrics(model):
         line = next(m for m in metrics.splitlines()
                     if m.startswith('ferry_requests_total{') and 'code="200"' in m and 'protocol="v2"' in m)
         assert float(line.rsplit(" ", 1)[1]) == 100  # both workers' requests, whichever answered /metrics
+        import grpc
+
+        from ferry.serve._grpc import stubs
+
+        pb = stubs()
+        with grpc.insecure_channel(srv.grpc) as channel:  # every worker serves gRPC on the one port too
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive",
+                                       request_serializer=pb.ServerLiveRequest.SerializeToString,
+                                       response_deserializer=pb.ServerLiveResponse.FromString)
+            assert all(live(pb.ServerLiveRequest(), timeout=10).live for _ in range(10))
         served = [w.cpu_times().user + w.cpu_times().system for w in workers]
         assert all(t > 0.5 for t in served), served  # each loaded the model; the kernel spread the connections
     finally:
