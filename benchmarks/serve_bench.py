@@ -1,4 +1,4 @@
-"""Serving: Ferry's server vs ``mlflow models serve`` on the same registered model.
+"""Serving: Ferry's server (REST JSON and REST binary tensors) vs ``mlflow models serve`` on the same registered model.
 
     python benchmarks/serve_bench.py [--duration 8]
 
@@ -94,16 +94,19 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 WRK_LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = io.open("{body}"):read("*a")
+wrk.headers["Content-Type"] = "{content_type}"
+{extra}wrk.body = io.open("{body}", "rb"):read("*a")
 """
 
 
-def run_wrk(url: str, body: bytes, connections: int, duration: int, tmp: Path) -> dict[str, float]:
-    body_file = tmp / f"body-{abs(hash(body))}.json"
+def run_wrk(url: str, body: bytes, connections: int, duration: int, tmp: Path,
+            headers: dict[str, str] | None = None) -> dict[str, float]:
+    body_file = tmp / f"body-{abs(hash(body))}.bin"
     body_file.write_bytes(body)
     script = tmp / f"post-{abs(hash(body))}.lua"
-    script.write_text(WRK_LUA.format(body=body_file))
+    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
+    content_type = "application/octet-stream" if headers else "application/json"
+    script.write_text(WRK_LUA.format(body=body_file, extra=extra, content_type=content_type))
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
     def ms(label: str) -> float:
@@ -143,16 +146,20 @@ def main() -> None:
             floors = {}
             for rows in (1, 8):
                 batch = x[:rows]
+                infer = f"http://127.0.0.1:{ferry_port}/v2/models/bench-digits/infer"
+                header = json.dumps({"inputs": [{"name": "x", "shape": list(batch.shape), "datatype": "FP32",
+                                                 "parameters": {"binary_data_size": batch.nbytes}}],
+                                     "parameters": {"binary_data_output": True}}).encode()
                 bodies = {
-                    "ferry": (f"http://127.0.0.1:{ferry_port}/v2/models/bench-digits/infer",
-                              json.dumps({"inputs": [{"name": "x", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}]}).encode()),
-                    "mlflow": (f"http://127.0.0.1:{mlflow_port}/invocations", json.dumps({"inputs": batch.tolist()}).encode()),
+                    "ferry": (infer, json.dumps({"inputs": [{"name": "x", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}]}).encode(), None),
+                    "ferry-bin": (infer, header + batch.astype("<f4").tobytes(), {"Inference-Header-Content-Length": str(len(header))}),
+                    "mlflow": (f"http://127.0.0.1:{mlflow_port}/invocations", json.dumps({"inputs": batch.tolist()}).encode(), None),
                 }
                 for conc in (1, 32):
-                    for name in ("ferry", "mlflow"):
-                        url, body = bodies[name]
-                        run_wrk(url, body, conc, 2, tmp)  # warm-up
-                        results[(name, rows, conc)] = run_wrk(url, body, conc, args.duration, tmp)
+                    for name in ("ferry", "ferry-bin", "mlflow"):
+                        url, body, headers = bodies[name]
+                        run_wrk(url, body, conc, 2, tmp, headers)  # warm-up
+                        results[(name, rows, conc)] = run_wrk(url, body, conc, args.duration, tmp, headers)
             servers_done = True
         finally:
             for proc in servers.values():
@@ -167,6 +174,13 @@ def main() -> None:
             f, m = results[("ferry", rows, conc)], results[("mlflow", rows, conc)]
             print(f"{rows:>4} {conc:>4} | {f['rps']:>10.0f} {f['p50']:>7.2f} {f['p99']:>7.2f} | {m['rps']:>10.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} | "
                   f"{f['rps'] / m['rps']:>8.2f}x {m['p99'] / f['p99']:>8.2f}x | {int(f['errors'])}/{int(m['errors'])}")
+    print(f"\nREST binary tensors (Inference-Header-Content-Length, raw FP32 in and out) vs REST JSON, same server:")
+    print(f"{'rows':>4} {'conc':>4} | {'binary rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'json rps':>10} | {'rps ratio':>9} | errors")
+    for rows in (1, 8):
+        for conc in (1, 32):
+            b, f = results[("ferry-bin", rows, conc)], results[("ferry", rows, conc)]
+            print(f"{rows:>4} {conc:>4} | {b['rps']:>10.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {f['rps']:>10.0f} | "
+                  f"{b['rps'] / f['rps']:>8.2f}x | {int(b['errors'])}")
     for rows, floor in floors.items():
         print(f"floor: in-process forward at {rows} row(s): {floor * 1e6:.0f} us/call ({1 / floor:.0f} calls/s on one core)")
     print("rps ratio = ferry/mlflow (target >= 3x at concurrency 32); p99 ratio = mlflow/ferry (> 1 means Ferry's p99 is lower)")
