@@ -166,7 +166,7 @@ def submit(
     manager 'ferry'. A PyTorchJob of the same name is never reused: without --replace, an
     existing one (running or finished) is a conflict."""
     from ferry.local import apply_overrides
-    from ferry.render import Rendered, dump_yaml
+    from ferry.render import dump_yaml
     from ferry.validate import find_crd_dir, validate_manifests
 
     if dry_run not in (None, "client", "server"):
