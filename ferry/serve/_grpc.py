@@ -105,8 +105,6 @@ class GrpcFrontend:
                 code = exc.grpc_code
                 await context.abort(getattr(grpc.StatusCode, code), str(exc))
             except Exception as exc:  # noqa: BLE001 - a model failure: INTERNAL with a message
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
                 log.exception("inference failed")
                 code = "INTERNAL"
                 await context.abort(grpc.StatusCode.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}")
