@@ -72,3 +72,27 @@ def select_job(job_file: Any, job_name: str | None) -> Any:
         names = ", ".join(s.name for s in specs)
         raise JobFileError(f"{job_file} defines several jobs ({names}); choose one with --job NAME")
     return specs[0]
+
+
+def replica_line(replica: str, line: str) -> str:
+    """One log line as every command prints it: ``[master-0] ...`` (rich markup)."""
+    from rich.markup import escape
+
+    return f"[dim]\\[{replica}][/] {escape(line)}"
+
+
+def target_namespace(spec: Any, flag: str | None, default: str | None) -> str:
+    """Where a spec goes: ``-n``, else the namespace the spec sets itself, else ``default``
+    (the kubeconfig context's), else the spec's default."""
+    if flag:
+        return flag
+    if "namespace" in spec.model_fields_set or default is None:
+        return spec.namespace
+    return default
+
+
+def in_namespace(spec: Any, namespace: str) -> Any:
+    """``spec`` in ``namespace``: the same spec when it is already there, else a validated copy."""
+    if spec.namespace == namespace:
+        return spec
+    return type(spec)(**{**{f: getattr(spec, f) for f in type(spec).model_fields}, "namespace": namespace})

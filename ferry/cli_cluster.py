@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry._cliutil import _stderr, _stdout, fail_cleanly, select_job
+from ferry._cliutil import _stderr, _stdout, fail_cleanly, in_namespace, replica_line, select_job, target_namespace
+from ferry.cli_local import JobNameOption, ResumeOption, SetOption, WorkersOption
 
 cluster_app = typer.Typer()
 
@@ -82,7 +83,7 @@ def _report_outcome(cluster: Any, state: Any) -> int:
     for replica, lines in failed_replica_logs(cluster, state.name, state.namespace):
         err.print(f"--- last lines of {replica} ---")
         for line in lines:
-            err.print(f"[dim]\\[{replica}][/] {escape(line)}")
+            err.print(replica_line(replica, line))
     return 1
 
 
@@ -94,7 +95,6 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
     """Follow the job to its end with a live status (a line per change when not on a terminal),
     streaming its replicas' logs with ``follow``; the exit code of its outcome."""
     from rich.live import Live
-    from rich.markup import escape
 
     from ferry.kube import follow_logs, wait_for
 
@@ -105,7 +105,7 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
     log_thread = None
     if follow:
         def emit(replica: str, line: str) -> None:
-            out.print(f"[dim]\\[{replica}][/] {escape(line)}", highlight=False, soft_wrap=True)
+            out.print(replica_line(replica, line), highlight=False, soft_wrap=True)
 
         log_thread = threading.Thread(target=follow_logs, args=(cluster, name, namespace, emit, stop),
                                       kwargs={"poll_s": _poll_s()}, daemon=True)
@@ -142,14 +142,13 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
 @fail_cleanly
 def submit(
     job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob.")],
-    job_name: Annotated[str | None, typer.Option("--job", help="Which job, when the file defines several.")] = None,
+    job_name: JobNameOption = None,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: key=value (repeatable).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Override the number of workers.")] = None,
-    resume_from: Annotated[str | None, typer.Option(
-        "--resume-from", help="Start from another submission's latest checkpoint: its id, runs:/<run id>, or a checkpoint URI.")] = None,
+    set_: SetOption = None,
+    workers: WorkersOption = None,
+    resume_from: ResumeOption = None,
     dry_run: Annotated[str | None, typer.Option(
         "--dry-run", help="client: print what would be applied; server: the API server and its admission judge it, nothing is stored.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")] = False,
@@ -174,23 +173,18 @@ def submit(
     if timeout is not None and timeout <= 0:
         raise typer.BadParameter("must be more than 0 seconds", param_hint="--timeout")
     spec = select_job(job_file, job_name)
-    explicit_namespace = "namespace" in spec.model_fields_set
-    job = apply_overrides(spec, set_ or (), workers, resume_from)
     cluster = None if dry_run == "client" else connect(kubeconfig, context, namespace)
-    target = namespace or (job.namespace if explicit_namespace or cluster is None else cluster.namespace)
-    if target != job.namespace:
-        job = type(job)(**{**{f: getattr(job, f) for f in type(job).model_fields}, "namespace": target})
+    target = target_namespace(spec, namespace, cluster.namespace if cluster is not None else None)
+    job = in_namespace(apply_overrides(spec, set_ or (), workers, resume_from), target)
     from ferry.kube import plan_submission
 
     submission, manifest = plan_submission(job)
     validate_manifests([(f"{job.name}/pytorchjob.yaml", manifest)], find_crd_dir())
     err = _stderr()
     if cluster is None:
-        docs = [manifest]
-        if tracking_uri is not None and job.tracking is not None:
-            ref = job.tracking.uri_from
-            docs.insert(0, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ref.name, "namespace": target},
-                            "data": {ref.key: tracking_uri}})
+        from ferry.kube import tracking_configmap
+
+        docs = ([tracking_configmap(job, target, tracking_uri)] if tracking_uri is not None else []) + [manifest]
         _stdout().file.write(dump_yaml(docs))
         err.print(f"dry run (client): submission {submission}; nothing sent")
         return
@@ -227,7 +221,7 @@ def status(
     from rich.markup import escape
     from rich.table import Table
 
-    from ferry.kube import job_pods, job_state, replica_name
+    from ferry.kube import job_pods, job_state, pod_restarts, replica_name
 
     with connect(kubeconfig, context, namespace) as cluster:
         if wait:
@@ -241,9 +235,8 @@ def status(
         if pods:
             table = Table("replica", "pod", "phase", "restarts", "node")
             for pod in pods:
-                st = pod.get("status") or {}
-                restarts = sum(int(c.get("restartCount") or 0) for c in st.get("containerStatuses") or [])
-                table.add_row(replica_name(pod), pod["metadata"]["name"], st.get("phase", "-"), str(restarts),
+                table.add_row(replica_name(pod), pod["metadata"]["name"], (pod.get("status") or {}).get("phase", "-"),
+                              str(pod_restarts(pod)),
                               (pod.get("spec") or {}).get("nodeName") or "-")
             out.print(table)
 
@@ -286,15 +279,13 @@ def logs(
     kubeconfig: KubeconfigOption = None,
 ) -> None:
     """Every replica's log, each line prefixed \\[master-0], \\[worker-1], ... as `ferry run` prints them."""
-    from rich.markup import escape
-
     from ferry.errors import NotFound
     from ferry.kube import PYTORCHJOB, follow_logs, job_pods, replica_name, wait_for
 
     out = _stdout()
 
     def emit(who: str, line: str) -> None:
-        out.print(f"[dim]\\[{who}][/] {escape(line)}", highlight=False, soft_wrap=True)
+        out.print(replica_line(who, line), highlight=False, soft_wrap=True)
 
     with connect(kubeconfig, context, namespace) as cluster:
         cluster.get(PYTORCHJOB, name)  # a missing job (or kind) is its own error
@@ -311,7 +302,6 @@ def logs(
                 for line in cluster.pod_log(pod["metadata"]["name"], previous=previous, tail_lines=tail):
                     emit(replica_name(pod), line)
             return
-        stop = threading.Event()
         if replica is not None:
             pod = pods[0]["metadata"]["name"]
             try:
@@ -320,6 +310,7 @@ def logs(
             except KeyboardInterrupt:
                 raise typer.Exit(130) from None
             return
+        stop = threading.Event()
         thread = threading.Thread(target=follow_logs, args=(cluster, name, cluster.namespace, emit, stop),
                                   kwargs={"poll_s": _poll_s()}, daemon=True)
         thread.start()

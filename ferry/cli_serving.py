@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ferry._cliutil import _stderr, _stdout, fail_cleanly, validate_and_emit
+from ferry._cliutil import _stderr, _stdout, fail_cleanly, in_namespace, target_namespace, validate_and_emit
 from ferry.cli_cluster import EXIT_CODES, ContextOption, KubeconfigOption, NamespaceOption, connect
 from ferry.cli_local import CrdDirOption
 
@@ -105,10 +105,8 @@ def deploy(
 
     specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
     cluster = connect(kubeconfig, context, namespace) if apply else None
-    if cluster is not None or namespace is not None:
-        target = namespace or cluster.namespace  # type: ignore[union-attr]
-        specs = [s if "namespace" in s.model_fields_set and namespace is None
-                 else type(s)(**{**{f: getattr(s, f) for f in type(s).model_fields}, "namespace": target}) for s in specs]
+    default = cluster.namespace if cluster is not None else None
+    specs = [in_namespace(s, target_namespace(s, namespace, default)) for s in specs]
     client = registry_client()
     rendered = []
     for spec in specs:

@@ -22,7 +22,7 @@ SURFACE = {
         "CLUSTERSERVINGRUNTIME", "CONFIGMAP", "INFERENCESERVICE", "POD", "PYTORCHJOB", "SCALEDOBJECT",
         "Cluster", "Condition", "JobState", "Kind", "ReplicaCounts", "Retry", "ServiceState", "Submitted",
         "apply_manifests", "delete_job", "failed_replica_logs", "follow_logs", "job_pods", "job_state", "list_jobs",
-        "plan_submission", "replica_name", "service_state", "submit", "wait_for",
+        "plan_submission", "pod_restarts", "replica_name", "service_state", "submit", "tracking_configmap", "wait_for",
     ],
     "ferry.render": [
         "Rendered", "ResolvedModel", "build_pytorchjob", "dump_yaml", "ferry_env", "render_inferenceservice",

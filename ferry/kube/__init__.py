@@ -25,8 +25,10 @@ from ferry.kube._jobs import (
     job_state,
     list_jobs,
     plan_submission,
+    pod_restarts,
     replica_name,
     submit,
+    tracking_configmap,
     wait_for,
 )
 from ferry.kube._kinds import (
@@ -63,8 +65,10 @@ __all__ = [
     "job_state",
     "list_jobs",
     "plan_submission",
+    "pod_restarts",
     "replica_name",
     "service_state",
     "submit",
+    "tracking_configmap",
     "wait_for",
 ]

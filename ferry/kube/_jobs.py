@@ -90,8 +90,7 @@ class JobState:
         condition = true.get(phase, {})
         replicas = {role: ReplicaCounts(int(s.get("active") or 0), int(s.get("succeeded") or 0), int(s.get("failed") or 0))
                     for role, s in sorted((status.get("replicaStatuses") or {}).items())}
-        restarts = sum(int(c.get("restartCount") or 0) for pod in pods
-                       for c in (pod.get("status") or {}).get("containerStatuses") or [])
+        restarts = sum(pod_restarts(pod) for pod in pods)
         return cls(name=meta.get("name", ""), namespace=meta.get("namespace", ""),
                    submission=(meta.get("labels") or {}).get(SUBMISSION_LABEL), phase=phase,
                    message=condition.get("message", ""), reason=condition.get("reason", ""), replicas=replicas,
@@ -120,6 +119,11 @@ def _duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60}m"
     return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def pod_restarts(pod: dict[str, Any]) -> int:
+    """How often the pod's containers were restarted."""
+    return sum(int(c.get("restartCount") or 0) for c in (pod.get("status") or {}).get("containerStatuses") or [])
 
 
 def replica_name(pod: dict[str, Any]) -> str:
@@ -211,22 +215,29 @@ def submit(cluster: Cluster, job: Any, manifest: dict[str, Any], submission: str
     return Submitted(name, namespace, submission, applied, None, replaced)
 
 
+def tracking_configmap(job: Any, namespace: str, tracking_uri: str) -> dict[str, Any]:
+    """The ConfigMap holding ``tracking_uri`` where ``job`` reads it (refused when the job reads
+    its tracking URI from a Secret: Ferry never writes Secrets)."""
+    ref = getattr(getattr(job, "tracking", None), "uri_from", None)
+    if ref is None or getattr(ref, "kind", None) != "configmap":
+        where = f"Secret {ref.name!r}" if ref is not None else "nowhere (the job has no tracking)"
+        raise Rejected(f"--tracking-uri sets a ConfigMap, but this job reads its tracking URI from {where}; "
+                       "put the URI there instead", reason="TrackingFromSecret")
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": ref.name, "namespace": namespace, "labels": dict(MANAGED_BY)},
+            "data": {ref.key: tracking_uri}}
+
+
 def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri: str | None) -> dict[str, Any] | None:
     """The ConfigMap to apply for the job's tracking URI, or None. Without ``tracking_uri`` the
     ConfigMap the job reads must already exist (the Helm chart creates it): a pod would otherwise
     wait forever in CreateContainerConfigError. Secrets are never read or written (least
     privilege): a Secret reference is the user's to provide."""
-    tracking = getattr(job, "tracking", None)
-    ref = getattr(tracking, "uri_from", None)
-    if ref is None or getattr(ref, "kind", None) != "configmap":
-        if tracking_uri is not None:
-            raise Rejected("--tracking-uri sets a ConfigMap, but this job reads its tracking URI from Secret "
-                           f"{ref.name!r}; put the URI in that Secret instead", reason="TrackingFromSecret")
-        return None
     if tracking_uri is not None:
-        return {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": ref.name, "namespace": namespace, "labels": dict([MANAGED_BY])},
-                "data": {ref.key: tracking_uri}}
+        return tracking_configmap(job, namespace, tracking_uri)
+    ref = getattr(getattr(job, "tracking", None), "uri_from", None)
+    if ref is None or getattr(ref, "kind", None) != "configmap":
+        return None
     existing = cluster.find(CONFIGMAP, ref.name, namespace)
     if existing is None or ref.key not in (existing.get("data") or {}):
         what = (f"ConfigMap {ref.name!r} has no key {ref.key!r}" if existing is not None
@@ -239,8 +250,7 @@ def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri
 
 # ---- wait, logs --------------------------------------------------------------------------------
 def wait_for(cluster: Cluster, name: str, namespace: str | None = None, *, timeout_s: float | None = None,
-             poll_s: float = 2.0, on_state: Callable[[JobState], None] = lambda state: None,
-             stop: threading.Event | None = None) -> JobState:
+             poll_s: float = 2.0, on_state: Callable[[JobState], None] = lambda state: None) -> JobState:
     """Poll the job until it finishes (or ``timeout_s`` passes: WaitTimeout), calling
     ``on_state`` with every state read."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -252,10 +262,7 @@ def wait_for(cluster: Cluster, name: str, namespace: str | None = None, *, timeo
         if deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeout(f"PyTorchJob {name!r} is still {state.phase} after {timeout_s:g} s; it goes on: "
                               f"`ferry status {name}` to look again", reason="Timeout")
-        if stop is not None and stop.wait(poll_s):
-            return state
-        if stop is None:
-            time.sleep(poll_s)
+        time.sleep(poll_s)
 
 
 def failed_replica_logs(cluster: Cluster, name: str, namespace: str | None = None,
@@ -327,7 +334,7 @@ def _follow_one(cluster: Cluster, pod: str, namespace: str | None, replica: str,
 # ---- list, delete ------------------------------------------------------------------------------
 def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces: bool = False) -> list[JobState]:
     """The PyTorchJobs Ferry submitted (label ``app.kubernetes.io/managed-by=ferry``), newest first."""
-    jobs = cluster.list(PYTORCHJOB, namespace, selector=f"{MANAGED_BY[0]}={MANAGED_BY[1]}",
+    jobs = cluster.list(PYTORCHJOB, namespace, selector=",".join(f"{k}={v}" for k, v in MANAGED_BY.items()),
                         all_namespaces=all_namespaces)
     states = [JobState.of(job) for job in jobs]
     epoch = datetime.min.replace(tzinfo=timezone.utc)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ferry.render._pod import MANAGED_BY  # noqa: F401 - the label Ferry puts on what it renders
+
 # The training operator's pod labels and condition types (kubeflow/common constants.go).
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
@@ -18,7 +20,6 @@ PYTORCHJOB_CONTAINER = "pytorch"
 CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Succeeded", "Failed"
 FINISHED = (SUCCEEDED, FAILED)
 
-MANAGED_BY = ("app.kubernetes.io/managed-by", "ferry")
 FIELD_MANAGER = "ferry"
 
 _TRAINING_OPERATOR = "install the Kubeflow training operator (kubectl apply --server-side -k " \

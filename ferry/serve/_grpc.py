@@ -164,13 +164,7 @@ class GrpcFrontend:
         assert self.app.batcher is not None
         ys = await self.app.batcher.submit(proto.same_rows(xs))
         names = [t.name for t in model.outputs]
-        wanted = [names.index(o.name) if o.name in names else -1 for o in request.outputs] or list(range(len(names)))
-        if -1 in wanted:
-            if len(names) == 1 and len(wanted) == 1:
-                wanted = [0]  # a one-output model answers its output under any name asked
-            else:
-                missing = request.outputs[wanted.index(-1)].name
-                raise BadRequest(f"output {missing!r} is not an output of the model ({', '.join(names)})")
+        wanted = proto.match_outputs([o.name for o in request.outputs], model)
         tensor_type = self.pb.ModelInferResponse.InferOutputTensor
         outs = [tensor_type(name=names[j], datatype=proto.NUMPY_TO_OIP.get(ys[j].dtype, "FP32"), shape=list(ys[j].shape))
                 for j in wanted]

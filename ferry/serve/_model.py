@@ -105,8 +105,8 @@ def _local_copy(uri: str) -> Iterator[tuple[Path, str, str]]:
 
 def load_model(uri: str, name: str | None = None, *, onnx_threads: int = 1, device: str = "cpu",
                dtype: str = "float32", machine: Any = None) -> LoadedModel:
-    """Load the model at ``uri`` into a ``predict(np.ndarray) -> np.ndarray`` callable on
-    ``device`` (``auto``: the first GPU when one is visible) in ``dtype`` (torch models).
+    """Load the model at ``uri``, ready to run on ``device`` (``auto``: the first GPU when one
+    is visible) in ``dtype`` (torch models).
     ``onnx_threads``: ONNX Runtime's intra-op threads (1 by default: a server's concurrency
     comes from batching many requests, not from splitting one)."""
     with _local_copy(uri) as (path, default_name, version):

@@ -156,23 +156,31 @@ def same_rows(xs: list[np.ndarray]) -> list[np.ndarray]:
     return xs
 
 
+def match_outputs(asked: list[Any], model: LoadedModel) -> list[int]:
+    """The model outputs to answer, by the names asked (all of them when none is asked). A
+    one-output model answers its output under any one name."""
+    names = [t.name for t in model.outputs]
+    if not asked:
+        return list(range(len(names)))
+    chosen = []
+    for j, name in enumerate(asked):
+        if name not in names:
+            if len(names) == 1 and len(asked) == 1:
+                name = names[0]
+            else:
+                raise BadRequest(f"outputs[{j}].name {name!r} is not an output of the model ({', '.join(names)})")
+        chosen.append(names.index(name))
+    return chosen
+
+
 def _requested_outputs(payload: dict[str, Any], model: LoadedModel) -> list[tuple[int, bool]]:
     """Which outputs to answer (all, unless ``outputs`` names some) and which as raw bytes."""
     default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
-    asked = payload.get("outputs")
+    asked = [out if isinstance(out, dict) else {} for out in payload.get("outputs") or []]
+    indices = match_outputs([out.get("name") for out in asked], model)
     if not asked:
-        return [(i, default) for i in range(len(model.outputs))]
-    names = [t.name for t in model.outputs]
-    chosen = []
-    for j, out in enumerate(asked):
-        name = out.get("name") if isinstance(out, dict) else None
-        if name not in names:
-            if len(names) == 1 and len(asked) == 1:
-                name = names[0]  # a one-output model answers its output under any name asked
-            else:
-                raise BadRequest(f"outputs[{j}].name {name!r} is not an output of the model ({', '.join(names)})")
-        chosen.append((names.index(name), bool((out.get("parameters") or {}).get("binary_data", default))))
-    return chosen
+        return [(i, default) for i in indices]
+    return [(i, bool((out.get("parameters") or {}).get("binary_data", default))) for i, out in zip(indices, asked)]
 
 
 def check_header(datatype: Any, shape: Any, info: TensorInfo, where: str) -> None:

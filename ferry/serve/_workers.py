@@ -21,22 +21,15 @@ CONFIG_ENV = "FERRY_SERVE_WORKER_CONFIG"
 
 def create_app() -> Any:
     """One worker's app, from the configuration the supervisor put in the environment."""
-    from ferry.serve._app import ModelServer
-    from ferry.serve._device import detect
-    from ferry.serve._model import load_model
-
-    config = json.loads(os.environ[CONFIG_ENV])
-    threads = max(1, _cpus() // config["workers"])
     import torch
 
-    torch.set_num_threads(threads)
-    machine = detect()
-    return ModelServer(lambda: load_model(config["model_uri"], config["name"], device=config["device"],
-                                          dtype=config["dtype"], machine=machine),
-                       name=config["name"], max_batch_size=config["max_batch_size"],
-                       max_latency_ms=config["max_latency_ms"], max_queue=config["max_queue"],
-                       max_body_bytes=config["max_body_bytes"], grpc_host=config["host"],
-                       grpc_port=config["grpc_port"], drain_seconds=config["drain_seconds"])
+    from ferry.serve import _model_server
+    from ferry.serve._device import detect
+
+    config = json.loads(os.environ[CONFIG_ENV])
+    torch.set_num_threads(max(1, _cpus() // config.pop("workers")))
+    config.pop("port")  # the supervisor's socket; gRPC binds its own port in each worker
+    return _model_server(**config, machine=detect())
 
 
 def _cpus() -> int:
