@@ -38,6 +38,9 @@ NamespaceOption = Annotated[str | None, typer.Option(
 ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: the current one).")]
 KubeconfigOption = Annotated[Path | None, typer.Option(
     "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the pod's service account).")]
+JobArgument = Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")]
+TimeoutOption = Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")]
 PANEL = "Cluster"
 
 
@@ -151,8 +154,8 @@ def submit(
     resume_from: ResumeOption = None,
     dry_run: Annotated[str | None, typer.Option(
         "--dry-run", help="client: print what would be applied; server: the API server and its admission judge it, nothing is stored.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
     follow: Annotated[bool, typer.Option("--follow", help="Stream every replica's log while waiting (implies --wait).")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Delete an existing PyTorchJob of this name first (its MLflow run and checkpoints stay).")] = False,
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager owns.")] = False,
@@ -210,12 +213,12 @@ def submit(
 @cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
 @fail_cleanly
 def status(
-    name: Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")],
+    name: JobArgument,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
 ) -> None:
     """A job's state: phase and why, replicas per role, restarts, age, and its pods."""
     from rich.markup import escape
@@ -269,7 +272,7 @@ def list_(
 @cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
 @fail_cleanly
 def logs(
-    name: Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")],
+    name: JobArgument,
     replica: Annotated[str | None, typer.Option("--replica", help="Only this replica: master-0, worker-N (default: all).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines until the job ends (Ctrl-C stops).")] = False,
     previous: Annotated[bool, typer.Option("--previous", help="The previous container's log (before a restart).")] = False,
@@ -327,7 +330,7 @@ def logs(
 @cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
 @fail_cleanly
 def delete(
-    name: Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")],
+    name: JobArgument,
     wait: Annotated[bool, typer.Option("--wait", help="Return once the job and its pods are gone.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")] = 300,
     namespace: NamespaceOption = None,
