@@ -1,12 +1,24 @@
-"""Serving: Ferry's server (REST JSON and REST binary tensors) vs ``mlflow models serve`` on the same registered model.
+"""Serving: Ferry's server (REST JSON, REST binary tensors, gRPC) vs ``mlflow models serve`` and
+NVIDIA Triton (through PyTriton) on the same model.
 
-    python benchmarks/serve_bench.py [--duration 8]
+    python benchmarks/serve_bench.py [--duration 8] [--pytriton-python PATH]
 
-One digits CNN is trained and registered in a temporary MLflow store; both servers load
-``models:/bench-digits/1``; the same client (wrk, `apt-get install wrk`) sends the same
-payloads (1 row and 8 rows) at concurrency 1 and 32 to each in turn on this machine. The
-in-process forward pass at the same batch size is printed as the floor. Target: Ferry >= 3x
-MLflow's RPS at concurrency 32, with a lower p99.
+One digits CNN is trained and registered in a temporary MLflow store. Ferry and MLflow load
+``models:/bench-digits/1``; Triton serves the same torch.export artifact through PyTriton with
+``@batch`` dynamic batching. One client, h2load (`apt-get install nghttp2-client`), sends the
+same payloads (1 row and 8 rows) at concurrency 1, 4 and 32 to each in turn on this machine:
+HTTP/1.1 for REST, HTTP/2 for gRPC (the ``ModelInfer`` message framed as gRPC, raw FP32
+contents). Before each target is measured, one request of exactly the bytes h2load will send
+is checked against the model's own output, and every measured response must have that answer's
+size (a gRPC error also comes back as HTTP 200, so the size is what tells it apart).
+
+PyTriton 0.7 needs Python 3.12 with ``nvidia-pytriton`` and ``torch==2.13.0`` installed; pass
+that interpreter with ``--pytriton-python`` (``LD_LIBRARY_PATH`` is set to its
+``libpython3.12.so``). Without it the Triton columns are left out, and the output says so.
+
+Targets: Ferry >= 3x MLflow's RPS at concurrency 32 with a lower p99; Ferry's REST JSON >= 5x
+PyTriton's; gRPC and REST binary each faster than REST JSON on 8-row payloads. The in-process
+forward pass at the same batch size is printed as the floor.
 """
 
 from __future__ import annotations
@@ -21,12 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def train_and_register(tmp: Path) -> tuple[str, np.ndarray]:
     import mlflow
@@ -79,7 +91,10 @@ def forward_floor(uri: str, x: np.ndarray, rows: int) -> float:
     return statistics.median(times)
 
 
-def wait_http(url: str, timeout: float = 120) -> None:
+CONCURRENCY = (1, 4, 32)  # 4: a few clients, where a batcher that waits for clients that never come shows
+
+
+def wait_http(url: str, timeout: float = 180) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -93,98 +108,206 @@ def wait_http(url: str, timeout: float = 120) -> None:
     raise TimeoutError(url)
 
 
-WRK_LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "{content_type}"
-{extra}wrk.body = io.open("{body}", "rb"):read("*a")
-"""
+@dataclass(frozen=True)
+class Target:
+    """One way of asking one server for one batch: what h2load sends, and how to read the answer."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    grpc: bool = False
+
+    def check(self, expected: np.ndarray) -> int:
+        """Send the body once with a client of its protocol; the answer must be the model's own
+        output. Returns the answer's size in bytes."""
+        if self.grpc:
+            return self._check_grpc(expected)
+        import httpx
+
+        response = httpx.post(self.url, content=self.body, headers=self.headers, timeout=30)
+        response.raise_for_status()
+        length = response.headers.get("inference-header-content-length")
+        if length is not None:  # binary tensor extension
+            got = np.frombuffer(response.content[int(length):], "<f4")
+        else:
+            payload = response.json()
+            got = np.asarray(payload["outputs"][0]["data"] if "outputs" in payload else payload["predictions"], "f4")
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-4, atol=1e-4)
+        return len(response.content)
+
+    def _check_grpc(self, expected: np.ndarray) -> int:
+        import grpc
+
+        from ferry.serve._grpc import stubs
+
+        pb = stubs()
+        target = self.url.split("//", 1)[1].split("/", 1)[0]
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+            raw = call(self.body[5:], timeout=30)
+        reply = pb.ModelInferResponse.FromString(raw)
+        got = np.frombuffer(reply.raw_output_contents[0], "<f4")
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-4, atol=1e-4)
+        return len(raw) + 5  # with the gRPC frame prefix
 
 
-def run_wrk(url: str, body: bytes, connections: int, duration: int, tmp: Path,
-            headers: dict[str, str] | None = None) -> dict[str, float]:
-    body_file = tmp / f"body-{abs(hash(body))}.bin"
-    body_file.write_bytes(body)
-    script = tmp / f"post-{abs(hash(body))}.lua"
-    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
-    content_type = "application/octet-stream" if headers else "application/json"
-    script.write_text(WRK_LUA.format(body=body_file, extra=extra, content_type=content_type))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
-    def ms(label: str) -> float:
-        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": ms("50"), "p99": ms("99"),
-            "errors": float(non2xx.group(1)) if non2xx else 0.0}
+def targets_for(batch: np.ndarray, model: str, ports: dict[str, int]) -> dict[str, Target]:
+    from ferry.serve._grpc import stubs
+
+    pb = stubs()
+    shape = list(batch.shape)
+    raw = batch.astype("<f4").tobytes()
+    as_json = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": batch.ravel().tolist()}]}).encode()
+    header = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    message = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=shape)],
+                                   raw_input_contents=[raw]).SerializeToString()
+    framed = b"\0" + len(message).to_bytes(4, "big") + message
+    grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
+    json_headers = {"content-type": "application/json"}
+    out: dict[str, Target] = {}
+    for server in ("ferry", "triton"):
+        if server not in ports:
+            continue
+        infer = f"http://127.0.0.1:{ports[server]}/v2/models/{model}/infer"
+        out[f"{server} json"] = Target(infer, as_json, json_headers)
+        out[f"{server} binary"] = Target(infer, header + raw, {"content-type": "application/octet-stream",
+                                                               "inference-header-content-length": str(len(header))})
+        out[f"{server} grpc"] = Target(f"http://127.0.0.1:{ports[server + '-grpc']}/inference.GRPCInferenceService/ModelInfer",
+                                       framed, grpc_headers, grpc=True)
+    out["mlflow json"] = Target(f"http://127.0.0.1:{ports['mlflow']}/invocations", json.dumps({"inputs": batch.tolist()}).encode(), json_headers)
+    return out
+
+
+def run_h2load(target: Target, connections: int, duration: int, answer_bytes: int, tmp: Path) -> dict[str, float]:
+    body = tmp / "body.bin"
+    body.write_bytes(target.body)
+    log = tmp / "requests.tsv"
+    log.unlink(missing_ok=True)  # h2load appends
+    command = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{duration}", "--warm-up-time=1", "-d", str(body),
+               f"--log-file={log}", *[f"-H{k}: {v}" for k, v in target.headers.items()]]
+    if not target.grpc:
+        command.append("--h1")
+    out = subprocess.run([*command, target.url], capture_output=True, text=True, check=True).stdout
+    done, succeeded, failed, errored = (int(n) for n in re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out).groups())
+    data = int(re.search(r"traffic: .*?, [\d.]+\w*B \((\d+)\) data", out).group(1))
+    times = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line)
+    # every answer must be the checked answer's size: a wrong one (a gRPC error is HTTP 200 too) counts as an error
+    wrong = 0 if done and data == done * answer_bytes else max(1, abs(data - done * answer_bytes) // max(answer_bytes, 1))
+    return {"rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),
+            "p50": times[len(times) // 2] / 1e3, "p99": times[min(len(times) - 1, int(len(times) * 0.99))] / 1e3,
+            "errors": float(failed + errored + (done - succeeded) + wrong)}
+
+
+def start_pytriton(python: str, artifact: Path, http_port: int, grpc_port: int) -> subprocess.Popen:
+    libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    return subprocess.Popen([python, str(Path(__file__).with_name("_pytriton_server.py")), str(artifact), str(http_port), str(grpc_port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM) if os.getpgid(proc.pid) == proc.pid else proc.terminate()
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL) if os.getpgid(proc.pid) == proc.pid else proc.kill()
+            proc.wait(timeout=10)
+
+
+def row(label: str, r: dict[str, float]) -> str:
+    return f"{label:<15} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--pytriton-python", default=os.environ.get("FERRY_BENCH_PYTRITON_PYTHON"),
+                        help="a Python 3.12 with nvidia-pytriton and torch==2.13.0 (or $FERRY_BENCH_PYTRITON_PYTHON)")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("serve_bench needs wrk as the load generator: apt-get install wrk")
+    if shutil.which("h2load") is None:
+        sys.exit("serve_bench needs h2load as the load generator: apt-get install nghttp2-client")
     from ferry.local import free_port
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         uri, x = train_and_register(tmp)
+        artifact = next((tmp / "artifacts").rglob("*.pt2"))
         # mlflow models serve starts `uvicorn` by name: the interpreter's bin folder must be on PATH
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        ferry_port, mlflow_port = free_port(), free_port()
+        ports = {"ferry": free_port(), "ferry-grpc": free_port(), "mlflow": free_port()}
         ferry_bin = str(Path(sys.executable).with_name("ferry"))
         servers = {
-            "ferry": subprocess.Popen([ferry_bin, "serve", "models:/bench-digits/1", "--port", str(ferry_port), "--grpc-port", "0"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            "ferry": subprocess.Popen([ferry_bin, "serve", "models:/bench-digits/1", "--port", str(ports["ferry"]),
+                                       "--grpc-port", str(ports["ferry-grpc"])], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
             "mlflow": subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bench-digits/1",
-                                        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                                        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(ports["mlflow"])], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
         }
+        triton_note = "Triton (PyTriton) left out: pass --pytriton-python, a Python 3.12 with nvidia-pytriton and torch==2.13.0"
+        if args.pytriton_python:
+            ports["triton"], ports["triton-grpc"] = free_port(), free_port()
+            servers["triton"] = start_pytriton(args.pytriton_python, artifact, ports["triton"], ports["triton-grpc"])
+            triton_note = ""
+        results: dict[tuple[str, int, int], dict[str, float]] = {}
         try:
-            wait_http(f"http://127.0.0.1:{ferry_port}/v2/health/ready")
-            wait_http(f"http://127.0.0.1:{mlflow_port}/ping")
-            results: dict[tuple[str, int, int], dict[str, float]] = {}
-            floors = {}
+            wait_http(f"http://127.0.0.1:{ports['ferry']}/v2/health/ready")
+            wait_http(f"http://127.0.0.1:{ports['mlflow']}/ping")
+            if "triton" in servers:
+                wait_http(f"http://127.0.0.1:{ports['triton']}/v2/models/bench-digits/ready")
+            import torch
+
+            module = torch.export.load(str(artifact)).module()
             for rows in (1, 8):
                 batch = x[:rows]
-                infer = f"http://127.0.0.1:{ferry_port}/v2/models/bench-digits/infer"
-                header = json.dumps({"inputs": [{"name": "x", "shape": list(batch.shape), "datatype": "FP32",
-                                                 "parameters": {"binary_data_size": batch.nbytes}}],
-                                     "parameters": {"binary_data_output": True}}).encode()
-                bodies = {
-                    "ferry": (infer, json.dumps({"inputs": [{"name": "x", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}]}).encode(), None),
-                    "ferry-bin": (infer, header + batch.astype("<f4").tobytes(), {"Inference-Header-Content-Length": str(len(header))}),
-                    "mlflow": (f"http://127.0.0.1:{mlflow_port}/invocations", json.dumps({"inputs": batch.tolist()}).encode(), None),
-                }
-                for conc in (1, 32):
-                    for name in ("ferry", "ferry-bin", "mlflow"):
-                        url, body, headers = bodies[name]
-                        run_wrk(url, body, conc, 2, tmp, headers)  # warm-up
-                        results[(name, rows, conc)] = run_wrk(url, body, conc, args.duration, tmp, headers)
-            servers_done = True
+                with torch.inference_mode():
+                    expected = module(torch.from_numpy(batch)).numpy()
+                targets = targets_for(batch, "bench-digits", ports)
+                for name, target in targets.items():
+                    size = target.check(expected)
+                    for conc in CONCURRENCY:
+                        results[(name, rows, conc)] = run_h2load(target, conc, args.duration, size, tmp)
         finally:
             for proc in servers.values():
-                proc.terminate()
-                proc.wait(timeout=30)
-        for rows in (1, 8):
-            floors[rows] = forward_floor(uri, x, rows)
-    print(f"serving benchmark: digits CNN (pt2), wrk -t1, {args.duration}s per cell, same machine (2 cores shared with the client)")
-    print(f"{'rows':>4} {'conc':>4} | {'ferry rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'mlflow rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9} | errors")
+                stop(proc)
+        floors = {rows: forward_floor(uri, x, rows) for rows in (1, 8)}
+
+    names = list(dict.fromkeys(name for name, _, _ in results))
+    print(f"serving benchmark: digits CNN (pt2), h2load -t1 -m1, {args.duration}s per cell after 1s warm-up, "
+          f"same machine ({os.cpu_count()} cores shared with the client)")
     for rows in (1, 8):
-        for conc in (1, 32):
-            f, m = results[("ferry", rows, conc)], results[("mlflow", rows, conc)]
-            print(f"{rows:>4} {conc:>4} | {f['rps']:>10.0f} {f['p50']:>7.2f} {f['p99']:>7.2f} | {m['rps']:>10.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} | "
-                  f"{f['rps'] / m['rps']:>8.2f}x {m['p99'] / f['p99']:>8.2f}x | {int(f['errors'])}/{int(m['errors'])}")
-    print(f"\nREST binary tensors (Inference-Header-Content-Length, raw FP32 in and out) vs REST JSON, same server:")
-    print(f"{'rows':>4} {'conc':>4} | {'binary rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'json rps':>10} | {'rps ratio':>9} | errors")
+        for conc in CONCURRENCY:
+            print(f"\n{rows} row(s), concurrency {conc}\n{'target':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  vs ferry json")
+            base = results[("ferry json", rows, conc)]
+            for name in names:
+                r = results[(name, rows, conc)]
+                print(f"{row(name, r)}  {r['rps'] / base['rps']:>6.2f}x")
+    print("\nratios (req/s; > 1 means the first is faster):")
+    print(f"{'rows':>4} {'conc':>4} | {'ferry/mlflow':>12} {'p99 m/f':>8} | {'ferry/triton json':>17} {'ferry/triton grpc':>17} | "
+          f"{'binary/json':>11} {'grpc/json':>9}")
     for rows in (1, 8):
-        for conc in (1, 32):
-            b, f = results[("ferry-bin", rows, conc)], results[("ferry", rows, conc)]
-            print(f"{rows:>4} {conc:>4} | {b['rps']:>10.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} | {f['rps']:>10.0f} | "
-                  f"{b['rps'] / f['rps']:>8.2f}x | {int(b['errors'])}")
+        for conc in CONCURRENCY:
+            get = lambda name: results.get((name, rows, conc))  # noqa: E731
+            fj, m = get("ferry json"), get("mlflow json")
+            tj, tg = get("triton json"), get("triton grpc")
+            vs_triton = (f"{fj['rps'] / tj['rps']:>16.2f}x {get('ferry grpc')['rps'] / tg['rps']:>16.2f}x" if tj else f"{'-':>17} {'-':>17}")
+            print(f"{rows:>4} {conc:>4} | {fj['rps'] / m['rps']:>11.2f}x {m['p99'] / fj['p99']:>7.2f}x | {vs_triton} | "
+                  f"{get('ferry binary')['rps'] / fj['rps']:>10.2f}x {get('ferry grpc')['rps'] / fj['rps']:>8.2f}x")
     for rows, floor in floors.items():
         print(f"floor: in-process forward at {rows} row(s): {floor * 1e6:.0f} us/call ({1 / floor:.0f} calls/s on one core)")
-    print("rps ratio = ferry/mlflow (target >= 3x at concurrency 32); p99 ratio = mlflow/ferry (> 1 means Ferry's p99 is lower)")
-    assert servers_done
+    if triton_note:
+        print(triton_note)
+    print("targets: ferry/mlflow >= 3x at concurrency 32 with p99 m/f > 1; ferry/triton json >= 5x; binary/json and grpc/json > 1 at 8 rows")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,14 @@
 Requests queue up (bounded: a full queue answers 503 rather than growing without limit). One
 worker takes everything queued, up to ``max_batch_size`` rows, runs the model once in a
 single inference thread and splits the result. A request is one array per model input (the
-same rows in each); inputs are joined and outputs split position by position. It waits up to ``max_latency_ms`` for more
-rows only when it found more than one request queued (the server is under load): at low load
-a lone request runs at once and pays no batching delay.
+same rows in each); inputs are joined and outputs split position by position.
+
+Whether to wait for more rows: the clients of the last batch, answered, are what comes next
+(each client of a server sends its next request when the last one is answered). So the worker
+waits, up to ``max_latency_ms``, only until it holds as many rows as the last batch had: a lone
+client never waits, two clients never wait for a third, and requests that trickle in one at a
+time (as over gRPC) keep sharing model calls instead of each running alone. A client that
+leaves costs one deadline, after which the batches are the smaller size.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class DynamicBatcher:
         self.on_batch, self.on_depth = on_batch, on_depth
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-infer")
         self._task: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Future[None] | None = None  # set by submit while the worker waits for rows
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -62,6 +68,8 @@ class DynamicBatcher:
             self.queue.put_nowait(_Item(xs, future))
         except asyncio.QueueFull:
             raise Overloaded(f"server overloaded: {self.queue.maxsize} requests already queued; retry later") from None
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
         if self.on_depth is not None:
             self.on_depth(self.queue.qsize())
         return await future
@@ -75,22 +83,32 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        last_rows = 0
         while True:
             first = await self.queue.get()
             items = [first]
             rows = self._drain(items, first.rows)
-            if len(items) > 1 and rows < self.max_batch_size and self.max_latency > 0:
-                deadline = loop.time() + self.max_latency
-                while rows < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                    items.append(item)
-                    rows = self._drain(items, rows + item.rows)
+            target = min(last_rows, self.max_batch_size)
+            if rows < target and self.max_latency > 0:
+                rows = await self._gather(loop, items, rows, target, loop.time() + self.max_latency)
+            last_rows = rows
             if self.on_depth is not None:
                 self.on_depth(self.queue.qsize())
             await self._execute(loop, items, rows)
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop, items: list[_Item], rows: int, target: int,
+                      deadline: float) -> int:
+        """Take requests as they arrive until ``target`` rows or the deadline."""
+        while rows < target and loop.time() < deadline:
+            self._arrived = loop.create_future()
+            timer = loop.call_at(deadline, _settle, self._arrived)
+            try:
+                await self._arrived
+            finally:
+                timer.cancel()
+                self._arrived = None
+            rows = self._drain(items, rows)
+        return rows
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, items: list[_Item], rows: int) -> None:
         batch = items[0].xs if len(items) == 1 else [np.concatenate(parts) for parts in zip(*(i.xs for i in items))]
@@ -109,3 +127,8 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_result([y[start:start + n] for y in out])
             start += n
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
