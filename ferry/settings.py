@@ -71,6 +71,14 @@ FERRY_ACTOR = EnvSetting(
 FERRY_POLL_INTERVAL_S = EnvSetting(
     "FERRY_POLL_INTERVAL_S", "2", "Seconds between reads of a job's state while a cluster command waits or follows logs."
 )
+FERRY_OPERATOR_POLL_S = EnvSetting(
+    "FERRY_OPERATOR_POLL_S", "15", "Seconds the operator waits before looking again at a pipeline that is training or deploying."
+)
+FERRY_OPERATOR_JOB_TRACKING_URI = EnvSetting(
+    "FERRY_OPERATOR_JOB_TRACKING_URI", None,
+    "The tracking URI the operator writes to each job's tracking ConfigMap (default: its own MLFLOW_TRACKING_URI; "
+    "'-' leaves the ConfigMap to the chart).",
+)
 MLFLOW_TRACKING_URI = EnvSetting("MLFLOW_TRACKING_URI", None, "MLflow tracking server (or store) URI.")
 MLFLOW_EXPERIMENT_NAME = EnvSetting("MLFLOW_EXPERIMENT_NAME", None, "MLflow experiment of the job.")
 

@@ -3,7 +3,8 @@ real HTTP) with what Ferry's commands rely on and the emulator leaves out:
 
 - server-side apply (``PATCH`` with ``application/apply-patch+yaml``) creates a missing object;
 - ``dryRun=All`` judges a write without storing it;
-- uid, resourceVersion, generation and creationTimestamp are filled as the API server does;
+- uid, resourceVersion, generation (spec changes only), creationTimestamp and a generateName'd
+  name are filled as the API server does;
 - ``labelSelector`` filters lists (equality terms);
 - a kind that is not registered answers 404 on every path, as a cluster without its CRD does;
 - pod logs (``/pods/NAME/log``: tailLines, previous, timestamps, sinceTime, follow);
@@ -42,7 +43,13 @@ REGISTRY = {
     "configmaps": ("v1/configmaps", "ConfigMap", True),
     "pods": ("v1/pods", "Pod", True),
     "events": ("v1/events", "Event", True),
+    "modelpipelines": ("ferry.dev/v1alpha1/modelpipelines", "ModelPipeline", True),
+    "namespaces": ("v1/namespaces", "Namespace", False),
+    "customresourcedefinitions": ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
+    "kopfpeerings": ("kopf.dev/v1/kopfpeerings", "KopfPeering", True),
+    "clusterkopfpeerings": ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False),
 }
+WITH_STATUS = ("pytorchjobs", "inferenceservices", "modelpipelines")
 
 
 def now() -> str:
@@ -106,13 +113,17 @@ class ApiServer(kmock.KubernetesEmulator):
             meta = body.setdefault("metadata", {})
             meta["resourceVersion"] = str(self._rv)
             if request.action == enums.action.CREATE or (apply and not exists):
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("creationTimestamp", now())
                 meta.setdefault("generation", 1)
                 if request.namespace:
                     meta.setdefault("namespace", request.namespace)
-            elif exists:
-                meta["generation"] = int(self.objects[key].get("metadata", {}).get("generation", 1)) + 1
+            elif exists:  # the generation counts changes of the spec only, as the API server's does
+                old = self.objects[key]
+                changed = "spec" in body and body["spec"] != old.get("spec")
+                meta["generation"] = int(old.get("metadata", {}).get("generation", 1)) + int(changed)
         if apply and not exists and request.subresource is None:
             async with self._lock:
                 if key in self.objects:
@@ -198,7 +209,7 @@ class Kube:
         for plural in self.installed:
             path, kind, namespaced = REGISTRY[plural]
             self.api.resources[path] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=VERBS,
-                                                          subresources={"status"} if plural in ("pytorchjobs", "inferenceservices") else set())
+                                                          subresources={"status"} if plural in WITH_STATUS else set())
         async with self.api, kmock.Server(self.api) as server:
             self.url = str(server.url).rstrip("/")
             self._ready.set()

@@ -1,0 +1,90 @@
+"""Starting the operator: its connection to the API server (as kubectl would connect, or the
+pod's service account), its clients, its settings, and ``run`` for ``ferry operator run``.
+
+Configuration (environment, as the Helm chart sets it):
+
+- ``MLFLOW_TRACKING_URI``: the tracking server (its credentials, if any, come from the
+  environment MLflow reads, filled from a Secret by the chart);
+- ``FERRY_OPERATOR_JOB_TRACKING_URI``: the URI written into each job's tracking ConfigMap
+  (default: the operator's own; ``-`` leaves that ConfigMap to whoever installs the namespace);
+- ``FERRY_OPERATOR_POLL_S``: how often a training or deploying pipeline is looked at again;
+- ``FERRY_ACTOR``: who the promotion history says promoted (default: the service account).
+
+High availability: replicas find each other through kopf's peering objects (the
+``KopfPeering``/``ClusterKopfPeering`` CRDs, shipped in ``crds/``). Each replica starts with a
+random priority; kopf pauses every replica that sees a peer of higher priority, so exactly one
+acts, and another takes over when its heartbeat stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from ferry import settings
+from ferry_operator._handlers import registry
+from ferry_operator._reconcile import Deps
+
+log = logging.getLogger("ferry.operator")
+PEERING = "ferry"
+
+
+def connection_info(cluster: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials from the ``kubernetes`` client's configuration of ``cluster``."""
+    conf = cluster.api.configuration
+    token = (conf.api_key or {}).get("authorization") or (conf.api_key or {}).get("BearerToken")
+    scheme = None
+    if token and " " in token:
+        scheme, token = token.split(" ", 1)
+    return kopf.ConnectionInfo(server=conf.host, ca_path=conf.ssl_ca_cert, insecure=not conf.verify_ssl,
+                               scheme=scheme or ("Bearer" if token else None), token=token,
+                               certificate_path=conf.cert_file, private_key_path=conf.key_file,
+                               default_namespace=cluster.namespace)
+
+
+def build_deps() -> Deps:
+    from mlflow import MlflowClient
+
+    from ferry.kube import Cluster
+    from ferry.registry import resolve_actor
+
+    tracking = settings.MLFLOW_TRACKING_URI.get()
+    if not tracking:
+        raise kopf.PermanentError("MLFLOW_TRACKING_URI is not set: the operator finds runs and promotes models there")
+    job_uri = settings.FERRY_OPERATOR_JOB_TRACKING_URI.get() or tracking
+    return Deps(cluster=Cluster.connect(), mlflow=MlflowClient(tracking_uri=tracking),
+                tracking_uri=None if job_uri == "-" else job_uri,
+                poll_s=float(settings.FERRY_OPERATOR_POLL_S.get() or 15), actor=resolve_actor(None))
+
+
+@kopf.on.login(registry=registry)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    from ferry.kube import Cluster
+
+    return connection_info(Cluster.connect())
+
+
+@kopf.on.startup(registry=registry)
+def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ferry.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ferry.dev",
+                                                                           key="last-handled-configuration")
+    settings.posting.level = logging.INFO  # Events for each step, not only warnings
+    settings.peering.priority = random.randint(1, 2**31 - 1)
+    settings.watching.server_timeout = 300
+    memo.deps = build_deps()
+    log.info("Ferry operator: MLflow at %s, polling every %.3g s, priority %d", memo.deps.mlflow.tracking_uri,
+             memo.deps.poll_s, settings.peering.priority)
+
+
+def run(*, namespaces: Sequence[str] = (), all_namespaces: bool = False, liveness: str | None = None,
+        standalone: bool = False, peering: str = PEERING) -> None:
+    """Run the operator until interrupted (blocking)."""
+    if not namespaces and not all_namespaces:
+        raise kopf.PermanentError("watch some namespaces (--namespace, repeatable) or all of them (--all-namespaces)")
+    kopf.run(registry=registry, clusterwide=all_namespaces, namespaces=list(namespaces), liveness_endpoint=liveness,
+             standalone=standalone, peering_name=None if standalone else peering, memo=kopf.Memo())
