@@ -37,7 +37,7 @@ BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
     ("job", "runAsUser"): {"minimum": 1},
     ("job", "serviceAccount"): {"maxLength": 253},
     ("promotion", "by"): {"minimum": 0},
-    ("promotion", "maxLatencyMs"): {"exclusiveMinimum": True, "minimum": 0},
+    ("promotion", "maxLatencyMs"): {"minimum": 0},  # > 0 in Python; OpenAPI's exclusive form is left out
     ("promotion", "canaryPercent"): {"minimum": 1, "maximum": 99},
     ("promotion", "environments"): {"minItems": 1, "x-kubernetes-list-type": "set"},
     ("promotion", "environments[]"): {"pattern": _DNS1123, "maxLength": 63},
