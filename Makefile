@@ -24,9 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Regenerate the golden manifests under manifests/examples (never in CI).
+# Regenerate the golden manifests under manifests/examples and the ModelPipeline CRD (never in CI).
 golden: $(STAMP)
-	FERRY_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden.py tests/test_deploy.py -k golden
+	FERRY_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden.py tests/test_deploy.py tests/test_operator_crd.py -k "golden or shipped"
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

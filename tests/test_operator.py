@@ -333,6 +333,8 @@ USED_ELSEWHERE = {
     ("", "configmaps", "get"): "with FERRY_OPERATOR_JOB_TRACKING_URI=-, the job's ConfigMap must exist already",
     ("", "configmaps", "create"): "server-side apply of a missing ConfigMap is authorized as create",
     ("serving.kserve.io", "inferenceservices", "create"): "server-side apply of a missing service is authorized as create",
+    ("", "namespaces", "list"): "kopf, run with --namespace, follows which namespaces exist",
+    ("", "namespaces", "watch"): "kopf, run with --namespace, follows which namespaces exist",
     **{("kopf.dev", plural, verb): "peering between replicas (not --standalone)"
        for plural in ("kopfpeerings", "clusterkopfpeerings") for verb in ("list", "watch", "get", "patch")},
 }
@@ -376,3 +378,77 @@ def test_the_role_has_no_wildcards_and_names_what_uses_each_grant_the_happy_path
     granted = _granted()
     assert not any("*" in part for rule in granted for part in rule)
     assert set(USED_ELSEWHERE) <= granted
+
+
+# ---- running it ------------------------------------------------------------------------------------
+def test_two_replicas_with_peering_never_both_act(operator_env: Kube) -> None:
+    """Replicas find each other through the ClusterKopfPeering object; each starts with a random
+    priority, and only the highest acts."""
+    from kopf.testing import KopfRunner
+
+    import ferry_operator
+
+    kube = operator_env
+    kube.request("POST", "/apis/kopf.dev/v1/clusterkopfpeerings",
+                 {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "ferry"}})
+    runners = [KopfRunner(["run", "--all-namespaces", "--peering", "ferry", "-m", "ferry_operator"],
+                          registry=ferry_operator.registry, timeout=30) for _ in range(2)]
+    for runner in runners:
+        runner.__enter__()
+    try:
+        peers = lambda: (kube.get("/apis/kopf.dev/v1/clusterkopfpeerings/ferry").get("status") or {})  # noqa: E731
+        wait_until(lambda: len(peers()) >= 2, "both replicas announce themselves")
+        wait_until(lambda: any("modelpipelines" in str(r.url) and r.params.get("watch") == "true"
+                               for r in kube.api.requests), "a replica watches pipelines")
+        kube.request("POST", PIPELINES, pipeline_doc("peered", "op-peered"))
+        wait_until(lambda: find(kube, f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/peered-g1"), "job")
+        wait_until(phase_is(kube, "peered", "Training"), "phase Training")
+        time.sleep(1)  # both replicas have had every chance to act
+        assert job_creations(kube) == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/peered-g1"]
+        assert events(kube, "peered").count("Submitted") == 1
+        priorities = sorted(p.get("priority") for p in peers().values())
+        assert len(set(priorities)) == 2
+    finally:
+        for runner in runners:
+            runner.__exit__(None, None, None)
+
+
+def test_ferry_operator_run_serves_its_health_endpoint_and_acts(operator_env: Kube, ferry_cli: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from ferry.local import free_port
+
+    kube = operator_env
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ferry")), "operator", "run", "--all-namespaces",
+                             "--standalone", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def healthy() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    return json.loads(resp.read())
+            except OSError:
+                return None
+
+        assert wait_until(healthy, "the health endpoint answers", timeout=60) == {"connected": True}
+        wait_until(lambda: any("modelpipelines" in str(r.url) and r.params.get("watch") == "true"
+                               for r in kube.api.requests), "the operator watches pipelines")
+        doc = pipeline_doc("cli", "op-cli")
+        doc["spec"]["job"]["workers"] = 0
+        kube.request("POST", PIPELINES, doc)
+        wait_until(phase_is(kube, "cli", "Failed"), "the invalid pipeline fails", timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+
+
+def test_ferry_operator_run_needs_namespaces_to_watch(ferry_cli: Any) -> None:
+    result = ferry_cli("operator", "run")
+    assert result.returncode == 2
+    assert "--namespace" in result.stderr and "--all-namespaces" in result.stderr

@@ -214,3 +214,29 @@ def test_each_cel_rule_holds_exactly_when_the_python_type_accepts(index: int) ->
         assert bool(program.evaluate({"self": celpy.json_to_cel(doc["spec"][section])})) is accepted, (rule, change)
         assert _python_accepts(doc) is accepted, change
     assert set(RULE_CASES) == set(range(len(RULES)))
+
+
+# ---- what installs it ---------------------------------------------------------------------------
+def test_the_operators_deployment_and_rbac_validate_and_meet_restricted() -> None:
+    from ferry.validate import manifest_issues
+
+    docs = [*yaml.safe_load_all((REPO / "operator/deploy.yaml").read_text()),
+            *yaml.safe_load_all((REPO / "operator/ferry_operator/rbac/operator.yaml").read_text())]
+    for doc in docs:
+        assert manifest_issues(doc, source=doc["kind"]) == [], doc["kind"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert all("value" not in e or not any(s in e["name"] for s in ("TOKEN", "PASSWORD", "SECRET")) for e in env.values())
+
+
+def test_the_operator_dockerfile_runs_the_cli_as_non_root_and_copies_what_exists() -> None:
+    text = (REPO / "operator/Dockerfile").read_text()
+    assert 'ENTRYPOINT ["ferry", "operator", "run"]' in text
+    user = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+    for line in text.splitlines():
+        if line.startswith("COPY") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), source

@@ -74,7 +74,8 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ferry.dev",
                                                                            key="last-handled-configuration")
     settings.posting.level = logging.INFO  # Events for each step, not only warnings
-    settings.peering.priority = random.randint(1, 2**31 - 1)
+    if not settings.peering.priority:  # unless --priority chose one: replicas must never tie (a tie freezes all)
+        settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.watching.server_timeout = 300
     memo.deps = build_deps()
     log.info("Ferry operator: MLflow at %s, polling every %.3g s, priority %d", memo.deps.mlflow.tracking_uri,
