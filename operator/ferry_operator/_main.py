@@ -26,6 +26,7 @@ from typing import Any
 import kopf
 
 from ferry import settings
+from ferry.errors import ConfigError, FerryError
 from ferry_operator._handlers import registry
 from ferry_operator._reconcile import Deps
 
@@ -54,7 +55,8 @@ def build_deps() -> Deps:
 
     tracking = settings.MLFLOW_TRACKING_URI.get()
     if not tracking:
-        raise kopf.PermanentError("MLFLOW_TRACKING_URI is not set: the operator finds runs and promotes models there")
+        raise ConfigError("MLFLOW_TRACKING_URI is not set: the operator finds runs and promotes models there; set it "
+                          "to the tracking server (e.g. http://ferry-mlflow.ferry:5000)")
     job_uri = settings.FERRY_OPERATOR_JOB_TRACKING_URI.get() or tracking
     return Deps(cluster=Cluster.connect(), mlflow=MlflowClient(tracking_uri=tracking),
                 tracking_uri=None if job_uri == "-" else job_uri,
@@ -77,15 +79,22 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if not settings.peering.priority:  # unless --priority chose one: replicas must never tie (a tie freezes all)
         settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.watching.server_timeout = 300
-    memo.deps = build_deps()
+    if getattr(memo, "deps", None) is None:  # `kopf run -m ferry_operator`; `ferry operator run` connected already
+        try:
+            memo.deps = build_deps()
+        except FerryError as exc:
+            log.error("%s", exc)
+            raise kopf.PermanentError(str(exc)) from exc
     log.info("Ferry operator: MLflow at %s, polling every %.3g s, priority %d", memo.deps.mlflow.tracking_uri,
              memo.deps.poll_s, settings.peering.priority)
 
 
 def run(*, namespaces: Sequence[str] = (), all_namespaces: bool = False, liveness: str | None = None,
         standalone: bool = False, peering: str = PEERING) -> None:
-    """Run the operator until interrupted (blocking)."""
+    """Run the operator until interrupted (blocking). Its configuration is checked, and the
+    cluster and MLflow clients made, before kopf starts: a mistake is one clear error."""
     if not namespaces and not all_namespaces:
-        raise kopf.PermanentError("watch some namespaces (--namespace, repeatable) or all of them (--all-namespaces)")
+        raise ConfigError("watch some namespaces (--namespace, repeatable) or all of them (--all-namespaces)")
+    deps = build_deps()
     kopf.run(registry=registry, clusterwide=all_namespaces, namespaces=list(namespaces), liveness_endpoint=liveness,
-             standalone=standalone, peering_name=None if standalone else peering, memo=kopf.Memo())
+             standalone=standalone, peering_name=None if standalone else peering, memo=kopf.Memo(deps=deps))
