@@ -28,6 +28,8 @@ SURFACE = {
         "Rendered", "ResolvedModel", "build_pytorchjob", "dump_yaml", "ferry_env", "render_inferenceservice",
         "render_pytorchjob", "render_serving_runtime", "render_spec", "write_rendered",
     ],
+    "ferry_operator": ["GROUP", "KIND", "PHASES", "PLURAL", "VERSION", "Deps", "Pipeline", "parse", "pipeline_crd",
+                       "reconcile", "registry", "run"],
     "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
     "ferry.runtime": [
         "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "ResumeError", "ResumeSource", "S3Storage",

@@ -24,12 +24,12 @@ from typing import Any
 
 from ferry.errors import FerryError, PromotionRefused
 from ferry.kube import INFERENCESERVICE, PYTORCHJOB, Cluster, JobState, apply_manifests, plan_submission, submit
+from ferry.runtime import SUBMISSION_TAG
 from ferry_operator._crd import GROUP, KIND, VERSION
 from ferry_operator._pipeline import Pipeline, job_name
 
 log = logging.getLogger("ferry.operator")
-SUBMISSION_TAG = "ferry.submission_id"
-REGISTERED_TAG = "ferry.registered_model"
+REGISTERED_TAG = "ferry.registered_model"  # "name/version", set by the runtime when it registers
 
 
 class Wait(Exception):
