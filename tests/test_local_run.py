@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._waiting import wait_until
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,24 +125,14 @@ def test_explicit_resume_records_its_lineage(tmp_path, mlflow_server):
     assert len(runs_of(client, "digits")) == 3
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(what)
-
-
 def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
     home = tmp_path / ".ferry"
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=80"], cwd=REPO,
                             env=clean_env(FERRY_HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     folder = home / "volumes" / "ferry-checkpoints" / "digits"
     try:
-        latest = _wait_for(lambda: next(folder.glob("*/latest"), None), 60, "no checkpoint folder")
-        _wait_for(lambda: json.loads(latest.read_text())["step"] >= 60, 180, "no checkpoint at step >= 60")
+        latest = wait_until(lambda: next(folder.glob("*/latest"), None), "a checkpoint folder", 60)
+        wait_until(lambda: json.loads(latest.read_text())["step"] >= 60, "a checkpoint at step >= 60", 180)
         (state_file,) = home.glob("runs/digits/*/replicas.json")
         state = json.loads(state_file.read_text())
         worker = next(r for r in state["replicas"] if r["name"] == "worker-0")
@@ -171,8 +163,8 @@ def test_tracking_outage_loses_no_metric(tmp_path, mlflow_server):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = client_for(mlflow_server.url)
     try:
-        run_id = _wait_for(lambda: next((r.info.run_id for r in runs_of(client, "digits") if "loss" in r.data.metrics), None),
-                           120, "the run never logged a loss")
+        run_id = wait_until(lambda: next((r.info.run_id for r in runs_of(client, "digits") if "loss" in r.data.metrics), None),
+                            "the run logged a loss", 120)
         mlflow_server.stop()
         time.sleep(6)
         mlflow_server.start()  # same port, same database
@@ -250,7 +242,7 @@ def test_ctrl_c_stops_every_replica(tmp_path):
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=500"], cwd=REPO,
                             env=clean_env(FERRY_HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        state_file = _wait_for(lambda: next(iter(home.glob("runs/digits/*/replicas.json")), None), 60, "no replicas started")
+        state_file = wait_until(lambda: next(iter(home.glob("runs/digits/*/replicas.json")), None), "replicas started", 60)
         time.sleep(3)
         pids = [r["pid"] for r in json.loads(state_file.read_text())["replicas"]]
         proc.send_signal(signal.SIGINT)

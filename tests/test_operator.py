@@ -16,6 +16,7 @@ import yaml
 
 from tests._kube import Kube
 from tests._servers import MlflowServer
+from tests._waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +72,6 @@ def operator_env(kube: Kube, mlflow_url: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("FERRY_OPERATOR_POLL_S", "0.2")
     monkeypatch.setenv("FERRY_ACTOR", "ferry-operator-test")
     return kube
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def pipeline_doc(name: str, model: str, *, min_value: float = 0.9, hyperparameters: dict[str, Any] | None = None,
@@ -276,6 +267,30 @@ def test_a_spec_change_trains_anew_and_supersedes_the_running_job(operator_env: 
                    "the superseded job is deleted")
         assert status(kube, "change")["jobName"] == "change-g2"
         wait_until(lambda: "Superseded" in events(kube, "change"), "the Superseded event")
+
+
+def test_a_new_generation_that_passes_its_gates_goes_out_as_a_canary(operator_env: Kube, mlflow_url: str) -> None:
+    kube = operator_env
+    jobs = f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs"
+    with Operator(kube):
+        kube.request("POST", PIPELINES, pipeline_doc("canary", "op-canary"))
+        for generation, accuracy in ((1, 0.95), (2, 0.97)):
+            job = wait_until(lambda: find(kube, f"{jobs}/canary-g{generation}"), f"job g{generation}")
+            train_as_rank0(mlflow_url, "exp-canary", job["metadata"]["labels"]["ferry.dev/submission"], "op-canary",
+                           accuracy)
+            succeed(kube, f"canary-g{generation}")
+            wait_until(lambda: (find(kube, f"{ISVCS}/canary") or {}).get("metadata", {}).get("annotations", {}).get(
+                "ferry.dev/model-version") == str(generation), f"version {generation} is applied")
+            serve_ready(kube, "canary")
+            wait_until(lambda: status(kube, "canary").get("phase") == "Serving"
+                       and status(kube, "canary").get("modelVersion") == str(generation), f"v{generation} serving")
+            predictor = kube.get(f"{ISVCS}/canary")["spec"]["predictor"]
+            if generation == 1:
+                assert "canaryTrafficPercent" not in predictor
+                kube.request("PATCH", f"{PIPELINES}/canary", {"spec": {"job": {"hyperparameters": {"lr": 0.001}}}})
+        assert predictor["canaryTrafficPercent"] == 20  # v1 serves: v2 gets 20% until promoted further
+        assert "op-canary v2 holds 'staging' in staging (was v1)" in [
+            c["message"] for c in status(kube, "canary")["conditions"] if c["type"] == "Promoted"]
 
 
 @pytest.mark.parametrize("change, message", [
