@@ -29,6 +29,7 @@ def run(
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
     liveness: Annotated[str | None, typer.Option("--liveness", help="Serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="No peering: for one replica without the peering CRDs.")] = False,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus metrics on this port (/metrics).")] = None,
 ) -> None:
     """Run the operator (blocking). Configure it with MLFLOW_TRACKING_URI and the FERRY_OPERATOR_* settings."""
     if not namespace and not all_namespaces:
@@ -36,7 +37,8 @@ def run(
     _package()
     from ferry_operator import run as run_operator
 
-    run_operator(namespaces=namespace, all_namespaces=all_namespaces, liveness=liveness, standalone=standalone)
+    run_operator(namespaces=namespace, all_namespaces=all_namespaces, liveness=liveness, standalone=standalone,
+                 metrics_port=metrics_port)
 
 
 @operator_app.command("crds")

@@ -101,7 +101,7 @@ def deploy(
     from ferry.cli_models import registry_client
     from ferry.registry import resolve_model
     from ferry.render import Rendered, render_serving_runtime, render_spec
-    from ferry.spec import SERVE_IMAGE, Deployment, load_specs
+    from ferry.spec import Deployment, load_specs
 
     specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
     cluster = connect(kubeconfig, context, namespace) if apply else None
@@ -116,7 +116,7 @@ def deploy(
                             "fetch; track to a server with an S3 artifact store for cluster deployments")
         rendered += render_spec(spec, resolved)
     if runtime:
-        rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image or SERVE_IMAGE)))
+        rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image)))
     if cluster is None:
         validate_and_emit(rendered, out, crd_dir)
         return

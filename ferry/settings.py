@@ -37,6 +37,13 @@ FERRY_K8S_VERSION = EnvSetting(
 )
 
 # ---- set in every replica (by the renderer's manifest or the local executor) -----------------
+FERRY_IMAGE_REGISTRY = EnvSetting(
+    "FERRY_IMAGE_REGISTRY", None, "Registry and path of Ferry's images (default ghcr.io/ferry-ml); the chart's images.registry."
+)
+FERRY_IMAGE_TAG = EnvSetting("FERRY_IMAGE_TAG", None, "Tag of Ferry's images (default: Ferry's version); the chart's images.tag.")
+FERRY_PROMETHEUS_URL = EnvSetting(
+    "FERRY_PROMETHEUS_URL", None, "The Prometheus KEDA queries, for deployments (and pipelines) that name none."
+)
 FERRY_JOB_NAME = EnvSetting("FERRY_JOB_NAME", None, "The TrainingJob's name.")
 FERRY_NAMESPACE = EnvSetting("FERRY_NAMESPACE", "default", "The TrainingJob's namespace.")
 FERRY_IMAGE = EnvSetting("FERRY_IMAGE", None, "The container image the job runs in.")

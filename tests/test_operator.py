@@ -438,9 +438,10 @@ def test_ferry_operator_run_serves_its_health_endpoint_and_acts(operator_env: Ku
     from ferry.local import free_port
 
     kube = operator_env
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen([str(Path(sys.executable).with_name("ferry")), "operator", "run", "--all-namespaces",
-                             "--standalone", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                             "--standalone", "--liveness", f"http://127.0.0.1:{port}/healthz",
+                             "--metrics-port", str(metrics_port)],
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def healthy() -> Any:
@@ -457,6 +458,11 @@ def test_ferry_operator_run_serves_its_health_endpoint_and_acts(operator_env: Ku
         doc["spec"]["job"]["workers"] = 0
         kube.request("POST", PIPELINES, doc)
         wait_until(phase_is(kube, "cli", "Failed"), "the invalid pipeline fails", timeout=60)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert 'ferry_operator_reconcile_passes_total{outcome="invalid"} 1.0' in metrics
+        assert 'ferry_operator_pipelines{phase="Failed"} 1.0' in metrics
+        assert 'ferry_operator_phase_transitions_total{phase="Failed"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -30,6 +30,7 @@ SURFACE = {
     ],
     "ferry_operator": ["GROUP", "KIND", "PHASES", "PLURAL", "VERSION", "Deps", "Pipeline", "parse", "pipeline_crd",
                        "reconcile", "registry", "run"],
+    "ferry.images": ["COMPONENTS", "Component", "DEFAULT_REGISTRY", "image"],
     "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
     "ferry.runtime": [
         "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "ResumeError", "ResumeSource", "S3Storage",

@@ -15,7 +15,8 @@ from typing import Any
 from kubernetes import client as k8s
 
 from ferry.render import _pod
-from ferry.spec import SERVE_IMAGE, Deployment
+from ferry import images
+from ferry.spec import Deployment
 
 API_VERSION = "serving.kserve.io/v1beta1"
 RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
@@ -124,7 +125,7 @@ def render_inferenceservice(d: Deployment, model: ResolvedModel) -> dict[str, An
     }
 
 
-def render_serving_runtime(image: str = SERVE_IMAGE, name: str = "ferry") -> dict[str, Any]:
+def render_serving_runtime(image: str | None = None, name: str = "ferry") -> dict[str, Any]:
     """Ferry's ClusterServingRuntime: ``ferry serve`` on the model KServe's storage
     initializer put in /mnt/models, OIP v2 REST (8080, the port KServe routes by default) and
     gRPC (8081: an InferenceService with ``protocol="grpc"`` names it as its ``h2c`` port;
@@ -136,7 +137,7 @@ def render_serving_runtime(image: str = SERVE_IMAGE, name: str = "ferry") -> dic
     security.run_as_user = RUNTIME_UID  # no pod-level securityContext in a ServingRuntime spec
     container = k8s.V1Container(
         name="kserve-container",
-        image=image,
+        image=image or images.image("serve"),
         command=["ferry"],
         args=["serve", "/mnt/models", "--name", "{{.Name}}", "--host", "0.0.0.0", "--port", str(SERVE_PORT),
               "--grpc-port", str(GRPC_PORT), "--device", "$(FERRY_DEVICE)", "--dtype", "$(FERRY_DTYPE)",

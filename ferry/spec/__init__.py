@@ -1,6 +1,6 @@
 """What users write: typed, immutable, validated specs. Knows nothing of YAML."""
 
-from ferry.spec._deploy import SERVE_IMAGE, Autoscaling, Deployment
+from ferry.spec._deploy import Autoscaling, Deployment
 from ferry.spec._job import RESERVED_ENV, TrainingJob
 from ferry.spec._loader import load_specs
 from ferry.spec._pod import (
@@ -20,7 +20,6 @@ from ferry.spec._tracking import Checkpointing, Tracking
 
 __all__ = [
     "RESERVED_ENV",
-    "SERVE_IMAGE",
     "Autoscaling",
     "Deployment",
     "Checkpointing",

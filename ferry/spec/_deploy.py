@@ -7,13 +7,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ferry import _k8s
+from ferry import _k8s, settings
 from ferry.spec._base import Spec
 from ferry.spec._pod import Resources, Toleration
 
-__all__ = ["Autoscaling", "Deployment", "SERVE_IMAGE"]
+__all__ = ["Autoscaling", "Deployment"]
 
-SERVE_IMAGE = "ghcr.io/ferry-ml/ferry-serve:0.1.0"
+DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"  # kube-prometheus-stack's Service
+
 _MODEL_URI = re.compile(r"^(models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)|runs:/\S+|s3://\S+|gs://\S+|pvc://\S+|https?://\S+|file://\S+)$")
 
 # metric -> the deployment mode whose autoscaler can act on it (KServe's rules):
@@ -33,7 +34,7 @@ class Autoscaling(Spec):
     max_replicas: int = 3
     metric: Literal["concurrency", "rps", "cpu", "gpu-utilization", "queue-depth"] = "concurrency"
     target: int = 10
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_url: str = Field(default_factory=lambda: settings.FERRY_PROMETHEUS_URL.get() or DEFAULT_PROMETHEUS)
     scale_up_stabilization_seconds: int = 0
     scale_down_stabilization_seconds: int = 300
 

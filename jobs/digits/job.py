@@ -5,9 +5,11 @@
 """
 
 from ferry import Autoscaling, Checkpointing, Deployment, Promotion, PVCVolume, Resources, Tracking, TrainingJob
+from ferry.images import image
 
-# Ferry's training image: ferry, torch 2.13 and this repository's jobs/ package.
-TRAIN_IMAGE = "ghcr.io/ferry-ml/ferry-train:0.1.0"
+# Ferry's training image (images/train): ferry, torch 2.13 and this repository's jobs/ package;
+# FERRY_IMAGE_REGISTRY and FERRY_IMAGE_TAG name it, as they do in the Helm chart.
+TRAIN_IMAGE = image("train", variant="cpu")
 
 job = TrainingJob(
     name="digits",

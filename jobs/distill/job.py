@@ -2,9 +2,11 @@
 the teacher's softened outputs (temperature, alpha) as well as the labels."""
 
 from ferry import Resources, Tracking, TrainingJob
+from ferry.images import image
 
-# Ferry's training image: ferry, torch 2.13 and this repository's jobs/ package.
-TRAIN_IMAGE = "ghcr.io/ferry-ml/ferry-train:0.1.0"
+# Ferry's training image (images/train): ferry, torch 2.13 and this repository's jobs/ package;
+# FERRY_IMAGE_REGISTRY and FERRY_IMAGE_TAG name it, as they do in the Helm chart.
+TRAIN_IMAGE = image("train", variant="cpu")
 
 job = TrainingJob(
     name="digits-student",

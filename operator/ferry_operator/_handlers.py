@@ -38,9 +38,14 @@ def _pass(body: Any, patch: Any, memo: Any, logger: logging.Logger) -> None:
     obj = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
            "status": dict(body.get("status") or {})}
     obj = _plain(obj)
+    metrics = getattr(memo, "metrics", None)
+    key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+    before = obj["status"].get("phase")
     try:
         pipeline = parse(obj)
     except SpecError as exc:
+        if metrics is not None:
+            metrics.observe(key, before, "Failed", "invalid")
         generation = int(obj["metadata"].get("generation") or 1)
         message = str(exc)
         patch.status["phase"] = "Failed"
@@ -51,8 +56,10 @@ def _pass(body: Any, patch: Any, memo: Any, logger: logging.Logger) -> None:
         kopf.warn(body, reason="InvalidSpec", message=message)
         raise kopf.PermanentError(f"invalid spec: {message}") from exc
     step, wait = reconcile(deps_of(memo), obj, pipeline)
-    for key, value in step.status.items():
-        patch.status[key] = value
+    if metrics is not None:
+        metrics.observe(key, before, step.status.get("phase", before), "waiting" if wait is not None else "done")
+    for field, value in step.status.items():
+        patch.status[field] = value
     for type_, reason, message in step.events:
         kopf.event(body, type=type_, reason=reason, message=message)
     if wait is not None:
@@ -74,6 +81,14 @@ def _plain(value: Any) -> Any:
 def reconcile_pipeline(body: Any, patch: Any, memo: Any, logger: logging.Logger, **_: Any) -> None:
     """Drive one ModelPipeline towards Serving (or a final Failed/Rejected)."""
     _pass(body, patch, memo, logger)
+
+
+@kopf.on.delete(**RESOURCE, registry=registry, optional=True)  # optional: no finalizer; children go by owner references
+def forget_pipeline(body: Any, memo: Any, **_: Any) -> None:
+    """A deleted pipeline leaves the metrics."""
+    metrics = getattr(memo, "metrics", None)
+    if metrics is not None:
+        metrics.forget(f"{body['metadata'].get('namespace')}/{body['metadata']['name']}")
 
 
 @kopf.on.probe(id="connected", registry=registry)

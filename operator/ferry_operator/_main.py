@@ -90,11 +90,17 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 
 def run(*, namespaces: Sequence[str] = (), all_namespaces: bool = False, liveness: str | None = None,
-        standalone: bool = False, peering: str = PEERING) -> None:
+        standalone: bool = False, peering: str = PEERING, metrics_port: int | None = None) -> None:
     """Run the operator until interrupted (blocking). Its configuration is checked, and the
     cluster and MLflow clients made, before kopf starts: a mistake is one clear error."""
     if not namespaces and not all_namespaces:
         raise ConfigError("watch some namespaces (--namespace, repeatable) or all of them (--all-namespaces)")
     deps = build_deps()
+    memo = kopf.Memo(deps=deps)
+    if metrics_port:
+        from ferry_operator._metrics import Metrics
+
+        memo.metrics = Metrics()
+        memo.metrics.serve(metrics_port)
     kopf.run(registry=registry, clusterwide=all_namespaces, namespaces=list(namespaces), liveness_endpoint=liveness,
-             standalone=standalone, peering_name=None if standalone else peering, memo=kopf.Memo(deps=deps))
+             standalone=standalone, peering_name=None if standalone else peering, memo=memo)
