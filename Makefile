@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[train,serve,optimize,operator,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[train,serve,optimize,operator,sweep,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,6 +6,7 @@ module and imports what is heavy inside the commands that need it, so ``ferry --
     cli_cluster   submit, status, list, logs, delete  jobs on a cluster
     cli_serving   serve, deploy                       models behind the Open Inference Protocol
     cli_models    promote, rollback, optimize         the registry; ``ferry models ...``
+    cli_sweep     sweep                               hyperparameter searches, tracked side by side
     cli_operator  operator run, operator crds         the in-cluster operator
 """
 
@@ -18,6 +19,7 @@ from ferry.cli_local import local_app
 from ferry.cli_models import models_app, registry_app
 from ferry.cli_operator import operator_app
 from ferry.cli_serving import serving_app
+from ferry.cli_sweep import sweep_app
 
 app = typer.Typer(
     name="ferry",
@@ -29,6 +31,7 @@ app = typer.Typer(
 app.add_typer(local_app)
 app.add_typer(cluster_app)
 app.add_typer(serving_app)
+app.add_typer(sweep_app)
 app.add_typer(registry_app)
 app.add_typer(models_app, name="models")
 app.add_typer(operator_app, name="operator")

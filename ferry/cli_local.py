@@ -26,15 +26,19 @@ ResumeOption = Annotated[str | None, typer.Option(
 @local_app.command()
 @fail_cleanly
 def render(
-    job_files: Annotated[list[Path], typer.Argument(help="Python files defining TrainingJob objects.")],
+    job_files: Annotated[list[Path], typer.Argument(help="Python files defining TrainingJob (or Sweep) objects.")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
     crd_dir: CrdDirOption = None,
 ) -> None:
-    """Render job files into validated Kubernetes manifests."""
+    """Render job files into validated Kubernetes manifests (a Sweep: one PyTorchJob per trial)."""
     from ferry.render import render_spec
-    from ferry.spec import load_specs
+    from ferry.spec import Sweep, TrainingJob, load_specs
 
-    validate_and_emit([item for loaded in load_specs(job_files) for item in render_spec(loaded.spec)], out, crd_dir)
+    loaded = load_specs(job_files, kinds=(TrainingJob, Sweep))
+    # a file that defines a Sweep renders its trials; the jobs it imports are their ingredients
+    with_sweeps = {item.path for item in loaded if isinstance(item.spec, Sweep)}
+    specs = [item.spec for item in loaded if isinstance(item.spec, Sweep) or item.path not in with_sweeps]
+    validate_and_emit([item for spec in specs for item in render_spec(spec)], out, crd_dir)
 
 
 @local_app.command()

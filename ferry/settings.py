@@ -44,6 +44,8 @@ FERRY_IMAGE_TAG = EnvSetting("FERRY_IMAGE_TAG", None, "Tag of Ferry's images (de
 FERRY_PROMETHEUS_URL = EnvSetting(
     "FERRY_PROMETHEUS_URL", None, "The Prometheus KEDA queries, for deployments (and pipelines) that name none."
 )
+FERRY_SWEEP = EnvSetting("FERRY_SWEEP", None, "The sweep this submission is a trial of (its run nests under the sweep's parent run).")
+FERRY_TRIAL = EnvSetting("FERRY_TRIAL", None, "The trial's number in its sweep.")
 FERRY_JOB_NAME = EnvSetting("FERRY_JOB_NAME", None, "The TrainingJob's name.")
 FERRY_NAMESPACE = EnvSetting("FERRY_NAMESPACE", "default", "The TrainingJob's namespace.")
 FERRY_IMAGE = EnvSetting("FERRY_IMAGE", None, "The container image the job runs in.")

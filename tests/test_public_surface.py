@@ -8,10 +8,11 @@ import pytest
 
 SURFACE = {
     "ferry": [
-        "Autoscaling", "Checkpointing", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume", "Deployment", "Elastic",
-        "EmptyDirVolume", "FerryError", "GangScheduling", "JobFileError", "ManifestInvalid",
-        "PVCVolume", "Promotion", "Resources", "RunPolicy", "SecretRef", "SecretVolume", "SpecError",
-        "Toleration", "Tracking", "TrainingJob", "__version__",
+        "Autoscaling", "Checkpointing", "Choice", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume", "Deployment",
+        "Elastic", "EmptyDirVolume", "FerryError", "GangScheduling", "IntUniform", "JobFileError", "LogUniform",
+        "ManifestInvalid", "MedianPruning", "Objective", "PVCVolume", "Promotion", "Resources", "RunPolicy",
+        "SecretRef", "SecretVolume", "SpecError", "Sweep", "Toleration", "Tracking", "TrainingJob", "Uniform",
+        "__version__",
     ],
     "ferry.errors": [
         "ClusterError", "ClusterUnreachable", "ConfigError", "Conflict", "FerryError", "Forbidden", "JobFileError",
@@ -30,12 +31,13 @@ SURFACE = {
     ],
     "ferry_operator": ["GROUP", "KIND", "PHASES", "PLURAL", "VERSION", "Deps", "Pipeline", "parse", "pipeline_crd",
                        "reconcile", "registry", "run"],
+    "ferry.sweep": ["SWEEP_LABEL", "TRIAL_LABEL", "trial_env", "trial_job", "with_trial"],
     "ferry.images": ["COMPONENTS", "Component", "DEFAULT_REGISTRY", "image"],
     "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
     "ferry.runtime": [
         "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "ResumeError", "ResumeSource", "S3Storage",
         "SUBMISSION_TAG", "Tracker", "init", "progress", "resolve_resume", "shutdown", "storage_for", "submission_dir",
-        "submission_id",
+        "submission_id", "sweep_parent",
     ],
     "ferry.registry": [
         "GateResult", "HistoryEntry", "PromotionResult", "alias_holder", "evaluate_gates", "list_models",

@@ -85,10 +85,13 @@ def _git_commit(workdir: Path) -> str | None:
 
 def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path | None = None,
             console: Any = None, progress: bool = False, submission_id: str | None = None,
-            tracking_uri: str | None = None) -> JobResult:
+            tracking_uri: str | None = None, extra_env: dict[str, str] | None = None,
+            stop: Any = None) -> JobResult:
     """Run ``job`` locally to completion as one new submission; returns its outcome (never
     raises for a failed job; a ``resume_from`` that names nothing is a ConfigError before
-    anything starts). Replicas track to ``tracking_uri`` when given, else as ``tracking_env`` says."""
+    anything starts). Replicas track to ``tracking_uri`` when given, else as ``tracking_env`` says;
+    ``extra_env`` is added to every replica's environment (a sweep's trial), and setting ``stop``
+    (a threading.Event) stops the job as SIGTERM would."""
     from ferry.render import render_pytorchjob
 
     store = store or LocalStore.default()
@@ -102,6 +105,7 @@ def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path 
         local_env = {"MLFLOW_TRACKING_URI": tracking_uri}
     if commit := _git_commit(workdir):
         local_env["FERRY_GIT_COMMIT"] = commit
+    local_env.update(extra_env or {})
     bar = None
     on_progress = None
     if progress and console is not None:
@@ -116,7 +120,7 @@ def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path 
 
     executor = LocalExecutor(manifest, submission_id=submission_id, run_dir=store.run_dir(job.name, submission_id),
                              local_env=local_env, volumes_dir=store.volumes, workdir=workdir, console=console,
-                             on_progress=on_progress)
+                             on_progress=on_progress, stop=stop)
     if bar is not None:
         with bar:
             return executor.run()

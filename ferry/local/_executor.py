@@ -47,7 +47,8 @@ class _Proc:
 
 class LocalExecutor:
     def __init__(self, manifest: dict[str, Any], *, submission_id: str, run_dir: Path, local_env: dict[str, str],
-                 volumes_dir: Path, workdir: Path, console: Any = None, on_progress: Callable[[int, int, str], None] | None = None):
+                 volumes_dir: Path, workdir: Path, console: Any = None, on_progress: Callable[[int, int, str], None] | None = None,
+                 stop: threading.Event | None = None):
         self.manifest, self.submission_id, self.run_dir = manifest, submission_id, run_dir
         self.local_env, self.volumes_dir, self.workdir = local_env, volumes_dir, workdir
         self.console, self.on_progress = console, on_progress
@@ -55,6 +56,7 @@ class LocalExecutor:
         self.restart_policy = next(iter(replica_specs.values())).get("restartPolicy", "Never")
         self.backoff_limit = manifest["spec"].get("runPolicy", {}).get("backoffLimit", 0)
         self._stop_signal: int | None = None
+        self._stop = stop  # set by another thread: stop the job as SIGTERM would
         self._print_lock = threading.Lock()
         self._last_plain_progress = 0.0
 
@@ -138,6 +140,8 @@ class LocalExecutor:
     def _wait(self, procs: list[_Proc]) -> _Proc | None:
         """Block until every replica succeeded (None) or one failed (that one)."""
         while True:
+            if self._stop is not None and self._stop.is_set() and self._stop_signal is None:
+                self._stop_signal = signal.SIGTERM
             if self._stop_signal is not None:
                 return None
             codes = [p.popen.poll() for p in procs]
@@ -158,7 +162,8 @@ class LocalExecutor:
     # ---- the job -------------------------------------------------------------------------------
     def run(self) -> JobResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        in_main = threading.current_thread() is threading.main_thread()  # only the main thread takes signals
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         restarts, attempt = 0, 0
         try:
             while True:

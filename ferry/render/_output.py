@@ -55,6 +55,12 @@ def render_spec(spec: Any, resolved: Any = None) -> list[Rendered]:
         return [Rendered(f"{spec.name}/pytorchjob.yaml", render_pytorchjob(spec))]
     if isinstance(spec, Deployment):
         return [Rendered(f"{spec.name}/inferenceservice.yaml", render_inferenceservice(spec, resolved))]
+    from ferry.spec import Sweep
+
+    if isinstance(spec, Sweep):
+        from ferry.sweep._render import render_sweep
+
+        return render_sweep(spec)
     raise TypeError(f"no renderer for {type(spec).__name__}")  # pragma: no cover - loader filters kinds
 
 

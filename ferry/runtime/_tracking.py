@@ -26,6 +26,10 @@ from ferry.runtime._submission import submission_id as env_submission_id
 log = logging.getLogger("ferry.tracking")
 
 SUBMISSION_TAG = "ferry.submission_id"
+SWEEP_TAG = "ferry.sweep"  # on a sweep's parent run and on each trial's run
+SWEEP_ROLE_TAG = "ferry.sweep.role"  # "parent" on the parent run
+TRIAL_TAG = "ferry.trial"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 RESUME_TAG = "ferry.resume_from"  # + .run_id and .checkpoint_dir: the lineage of an explicit resume
 
 
@@ -37,6 +41,20 @@ def _default_mlflow_http_env() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # MLflow samples system metrics every 10 s; short jobs would record none.
     os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "2")
+
+
+def sweep_parent(client: Any, experiment_id: str, sweep: str, describe: Any = None) -> str:
+    """The parent run of sweep ``sweep`` in the experiment (the oldest, should two trials have
+    made one at once), made when there is none; ``describe(run_id)`` records the search on a
+    run it makes."""
+    query = f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{SWEEP_ROLE_TAG}` = 'parent'"
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"sweep-{sweep}", tags={SWEEP_TAG: sweep, SWEEP_ROLE_TAG: "parent"})
+    if describe is not None:
+        describe(run.info.run_id)
+    return run.info.run_id
 
 
 class Tracker:
@@ -87,7 +105,8 @@ class Tracker:
         if found:
             self.run_id, self.resumed = found[0].info.run_id, True
         else:
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={SUBMISSION_TAG: self.submission_id})
+            tags = {SUBMISSION_TAG: self.submission_id, **self._sweep_tags()}
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
         # The fluent run is for log_model; metrics and system metrics go through the sidecar.
         mlflow.start_run(run_id=self.run_id, log_system_metrics=False)
@@ -97,6 +116,15 @@ class Tracker:
         self._log_job_identity()
         _exit_cleanly_on_sigterm()
         return self.run_id
+
+    def _sweep_tags(self) -> dict[str, str]:
+        """A sweep's trial nests under the sweep's parent run (found by the sweep's name; made
+        here when a trial starts first, as rendered trials applied with kubectl may)."""
+        sweep = settings.FERRY_SWEEP.get()
+        if not sweep:
+            return {}
+        parent = sweep_parent(self.client, self.experiment_id, sweep)
+        return {PARENT_TAG: parent, SWEEP_TAG: sweep, TRIAL_TAG: settings.FERRY_TRIAL.get() or ""}
 
     def _log_job_identity(self) -> None:
         """What every run records without the script asking: the job, its image, the source

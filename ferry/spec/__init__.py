@@ -15,6 +15,7 @@ from ferry.spec._pod import (
     Volume,
 )
 from ferry.spec._promotion import Promotion, alias_for
+from ferry.spec._sweep import Choice, IntUniform, LogUniform, MedianPruning, Objective, Sweep, Uniform
 from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
 from ferry.spec._tracking import Checkpointing, Tracking
 
@@ -23,6 +24,13 @@ __all__ = [
     "Autoscaling",
     "Deployment",
     "Checkpointing",
+    "Choice",
+    "IntUniform",
+    "LogUniform",
+    "MedianPruning",
+    "Objective",
+    "Sweep",
+    "Uniform",
     "ConfigMapKeyRef",
     "ConfigMapVolume",
     "Elastic",

@@ -38,8 +38,10 @@ def _import_file(path: Path) -> dict[str, Any]:
     if spec is None or spec.loader is None:  # pragma: no cover - suffix checked above
         raise JobFileError(f"{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    folder = str(path.resolve().parent)
-    sys.path.insert(0, folder)
+    # its own folder, and the working directory (a project root: `from jobs.digits.job import job`),
+    # as `python -m` would see them
+    folders = [f for f in dict.fromkeys([str(path.resolve().parent), str(Path.cwd())]) if f not in sys.path]
+    sys.path[:0] = folders
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
@@ -60,8 +62,9 @@ def _import_file(path: Path) -> dict[str, Any]:
         ) from exc
     finally:
         sys.modules.pop(module_name, None)
-        if folder in sys.path:
-            sys.path.remove(folder)
+        for folder in folders:
+            if folder in sys.path:
+                sys.path.remove(folder)
     return vars(module)
 
 

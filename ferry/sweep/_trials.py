@@ -1,0 +1,69 @@
+"""What a trial is, wherever it runs: the job with the trial's values, its manifest labelled with
+the sweep and trial, and the MLflow parent run its run nests under."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ferry.spec import Tracking, TrainingJob
+from ferry.spec._sweep import Sweep
+
+SWEEP_LABEL = "ferry.dev/sweep"
+TRIAL_LABEL = "ferry.dev/trial"
+
+
+def trial_job(sweep: Sweep, values: dict[str, Any], number: int) -> TrainingJob:
+    """``sweep.job`` with the trial's values: hyperparameters (in the type the job gives them),
+    ``workers``; the trial's model is not registered (``ferry sweep --register best`` registers
+    the winner's)."""
+    job = sweep.job
+    hparams = dict(job.hyperparameters)
+    for key, value in values.items():
+        if key == "workers":
+            continue
+        like = hparams[key]
+        hparams[key] = type(like)(value) if isinstance(like, (int, float)) and not isinstance(like, bool) else value
+    fields = {name: getattr(job, name) for name in type(job).model_fields}
+    assert job.tracking is not None  # the Sweep requires it
+    tracking = Tracking(**{**{n: getattr(job.tracking, n) for n in type(job.tracking).model_fields},
+                           "register_as": None, "experiment": job.experiment})
+    labels = {**job.labels, SWEEP_LABEL: sweep.name, TRIAL_LABEL: str(number)}
+    update: dict[str, Any] = {"hyperparameters": hparams, "tracking": tracking, "labels": labels,
+                              "name": f"{sweep.name}-t{number}"}
+    if "workers" in values:
+        workers = int(values["workers"])
+        update["workers"] = workers
+        if job.elastic is not None:
+            update["elastic"] = job.elastic.model_copy(update={"min_workers": min(job.elastic.min_workers, workers),
+                                                              "max_workers": max(job.elastic.max_workers, workers)})
+    return TrainingJob(**{**fields, **update})
+
+
+def trial_env(sweep: Sweep, number: int) -> dict[str, str]:
+    """What the runtime reads to nest the trial's run under the sweep's parent run."""
+    return {"FERRY_SWEEP": sweep.name, "FERRY_TRIAL": str(number)}
+
+
+def with_trial(manifest: dict[str, Any], sweep: Sweep, number: int) -> dict[str, Any]:
+    """A rendered trial PyTorchJob with the runtime's sweep environment in every container."""
+    out = json.loads(json.dumps(manifest))
+    for replica in out["spec"]["pytorchReplicaSpecs"].values():
+        for container in replica["template"]["spec"]["containers"]:
+            env = container.setdefault("env", [])
+            env.extend({"name": k, "value": v} for k, v in trial_env(sweep, number).items())
+    return out
+
+
+def record_search(client: Any, run_id: str, sweep: Sweep) -> None:
+    from mlflow.entities import Param
+
+    space = {k: d.model_dump(mode="json") for k, d in sweep.space.items()}
+    params = {"sweep.space": json.dumps(space, sort_keys=True), "sweep.objective": f"{sweep.objective.goal} "
+              f"{sweep.objective.metric}", "sweep.sampler": sweep.sampler, "sweep.trials": str(sweep.trials),
+              "sweep.parallel": str(sweep.parallel), "sweep.pruning": "median" if sweep.pruning else "none",
+              "sweep.job": sweep.job.name}
+    try:
+        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    except Exception:  # noqa: BLE001 - logged already by an earlier session of the same sweep
+        pass

@@ -1,0 +1,213 @@
+"""Sweeps: the spec's checks, trials rendered for a cluster, and real sweeps through the local
+executor against a real MLflow server (child runs under one parent, the best registered,
+pruning, Ctrl-C and continuing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ferry.errors import SpecError
+from ferry.spec import Choice, IntUniform, LogUniform, MedianPruning, Objective, Sweep, Tracking, TrainingJob, Uniform
+from tests._waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = TrainingJob(name="digits", image="ghcr.io/acme/train:1", module="jobs.digits.train",
+                  hyperparameters={"lr": 0.003, "batch_size": 32, "epochs": 2}, tracking=Tracking(experiment="digits"))
+GOOD = dict(name="digits-lr", job=JOB, space={"lr": LogUniform(1e-4, 1e-1)}, objective=Objective(metric="test_accuracy"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {}}, "space is empty"),
+    ({"space": {"momentum": Uniform(0.1, 0.9)}}, "space['momentum']: digits has no hyperparameter 'momentum'; searchable: batch_size, epochs, lr, workers"),
+    ({"parallel": 0}, "Sweep.parallel: must be >= 1 (got 0)"),
+    ({"trials": 0}, "Sweep.trials: must be >= 1 (got 0)"),
+    ({"trials": 2, "parallel": 3}, "parallel (3) exceeds trials (2)"),
+    ({"sampler": "grid"}, "sampler='grid' needs a Choice for every hyperparameter"),
+    ({"sampler": "grid", "space": {"batch_size": Choice([16, 32])}, "trials": 5}, "trials=5 exceeds the grid's 2 combinations"),
+    ({"space": {"workers": Uniform(1, 4)}}, "space['workers'] must be a Choice or an IntUniform"),
+    ({"name": "Digits_LR"}, "Sweep.name:"),
+    ({"job": JOB.model_copy(update={"tracking": None})}, "the job has no tracking"),
+])
+def test_bad_sweeps_are_refused_with_the_field_and_the_fix(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError) as error:
+        Sweep(**{**GOOD, **change})
+    assert message in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LogUniform(0, 1), "low must be > 0 on a log scale"),
+    (lambda: Uniform(1, 1), "low must be < high"),
+    (lambda: IntUniform(1, 4, step=0), "IntUniform.step: must be >= 1"),
+    (lambda: Choice([]), "give at least one value"),
+    (lambda: Objective(metric=" "), "name the metric the job logs"),
+    (lambda: MedianPruning(warmup_steps=-1), "MedianPruning.warmup_steps: must be >= 0"),
+])
+def test_bad_search_spaces_are_refused(make: Any, message: str) -> None:
+    with pytest.raises(SpecError, match=None) as error:
+        make()
+    assert message in str(error.value), str(error.value)
+
+
+# ---- on a cluster: a PyTorchJob per trial ------------------------------------------------------------
+def test_render_writes_a_valid_labelled_pytorchjob_per_trial_the_same_every_time(ferry_cli: Any, tmp_path: Path) -> None:
+    from ferry.validate import validate_manifests
+
+    outs = []
+    for name in ("a", "b"):
+        result = ferry_cli("render", "jobs/digits/sweep.py", "-o", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        outs.append(sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*.yaml")))
+    assert outs[0] == outs[1] == [Path(f"digits-lr/trial-{i}/pytorchjob.yaml") for i in range(4)]
+    seen = set()
+    for path in outs[0]:
+        a, b = (tmp_path / "a" / path).read_text(), (tmp_path / "b" / path).read_text()
+        assert a == b
+        doc = yaml.safe_load(a)
+        validate_manifests([(str(path), doc)])
+        labels = doc["metadata"]["labels"]
+        assert labels["ferry.dev/sweep"] == "digits-lr" and labels["ferry.dev/trial"] == path.parts[1].split("-")[1]
+        env = {e["name"]: e.get("value") for e in doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["FERRY_SWEEP"] == "digits-lr" and env["FERRY_TRIAL"] == labels["ferry.dev/trial"]
+        assert "FERRY_REGISTER_AS" not in env  # only the best trial's model is registered
+        hparams = json.loads(env["FERRY_HYPERPARAMETERS"])
+        seen.add((hparams["lr"], hparams["batch_size"]))
+    assert len(seen) == 4
+
+
+# ---- here: real sweeps -----------------------------------------------------------------------------------
+def _sweep_env(tmp_path: Path, server: Any) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": server.url, "FERRY_HOME": str(tmp_path / "home"), "FERRY_POLL_INTERVAL_S": "0.2"}
+
+
+def _runs(server: Any, experiment: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=server.url)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp is not None else []
+
+
+@pytest.mark.integration
+def test_a_digits_sweep_nests_its_trials_and_registers_only_the_best(ferry_cli: Any, mlflow_server: Any,
+                                                                       tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(textwrap.dedent('''
+        from ferry import Choice, LogUniform, Objective, Sweep
+        from jobs.digits.job import job
+
+        sweep = Sweep(name="digits-quick", job=job.model_copy(update={"hyperparameters": {**job.hyperparameters, "epochs": 2}}),
+                      space={"lr": LogUniform(0.001, 0.01), "batch_size": Choice([32, 64])},
+                      objective=Objective(metric="test_accuracy"), trials=3, sampler="random", seed=3)
+    '''))
+    result = ferry_cli("sweep", str(sweep_file), "--register", "best", env=_sweep_env(tmp_path, mlflow_server))
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = _runs(mlflow_server, "digits")
+    (parent,) = [r for r in runs if r.data.tags.get("ferry.sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    assert {c.data.tags["ferry.sweep"] for c in children} == {"digits-quick"}
+    assert sorted(c.data.tags["ferry.trial"] for c in children) == ["0", "1", "2"]
+    assert len({(c.data.params["lr"], c.data.params["batch_size"]) for c in children}) == 3
+    best = max(children, key=lambda c: c.data.metrics["test_accuracy"])
+    assert parent.data.tags["ferry.sweep.best_run"] == best.info.run_id
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
+    assert parent.data.params["best.lr"] == best.data.params["lr"]
+    assert json.loads(parent.data.params["sweep.space"])["lr"]["kind"] == "loguniform"
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert artifacts == {"comparison/comparison.md", "comparison/metric_per_trial.png", "comparison/parallel_coordinates.png"}
+    (version,) = client.search_model_versions("name = 'digits-classifier'")
+    assert version.run_id == best.info.run_id and version.tags["ferry.sweep"].startswith("digits-quick/trial-")
+    assert "best: trial" in result.stdout and "registered digits-classifier/1" in result.stdout
+
+
+@pytest.mark.integration
+def test_the_median_rule_prunes_a_trial_that_falls_behind(ferry_cli: Any, mlflow_server: Any, tmp_path: Path) -> None:
+    from ferry.sweep._render import planned_trials
+
+    # a seed whose grid runs the good trial first, so the bad one has a median to fall behind
+    base = dict(name="scored-prune", job=_scored_job(), space={"quality": Choice([1.0, 0.05])},
+                objective=Objective(metric="score"), trials=2, sampler="grid",
+                pruning=MedianPruning(startup_trials=1, warmup_steps=1))
+    seed = next(s for s in range(20) if planned_trials(Sweep(**base, seed=s))[0]["quality"] == 1.0)
+    sweep_file = tmp_path / "prune.py"
+    sweep_file.write_text(f"from ferry import Choice, MedianPruning, Objective, Sweep\nfrom tests.jobs.scored_sweep import job\n"
+                          f"sweep = Sweep(name='scored-prune', job=job.model_copy(update={{'hyperparameters': "
+                          f"{{'quality': 1.0, 'steps': 12, 'pause': 0.4}}}}), space={{'quality': Choice([1.0, 0.05])}}, "
+                          f"objective=Objective(metric='score'), trials=2, sampler='grid', seed={seed}, "
+                          f"pruning=MedianPruning(startup_trials=1, warmup_steps=1))\n")
+    result = ferry_cli("sweep", str(sweep_file), env=_sweep_env(tmp_path, mlflow_server))
+    assert result.returncode == 0, result.stdout + result.stderr
+    children = [r for r in _runs(mlflow_server, "scored") if r.data.tags.get("ferry.sweep") == "scored-prune"
+                and "ferry.trial" in r.data.tags]
+    by_quality = {float(c.data.params["quality"]): c for c in children}
+    assert set(by_quality) == {1.0, 0.05}
+    good, bad = by_quality[1.0], by_quality[0.05]
+    assert good.data.metrics["score"] == pytest.approx(1.0)
+    assert "trial 1 pruned" in result.stdout or "pruned" in result.stdout
+    assert bad.data.metrics["score"] < 0.05 * 0.9  # stopped before its last step
+
+
+def _scored_job() -> TrainingJob:
+    from tests.jobs.scored_sweep import job
+
+    return job
+
+
+@pytest.mark.integration
+def test_ctrl_c_keeps_finished_trials_and_a_rerun_continues_the_sweep(mlflow_server: Any, tmp_path: Path) -> None:
+    env = {**os.environ, **_sweep_env(tmp_path, mlflow_server)}
+    sweep_file = tmp_path / "grid.py"
+    sweep_file.write_text("from tests.jobs.scored_sweep import grid as sweep\n")
+    exe = str(Path(sys.executable).with_name("ferry"))
+    proc = subprocess.Popen([exe, "sweep", str(sweep_file)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        def trials_logged() -> int:
+            return len([r for r in _runs(mlflow_server, "scored") if "ferry.trial" in r.data.tags])
+
+        wait_until(lambda: trials_logged() >= 2, "the second trial has started", timeout=120)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err and "run the same command again to continue" in err
+    finished_before = [r for r in _runs(mlflow_server, "scored") if "ferry.trial" in r.data.tags and r.info.status == "FINISHED"]
+    assert len(finished_before) >= 1
+    again = subprocess.run([exe, "sweep", str(sweep_file)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    runs = _runs(mlflow_server, "scored")
+    parents = [r for r in runs if r.data.tags.get("ferry.sweep.role") == "parent"]
+    assert len(parents) == 1  # the same sweep, continued
+    finished = [r for r in runs if "ferry.trial" in r.data.tags and r.info.status == "FINISHED"]
+    assert sorted({float(r.data.params["quality"]) for r in finished}) == [0.2, 0.5, 0.9]
+    assert "earlier session" in again.stdout or "finished" in again.stdout
+
+
+@pytest.mark.integration
+def test_a_metric_the_job_never_logs_stops_the_sweep_after_one_trial(ferry_cli: Any, mlflow_server: Any,
+                                                                      tmp_path: Path) -> None:
+    sweep_file = tmp_path / "nometric.py"
+    sweep_file.write_text("from ferry import Choice, Objective, Sweep\nfrom tests.jobs.scored_sweep import job\n"
+                          "sweep = Sweep(name='no-metric', job=job.model_copy(update={'hyperparameters': {'quality': 1.0, "
+                          "'steps': 1, 'pause': 0.0}}), space={'quality': Choice([0.1, 0.2, 0.3])}, "
+                          "objective=Objective(metric='accuracy'), trials=3, sampler='grid')\n")
+    result = ferry_cli("sweep", str(sweep_file), env=_sweep_env(tmp_path, mlflow_server))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "its run has no metric 'accuracy'" in result.stderr and "Traceback" not in result.stderr
+    assert len([r for r in _runs(mlflow_server, "scored") if r.data.tags.get("ferry.sweep") == "no-metric"
+                and "ferry.trial" in r.data.tags]) == 1
