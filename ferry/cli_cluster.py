@@ -141,10 +141,22 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
     return _report_outcome(cluster, state)
 
 
+def _defines_sweep(job_file: Path) -> bool:
+    from ferry.errors import JobFileError
+    from ferry.spec import Sweep, load_specs
+
+    try:
+        return bool(load_specs([job_file], kinds=(Sweep,)))
+    except JobFileError as exc:
+        if "defines no" in str(exc):
+            return False
+        raise
+
+
 @cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
 @fail_cleanly
 def submit(
-    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob.")],
+    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob (or a Sweep: its trials, at most parallel at once).")],
     job_name: JobNameOption = None,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
@@ -166,7 +178,9 @@ def submit(
 
     Each call is a new submission (a fresh id, fresh checkpoints), applied server-side as field
     manager 'ferry'. A PyTorchJob of the same name is never reused: without --replace, an
-    existing one (running or finished) is a conflict."""
+    existing one (running or finished) is a conflict. A file defining a Sweep submits its
+    trials, at most the sweep's parallel at once, and follows them to the end (MLFLOW_TRACKING_URI
+    must reach the tracking server from here)."""
     from ferry.local import apply_overrides
     from ferry.render import dump_yaml
     from ferry.validate import find_crd_dir, validate_manifests
@@ -175,6 +189,11 @@ def submit(
         raise typer.BadParameter("must be 'client' or 'server'", param_hint="--dry-run")
     if timeout is not None and timeout <= 0:
         raise typer.BadParameter("must be more than 0 seconds", param_hint="--timeout")
+    if _defines_sweep(job_file):
+        from ferry.cli_sweep import submit_sweep
+
+        submit_sweep(job_file, job_name, connect(kubeconfig, context, namespace), namespace, tracking_uri, _poll_s())
+        return
     spec = select_job(job_file, job_name)
     cluster = None if dry_run == "client" else connect(kubeconfig, context, namespace)
     target = target_namespace(spec, namespace, cluster.namespace if cluster is not None else None)

@@ -73,17 +73,47 @@ def sweep_command(
     Each trial is one submission of the job through the local executor, tracked as a child run
     of the sweep's parent run. Ctrl-C stops cleanly; running it again continues the sweep of the
     same name."""
-    from rich.live import Live
-
     from ferry.local import LocalStore, embedded_tracking_uri
-    from ferry.sweep._local import LocalSweep
-    from ferry.sweep._report import finish
+    from ferry.sweep._local import local_launcher
     from ferry.sweep._search import optuna
 
     optuna()  # the optional dependency, checked before anything starts
     sweep = _with(load_sweep(file, name), parallel=parallel, trials=trials)
     store = LocalStore.default()
     uri = embedded_tracking_uri(store)
+    _drive(sweep, store, uri, local_launcher(store, uri, Path.cwd()), register=register is RegisterChoice.best)
+
+
+def submit_sweep(file: Path, name: str | None, cluster: Any, namespace: str | None, job_tracking_uri: str | None,
+                 poll_s: float) -> None:
+    """``ferry submit`` of a Sweep file: the trials as PyTorchJobs on ``cluster``."""
+    from ferry import settings
+    from ferry._cliutil import in_namespace, target_namespace
+    from ferry.local import LocalStore
+    from ferry.sweep._cluster import cluster_launcher
+    from ferry.sweep._search import optuna
+
+    optuna()
+    uri = settings.MLFLOW_TRACKING_URI.get()
+    if not uri:
+        raise ConfigError("a sweep on a cluster reads each trial's result from MLflow: set MLFLOW_TRACKING_URI to the "
+                          "tracking server as this machine reaches it (e.g. kubectl port-forward svc/ferry-mlflow "
+                          "5000 → http://127.0.0.1:5000)")
+    sweep = load_sweep(file, name)
+    sweep = _with(sweep, job=in_namespace(sweep.job, target_namespace(sweep.job, namespace, cluster.namespace)))
+    with cluster:
+        launcher = cluster_launcher(cluster, tracking_uri=job_tracking_uri, poll_s=poll_s, say=_stderr().print)
+        _drive(sweep, LocalStore.default(), uri, launcher, register=False)
+
+
+def _drive(sweep: Any, store: Any, uri: str, launcher: Any, *, register: bool) -> None:
+    """Run the sweep with a live table (a line per change without a terminal), record it on the
+    parent run, and say how it went."""
+    from rich.live import Live
+
+    from ferry.sweep._local import SweepRunner
+    from ferry.sweep._report import finish
+
     interactive = sys.stdout.isatty()
     plain = _Plain()
     with Live(console=_stdout(), auto_refresh=False, transient=False) if interactive else plain as live:
@@ -93,22 +123,21 @@ def sweep_command(
             else:
                 plain.show(result)
 
-        runner = LocalSweep(sweep, store=store, tracking_uri=uri, workdir=Path.cwd(), on_change=show)
+        runner = SweepRunner(sweep, store=store, tracking_uri=uri, launcher=launcher, on_change=show)
         result = runner.run()
-    finish(runner.client, sweep, result, register=register is RegisterChoice.best)
+    finish(runner.client, sweep, result, register=register)
     if not interactive:
         _stdout().print(_table(sweep, result))
-    experiment = sweep.experiment
     if result.best is not None:
         _stdout().print(f"best: trial {result.best.number} {sweep.objective.metric}={result.best.value:.4f} "
-                      f"{result.best.values} (run {result.best.run_id})")
+                        f"{result.best.values} (run {result.best.run_id})")
     if result.registered:
         _stdout().print(f"registered {result.registered}")
-    _stdout().print(f"compare the trials: ferry ui → experiment {experiment!r} → run sweep-{sweep.name} (parent) → "
-                  f"select its child runs → Compare; the comparison table and plots are its artifacts")
+    _stdout().print(f"compare the trials: ferry ui → experiment {sweep.experiment!r} → run sweep-{sweep.name} (parent) → "
+                    f"select its child runs → Compare; the comparison table and plots are its artifacts")
     if result.interrupted:
         _stderr().print(f"interrupted: {sum(t.state in ('finished', 'pruned') for t in result.trials)} trial(s) recorded; "
-                      f"run the same command again to continue the sweep")
+                        f"run the same command again to continue the sweep")
         raise typer.Exit(130)
     if result.best is None:
         raise ConfigError("no trial finished; see the failed trials above")

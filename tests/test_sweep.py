@@ -211,3 +211,87 @@ def test_a_metric_the_job_never_logs_stops_the_sweep_after_one_trial(ferry_cli: 
     assert "its run has no metric 'accuracy'" in result.stderr and "Traceback" not in result.stderr
     assert len([r for r in _runs(mlflow_server, "scored") if r.data.tags.get("ferry.sweep") == "no-metric"
                 and "ferry.trial" in r.data.tags]) == 1
+
+
+# ---- on a cluster: ferry submit of a Sweep -----------------------------------------------------------
+@pytest.mark.integration
+def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_once(mlflow_server: Any,
+                                                                                    tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests._kube import Kube
+
+    kube = Kube(tmp_path).start()
+    try:
+        kube.request("POST", "/api/v1/namespaces/ml/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ferry-mlflow", "namespace": "ml"},
+            "data": {"tracking-uri": "http://ferry-mlflow.ferry:5000"}})
+        sweep_file = tmp_path / "cluster.py"
+        sweep_file.write_text("from ferry import Choice, Objective, Sweep\nfrom tests.jobs.scored_sweep import job\n"
+                              "sweep = Sweep(name='scored-cluster', job=job, space={'quality': Choice([0.3, 0.6, 0.9, 0.1])}, "
+                              "objective=Objective(metric='score'), trials=4, parallel=2, sampler='grid')\n")
+        seen: dict[str, float] = {}
+        most_at_once = 0
+        stop = threading.Event()
+
+        def training_operator_and_rank0() -> None:
+            """What the cluster does: each trial's rank 0 logs its run, then the job succeeds."""
+            nonlocal most_at_once
+            while not stop.is_set():
+                jobs = kube.get("/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs").get("items", [])
+                running = [j for j in jobs if not (j.get("status") or {}).get("completionTime")]
+                most_at_once = max(most_at_once, len(running))
+                for j in running:
+                    name = j["metadata"]["name"]
+                    if name in seen:
+                        continue
+                    env = {e["name"]: e.get("value") for e in
+                           j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+                    quality = json.loads(env["FERRY_HYPERPARAMETERS"])["quality"]
+                    seen[name] = quality
+                    _log_trial(mlflow_server.url, j["metadata"]["labels"]["ferry.dev/submission"], env, quality)
+                    kube.set_job_status(name, "ml", conditions=[("Created", "Created", "created"),
+                                                                ("Succeeded", "Succeeded", "done")])
+                time.sleep(0.2)
+
+        worker = threading.Thread(target=training_operator_and_rank0, daemon=True)
+        worker.start()
+        env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "MLFLOW_TRACKING_URI": mlflow_server.url,
+               "FERRY_HOME": str(tmp_path / "home"), "FERRY_POLL_INTERVAL_S": "0.2"}
+        result = subprocess.run([str(Path(sys.executable).with_name("ferry")), "submit", str(sweep_file), "-n", "ml"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        stop.set()
+        worker.join(10)
+    finally:
+        kube.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(seen.values()) == [0.1, 0.3, 0.6, 0.9]
+    assert 1 <= most_at_once <= 2
+    runs = _runs(mlflow_server, "scored")
+    (parent,) = [r for r in runs if r.data.tags.get("ferry.sweep") == "scored-cluster" and r.data.tags.get("ferry.sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    assert parent.data.params["best.quality"] == "0.9"
+    assert "best: trial" in result.stdout
+
+
+def _log_trial(url: str, submission: str, env: dict[str, Any], quality: float) -> None:
+    """A trial's rank 0: the runtime's tracker, with the environment the PyTorchJob gives it."""
+    from ferry.runtime._tracking import Tracker
+
+    keys = ("FERRY_SWEEP", "FERRY_TRIAL", "FERRY_HYPERPARAMETERS", "FERRY_JOB_NAME")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        tracker = Tracker(is_primary=True, tracking_uri=url, experiment="scored", submission_id=submission,
+                          system_metrics=False)
+        tracker.start()
+        tracker.log_metrics({"score": quality}, step=1)
+        tracker.close()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

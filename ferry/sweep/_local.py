@@ -1,8 +1,10 @@
-"""``ferry sweep``: the trials of a Sweep run here, through the local executor, at most
-``parallel`` at once; each one submission of the job, tracked as a child of the sweep's parent
-run. The study (Optuna's, in the local store) and the parent run are found again by the sweep's
-name, so a sweep stopped with Ctrl-C continues where it stopped: finished trials stay recorded,
-interrupted ones are marked failed and run again."""
+"""Running a Sweep: at most ``parallel`` trials at once, each one submission of the job, tracked
+as a child of the sweep's parent run; the sampler proposes the next trial as each one ends, and
+the pruner stops a trial whose reported metric falls behind. Where a trial runs is the
+launcher's business: here through the local executor (``ferry sweep``), or as PyTorchJobs on a
+cluster (``ferry submit`` of a Sweep). The study (Optuna's, in the local store) and the parent
+run are found again by the sweep's name, so a sweep stopped with Ctrl-C continues where it
+stopped: finished trials stay recorded, interrupted ones are marked failed and run again."""
 
 from __future__ import annotations
 
@@ -43,14 +45,13 @@ class SweepResult:
 class _Trial:
     """One running trial: the job in a thread, its run's metric watched for pruning."""
 
-    def __init__(self, runner: LocalSweep, optuna_trial: Any, record: TrialRecord):
+    def __init__(self, runner: SweepRunner, optuna_trial: Any, record: TrialRecord):
         self.runner, self.ot, self.record = runner, optuna_trial, record
         self.stop = threading.Event()
         self.pruned = False
 
     def run(self) -> TrialRecord:
         from ferry._submission import new_submission_id
-        from ferry.local import run_job
 
         r, sweep = self.runner, self.runner.sweep
         job = trial_job(sweep, self.record.values, self.record.number)
@@ -58,8 +59,7 @@ class _Trial:
         self.record.state = "running"
         watcher = threading.Thread(target=self._watch, args=(submission,), daemon=True)
         watcher.start()
-        result = run_job(job, store=r.store, workdir=r.workdir, submission_id=submission, tracking_uri=r.tracking_uri,
-                         extra_env=trial_env(sweep, self.record.number), stop=self.stop)
+        failure = r.launcher(job, submission, trial_env(sweep, self.record.number), self.stop)
         self.stop.set()
         watcher.join(timeout=10)
         run = self._run(submission)
@@ -68,9 +68,8 @@ class _Trial:
             self.record.state, self.record.detail = "pruned", f"stopped after {self.record.reports} report(s)"
         elif r.interrupted.is_set():
             self.record.state = "stopped"
-        elif result.exit_code != 0:
-            self.record.state = "failed"
-            self.record.detail = f"exit code {result.exit_code}" + (f" ({result.failed_replica})" if result.failed_replica else "")
+        elif failure is not None:
+            self.record.state, self.record.detail = "failed", failure
         else:
             value = run.data.metrics.get(sweep.objective.metric) if run is not None else None
             if not _search.finite(value):
@@ -111,12 +110,31 @@ class _Trial:
                     return
 
 
-class LocalSweep:
-    def __init__(self, sweep: Sweep, *, store: Any, tracking_uri: str, workdir: Any = None,
+# (job, submission, extra env, stop event) -> None when the job succeeded, else why it failed
+Launcher = Callable[[Any, str, "dict[str, str]", threading.Event], "str | None"]
+
+
+def local_launcher(store: Any, tracking_uri: str, workdir: Any = None) -> Launcher:
+    """Trials through the local executor, on this machine."""
+
+    def launch(job: Any, submission: str, env: dict[str, str], stop: threading.Event) -> str | None:
+        from ferry.local import run_job
+
+        result = run_job(job, store=store, workdir=workdir, submission_id=submission, tracking_uri=tracking_uri,
+                         extra_env=env, stop=stop)
+        if result.exit_code == 0:
+            return None
+        return f"exit code {result.exit_code}" + (f" ({result.failed_replica})" if result.failed_replica else "")
+
+    return launch
+
+
+class SweepRunner:
+    def __init__(self, sweep: Sweep, *, store: Any, tracking_uri: str, launcher: Launcher,
                  on_change: Callable[[SweepResult], None] = lambda result: None, poll_s: float = 0.5):
         from mlflow import MlflowClient
 
-        self.sweep, self.store, self.tracking_uri, self.workdir = sweep, store, tracking_uri, workdir
+        self.sweep, self.store, self.tracking_uri, self.launcher = sweep, store, tracking_uri, launcher
         self.on_change, self.poll_s = on_change, poll_s
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.interrupted = threading.Event()

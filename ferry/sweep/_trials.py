@@ -47,11 +47,15 @@ def trial_env(sweep: Sweep, number: int) -> dict[str, str]:
 
 def with_trial(manifest: dict[str, Any], sweep: Sweep, number: int) -> dict[str, Any]:
     """A rendered trial PyTorchJob with the runtime's sweep environment in every container."""
+    return with_env(manifest, trial_env(sweep, number))
+
+
+def with_env(manifest: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
+    """``manifest`` (a PyTorchJob) with ``values`` added to every container's environment."""
     out = json.loads(json.dumps(manifest))
     for replica in out["spec"]["pytorchReplicaSpecs"].values():
         for container in replica["template"]["spec"]["containers"]:
-            env = container.setdefault("env", [])
-            env.extend({"name": k, "value": v} for k, v in trial_env(sweep, number).items())
+            container.setdefault("env", []).extend({"name": k, "value": v} for k, v in values.items())
     return out
 
 

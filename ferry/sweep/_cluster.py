@@ -1,0 +1,35 @@
+"""A Sweep on a cluster (``ferry submit`` of a Sweep file): each trial a PyTorchJob submitted
+through ``ferry.kube``, at most ``parallel`` at once, the sampler asked for the next as each
+one finishes. Trial results are read from MLflow (``MLFLOW_TRACKING_URI`` as this machine
+reaches it); a pruned or interrupted trial's PyTorchJob is deleted."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from ferry.sweep._local import Launcher
+from ferry.sweep._trials import with_env
+
+
+def cluster_launcher(cluster: Any, *, tracking_uri: str | None, poll_s: float,
+                     say: Callable[[str], None] = lambda line: None) -> Launcher:
+    """Trials as PyTorchJobs: ``tracking_uri`` (when given) is written to the ConfigMap the jobs
+    read their tracking URI from, as ``ferry submit --tracking-uri`` does."""
+
+    def launch(job: Any, submission: str, env: dict[str, str], stop: threading.Event) -> str | None:
+        from ferry.kube import delete_job, job_state, plan_submission, submit
+
+        _, manifest = plan_submission(job, submission)
+        manifest = with_env(manifest, env)
+        submit(cluster, job, manifest, submission, replace=True, tracking_uri=tracking_uri, say=say, poll_s=poll_s)
+        say(f"submitted trial {env.get('FERRY_TRIAL')}: PyTorchJob {job.namespace}/{job.name} (submission {submission})")
+        while True:
+            if stop.wait(poll_s):
+                delete_job(cluster, job.name, job.namespace)
+                return "stopped"
+            state = job_state(cluster, job.name, job.namespace)
+            if state.finished:
+                return None if state.succeeded else f"PyTorchJob {job.name} {state.phase}: {state.message or state.reason}"
+
+    return launch
