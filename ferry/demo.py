@@ -1,8 +1,10 @@
 """``make demo``: the main job end to end on the embedded default (no cluster, no server).
 
 1. render jobs/digits/job.py into its PyTorchJob and validate it (CRDs + Pod Security);
-2. run that PyTorchJob here: 2 DDP processes (gloo), tracked in .ferry/ (SQLite + artifacts),
-   checkpoints on the emulated PVC, the model registered as digits-classifier;
+2. sweep it here (jobs/digits/sweep.py): four short trials of that PyTorchJob with other
+   learning rates and batch sizes, each 2 DDP processes (gloo), tracked in .ferry/ (SQLite +
+   artifacts) as child runs of one parent run, checkpoints on the emulated PVC; the best
+   trial's model registered as digits-classifier;
 3. optimize the new version: int8 and ONNX candidates, measured side by side and registered;
 4. promote the trained version through staging and production, with GitOps commits;
 5. serve the production alias with ``ferry serve``, send held-out digits through the v2 API,
@@ -18,11 +20,11 @@ from rich.console import Console
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)  # a log keeps tables whole
 JOB_FILE = Path("jobs/digits/job.py")
+SWEEP_FILE = Path("jobs/digits/sweep.py")
 
 
 def main() -> int:
-    from ferry.local import LocalStore, run_job
-    from ferry.local._report import report
+    from ferry.local import LocalStore
     from ferry.render import render_spec
     from ferry.spec import load_specs
     from ferry.validate import find_crd_dir, validate_manifests
@@ -38,20 +40,51 @@ def main() -> int:
     console.print(f"(write it for kubectl with: ferry render {JOB_FILE} -o manifests/)")
 
     store = LocalStore.default()
-    console.rule(f"[bold]2. train[/] the same PyTorchJob on this machine (store: {store.home})")
-    result = run_job(job, store=store, console=console, progress=console.is_terminal)
-    code = report(job, result, console)
-    if code != 0:
-        return code
+    version = sweep_and_register_best(store)
+    if version is None:
+        return 1
     from ferry.cli_models import registry_client
 
     client = registry_client()
-    version = max(int(v.version) for v in client.search_model_versions("name='digits-classifier'"))
     optimize_version(client, version)
     code = promote_through_environments(store, client, version)
     if code == 0:
         code = serve_and_predict(store, client, version)
     return code
+
+
+def sweep_and_register_best(store) -> int | None:  # type: ignore[no-untyped-def]
+    """2. a short sweep of the same PyTorchJob here; the best trial's model is registered."""
+    from ferry._submission import new_submission_id
+    from ferry.cli_sweep import _table, _with, load_sweep
+    from ferry.local import embedded_tracking_uri
+    from ferry.sweep._local import SweepRunner, local_launcher
+    from ferry.sweep._report import finish
+
+    sweep = load_sweep(SWEEP_FILE)
+    sweep = _with(sweep, name=f"{sweep.name}-{new_submission_id()}")  # each demo its own sweep
+    uri = embedded_tracking_uri(store)
+    console.rule(f"[bold]2. sweep[/] {SWEEP_FILE}: {sweep.trials} short trials of the same PyTorchJob on this machine "
+                 f"(store: {store.home})")
+    seen: dict[int, str] = {}
+
+    def show(result) -> None:  # type: ignore[no-untyped-def]
+        for t in result.trials:
+            if seen.get(t.number) != t.state:
+                seen[t.number] = t.state
+                value = f" {sweep.objective.metric}={t.value:.4f}" if t.value is not None else (f" ({t.detail})" if t.detail else "")
+                console.print(f"trial {t.number} {t.state}{value}  {t.values}")
+
+    runner = SweepRunner(sweep, store=store, tracking_uri=uri, launcher=local_launcher(store, uri, Path.cwd()), on_change=show)
+    result = runner.run()
+    finish(runner.client, sweep, result, register=True)
+    console.print(_table(sweep, result))
+    if result.registered is None:
+        console.print("[bold red]no trial finished[/]; see the failed trials above")
+        return None
+    console.print(f"best: trial {result.best.number} → registered {result.registered}; compare the trials with "
+                  f"`ferry ui` → experiment {sweep.experiment!r} → run sweep-{sweep.name} → select its child runs → Compare")
+    return int(result.registered.rsplit("/", 1)[1])
 
 
 def optimize_version(client, version: int) -> None:  # type: ignore[no-untyped-def]

@@ -123,6 +123,9 @@ def register_best(client: Any, sweep: Sweep, best: TrialRecord) -> str:
 
         raise ConfigError(f"--register best needs the job's tracking.register_as (the model name); {sweep.job.name} has none")
     mlflow.set_tracking_uri(client.tracking_uri)
-    version = mlflow.register_model(f"runs:/{best.run_id}/model", name)
+    outputs = getattr(client.get_run(best.run_id), "outputs", None)
+    logged = [o.model_id for o in (getattr(outputs, "model_outputs", None) or [])]
+    # the model the trial logged (MLflow 3 keeps it as a logged model of the run)
+    version = mlflow.register_model(f"models:/{logged[-1]}" if logged else f"runs:/{best.run_id}/model", name)
     client.set_model_version_tag(name, version.version, "ferry.sweep", f"{sweep.name}/trial-{best.number}")
     return f"{name}/{version.version}"
