@@ -234,8 +234,16 @@ def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_on
         seen: dict[str, float] = {}
         most_at_once = 0
         stop = threading.Event()
+        errors: list[BaseException] = []
 
         def training_operator_and_rank0() -> None:
+            try:
+                play_the_cluster()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+                raise
+
+        def play_the_cluster() -> None:
             """What the cluster does: each trial's rank 0 logs its run, then the job succeeds."""
             nonlocal most_at_once
             while not stop.is_set():
@@ -259,13 +267,21 @@ def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_on
         worker.start()
         env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "MLFLOW_TRACKING_URI": mlflow_server.url,
                "FERRY_HOME": str(tmp_path / "home"), "FERRY_POLL_INTERVAL_S": "0.2"}
-        result = subprocess.run([str(Path(sys.executable).with_name("ferry")), "submit", str(sweep_file), "-n", "ml"],
-                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        stop.set()
-        worker.join(10)
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("ferry")), "submit", str(sweep_file), "-n", "ml"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: proc.poll() is not None or errors, "the sweep ends", timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out, err = proc.communicate(timeout=30)
+            stop.set()
+            worker.join(10)
     finally:
         kube.stop()
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert not errors, errors
+    assert proc.returncode == 0, out + err
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert sorted(seen.values()) == [0.1, 0.3, 0.6, 0.9]
     assert 1 <= most_at_once <= 2
     runs = _runs(mlflow_server, "scored")

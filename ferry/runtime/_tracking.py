@@ -108,7 +108,10 @@ class Tracker:
             tags = {SUBMISSION_TAG: self.submission_id, **self._sweep_tags()}
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
-        # The fluent run is for log_model; metrics and system metrics go through the sidecar.
+        # The fluent run is for log_model; metrics and system metrics go through the sidecar. Its
+        # experiment is made the active one first: a script (or a host process) that set another
+        # with mlflow.set_experiment() would otherwise make start_run refuse the run.
+        mlflow.set_experiment(experiment_id=self.experiment_id)
         mlflow.start_run(run_id=self.run_id, log_system_metrics=False)
         self._pipe = _MetricPipe(self.tracking_uri, self.run_id, buffer_size=self.buffer_size,
                                  interval=self.flush_interval, system_metrics=self.system_metrics,
