@@ -213,7 +213,8 @@ def serve_and_predict(store, client, version: int) -> int:  # type: ignore[no-un
     console.print(f"server stopped cleanly (exit code {server.returncode})" if server.returncode == 0
                   else f"[red]server exit code {server.returncode}[/]")
     console.rule("[bold]next[/]")
-    steps = [("ferry ui", "compare the runs in the MLflow UI (http://127.0.0.1:5000)"),
+    steps = [("ferry ui", "compare the sweep's trials in the MLflow UI (http://127.0.0.1:5000)"),
+             (f"ferry sweep {SWEEP_FILE} --register best", "the sweep again, as a command (Ctrl-C, then again, continues)"),
              (f"ferry serve {uri} --port 8080", "serve it yourself (KServe v2 + v1)"),
              (f"ferry render {JOB_FILE} -o manifests/", "the PyTorchJob for kubectl apply"),
              (f"ferry run {JOB_FILE} --set lr=0.01", "another submission, from step 0")]
