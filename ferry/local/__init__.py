@@ -86,12 +86,13 @@ def _git_commit(workdir: Path) -> str | None:
 def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path | None = None,
             console: Any = None, progress: bool = False, submission_id: str | None = None,
             tracking_uri: str | None = None, extra_env: dict[str, str] | None = None,
-            stop: Any = None) -> JobResult:
+            stop: Any = None, echo: bool = True) -> JobResult:
     """Run ``job`` locally to completion as one new submission; returns its outcome (never
     raises for a failed job; a ``resume_from`` that names nothing is a ConfigError before
     anything starts). Replicas track to ``tracking_uri`` when given, else as ``tracking_env`` says;
     ``extra_env`` is added to every replica's environment (a sweep's trial), and setting ``stop``
-    (a threading.Event) stops the job as SIGTERM would."""
+    (a threading.Event) stops the job as SIGTERM would; ``echo=False`` keeps the replicas'
+    output in their log files only."""
     from ferry.render import render_pytorchjob
 
     store = store or LocalStore.default()
@@ -120,7 +121,7 @@ def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path 
 
     executor = LocalExecutor(manifest, submission_id=submission_id, run_dir=store.run_dir(job.name, submission_id),
                              local_env=local_env, volumes_dir=store.volumes, workdir=workdir, console=console,
-                             on_progress=on_progress, stop=stop)
+                             on_progress=on_progress, stop=stop, echo=echo)
     if bar is not None:
         with bar:
             return executor.run()

@@ -48,7 +48,7 @@ class _Proc:
 class LocalExecutor:
     def __init__(self, manifest: dict[str, Any], *, submission_id: str, run_dir: Path, local_env: dict[str, str],
                  volumes_dir: Path, workdir: Path, console: Any = None, on_progress: Callable[[int, int, str], None] | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, echo: bool = True):
         self.manifest, self.submission_id, self.run_dir = manifest, submission_id, run_dir
         self.local_env, self.volumes_dir, self.workdir = local_env, volumes_dir, workdir
         self.console, self.on_progress = console, on_progress
@@ -57,6 +57,7 @@ class LocalExecutor:
         self.backoff_limit = manifest["spec"].get("runPolicy", {}).get("backoffLimit", 0)
         self._stop_signal: int | None = None
         self._stop = stop  # set by another thread: stop the job as SIGTERM would
+        self.echo = echo  # False: replica output goes to the log files only (a sweep's trials)
         self._print_lock = threading.Lock()
         self._last_plain_progress = 0.0
 
@@ -65,6 +66,8 @@ class LocalExecutor:
         match = _PROGRESS.match(line)
         if match and self.on_progress is not None:
             self.on_progress(int(match.group(1)), int(match.group(2)), match.group(3).strip())
+            return
+        if not self.echo:
             return
         if match:  # no progress bar: a progress line at most every 2 s
             now = time.monotonic()

@@ -121,10 +121,11 @@ def local_launcher(store: Any, tracking_uri: str, workdir: Any = None) -> Launch
         from ferry.local import run_job
 
         result = run_job(job, store=store, workdir=workdir, submission_id=submission, tracking_uri=tracking_uri,
-                         extra_env=env, stop=stop)
+                         extra_env=env, stop=stop, echo=False)  # the trials' output: in their log files
         if result.exit_code == 0:
             return None
-        return f"exit code {result.exit_code}" + (f" ({result.failed_replica})" if result.failed_replica else "")
+        where = f"; its log: {result.run_dir / (result.failed_replica + '.log')}" if result.failed_replica else ""
+        return f"exit code {result.exit_code}{where}"
 
     return launch
 
