@@ -311,3 +311,39 @@ def _log_trial(url: str, submission: str, env: dict[str, Any], quality: float) -
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---- trials and the grid, without running anything -------------------------------------------------
+def test_a_trial_is_the_job_with_its_values_in_the_jobs_types_and_no_registration() -> None:
+    from ferry.sweep import trial_job
+
+    job = JOB.model_copy(update={"tracking": Tracking(experiment="digits", register_as="digits-classifier")})
+    sweep = Sweep(**{**GOOD, "job": job, "space": {"lr": LogUniform(1e-4, 1e-1), "epochs": IntUniform(1, 5),
+                                                   "workers": Choice([1, 3])}})
+    trial = trial_job(sweep, {"lr": 0.01, "epochs": 4.0, "workers": 3}, number=2)
+    assert trial.name == "digits-lr-t2" and trial.workers == 3
+    assert trial.hyperparameters == {"lr": 0.01, "batch_size": 32, "epochs": 4}
+    assert isinstance(trial.hyperparameters["epochs"], int)
+    assert trial.tracking is not None and trial.tracking.register_as is None and trial.experiment == "digits"
+    assert trial.labels == {"ferry.dev/sweep": "digits-lr", "ferry.dev/trial": "2"}
+
+
+def test_the_grid_runs_every_combination_once_in_a_seeded_order_and_requeues_what_did_not_finish(tmp_path: Path) -> None:
+    from ferry.sweep import _search
+
+    sweep = Sweep(**{**GOOD, "space": {"lr": Choice([0.1, 0.01]), "batch_size": Choice([32, 64, 128])},
+                     "sampler": "grid", "trials": 6, "seed": 5})
+    order = _search.grid(sweep)
+    assert len(order) == 6 and len({tuple(sorted(c.items())) for c in order}) == 6
+    assert order == _search.grid(sweep) != _search.grid(Sweep(**{**sweep.__dict__, "seed": 6}))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = _search.study(sweep, storage)
+    first = study.ask()
+    assert _search.suggest(first, sweep) == order[0]
+    study.tell(first, 0.9)
+    second = study.ask()
+    study.tell(second, state=_search.optuna().trial.TrialState.FAIL)  # interrupted
+    again = _search.study(sweep, storage)  # the sweep continued
+    asked = [_search.suggest(again.ask(), sweep) for _ in range(5)]
+    assert sorted(map(lambda c: tuple(sorted(c.items())), asked)) == sorted(
+        tuple(sorted(c.items())) for c in order[1:])
