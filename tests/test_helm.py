@@ -286,3 +286,14 @@ def test_the_entrypoint_each_image_names_exists(component: str, entry: list[str]
         assert importlib.util.find_spec(entry[-1]) is not None
     else:
         assert ferry_cli("--help").returncode == 0 and importlib.util.find_spec("mlflow") is not None
+
+
+def test_an_external_tracking_server_replaces_the_charts_mlflow() -> None:
+    from helm_python import Chart, HelmError
+
+    docs = render({"mlflow": {"enabled": False}, "tracking": {"externalUri": "https://mlflow.acme.example.com"}})
+    assert not any(d["metadata"]["name"].endswith("-mlflow") for d in docs if d["kind"] in ("Deployment", "Service"))
+    (tracking,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert tracking["data"]["tracking-uri"] == "https://mlflow.acme.example.com"
+    with Chart.load(CHART) as chart, pytest.raises(HelmError, match="externalUri"):
+        chart.validate_schema({"mlflow": {"enabled": False}})
