@@ -58,12 +58,14 @@ def validate_and_emit(rendered: list[Any], out: Any, crd_dir: Any) -> None:
         _stderr().print(f"wrote {path}")
 
 
-def select_job(job_file: Any, job_name: str | None) -> Any:
-    """The one TrainingJob of ``job_file`` (``--job NAME`` when it defines several)."""
+def select_job(job_file: Any, job_name: str | None, specs: list[Any] | None = None) -> Any:
+    """The one TrainingJob of ``job_file`` (``--job NAME`` when it defines several); ``specs``:
+    its TrainingJobs, when the caller has loaded the file already."""
     from ferry.errors import JobFileError
     from ferry.spec import load_specs
 
-    specs = [loaded.spec for loaded in load_specs([job_file])]
+    if specs is None:
+        specs = [loaded.spec for loaded in load_specs([job_file])]
     if job_name is not None:
         specs = [s for s in specs if s.name == job_name]
         if not specs:

@@ -141,18 +141,6 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
     return _report_outcome(cluster, state)
 
 
-def _defines_sweep(job_file: Path) -> bool:
-    from ferry.errors import JobFileError
-    from ferry.spec import Sweep, load_specs
-
-    try:
-        return bool(load_specs([job_file], kinds=(Sweep,)))
-    except JobFileError as exc:
-        if "defines no" in str(exc):
-            return False
-        raise
-
-
 @cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
 @fail_cleanly
 def submit(
@@ -189,12 +177,16 @@ def submit(
         raise typer.BadParameter("must be 'client' or 'server'", param_hint="--dry-run")
     if timeout is not None and timeout <= 0:
         raise typer.BadParameter("must be more than 0 seconds", param_hint="--timeout")
-    if _defines_sweep(job_file):
-        from ferry.cli_sweep import submit_sweep
+    from ferry.spec import Sweep, TrainingJob, load_specs
 
-        submit_sweep(job_file, job_name, connect(kubeconfig, context, namespace), namespace, tracking_uri, _poll_s())
+    loaded = [item.spec for item in load_specs([job_file], kinds=(TrainingJob, Sweep))]
+    if sweeps := [s for s in loaded if isinstance(s, Sweep)]:
+        from ferry.cli_sweep import pick_sweep, submit_sweep
+
+        submit_sweep(pick_sweep(sweeps, job_file, job_name), connect(kubeconfig, context, namespace), namespace,
+                     tracking_uri, _poll_s())
         return
-    spec = select_job(job_file, job_name)
+    spec = select_job(job_file, job_name, [s for s in loaded if isinstance(s, TrainingJob)])
     cluster = None if dry_run == "client" else connect(kubeconfig, context, namespace)
     target = target_namespace(spec, namespace, cluster.namespace if cluster is not None else None)
     job = in_namespace(apply_overrides(spec, set_ or (), workers, resume_from), target)

@@ -19,18 +19,14 @@ class RegisterChoice(str, Enum):
     best = "best"
 
 
-def _with(sweep: Any, **update: Any) -> Any:
-    """The sweep with ``update`` applied, validated again like any spec."""
-    from ferry.spec import Sweep
-
-    fields = {name: getattr(sweep, name) for name in type(sweep).model_fields}
-    return Sweep(**{**fields, **{k: v for k, v in update.items() if v is not None}})
-
-
 def load_sweep(path: Path, name: str | None = None) -> Any:
     from ferry.spec import Sweep, load_specs
 
-    sweeps = [s.spec for s in load_specs([path], kinds=(Sweep,))]
+    return pick_sweep([s.spec for s in load_specs([path], kinds=(Sweep,))], path, name)
+
+
+def pick_sweep(sweeps: list[Any], path: Path, name: str | None = None) -> Any:
+    """The one Sweep of those ``path`` defines (``name`` when it defines several)."""
     if name is not None:
         sweeps = [s for s in sweeps if s.name == name]
     if len(sweeps) != 1:
@@ -78,15 +74,15 @@ def sweep_command(
     from ferry.sweep._search import optuna
 
     optuna()  # the optional dependency, checked before anything starts
-    sweep = _with(load_sweep(file, name), parallel=parallel, trials=trials)
+    given = {"parallel": parallel, "trials": trials}
+    sweep = load_sweep(file, name).replace(**{k: v for k, v in given.items() if v is not None})
     store = LocalStore.default()
     uri = embedded_tracking_uri(store)
     _drive(sweep, store, uri, local_launcher(store, uri, Path.cwd()), register=register is RegisterChoice.best)
 
 
-def submit_sweep(file: Path, name: str | None, cluster: Any, namespace: str | None, job_tracking_uri: str | None,
-                 poll_s: float) -> None:
-    """``ferry submit`` of a Sweep file: the trials as PyTorchJobs on ``cluster``."""
+def submit_sweep(sweep: Any, cluster: Any, namespace: str | None, job_tracking_uri: str | None, poll_s: float) -> None:
+    """``ferry submit`` of a Sweep: the trials as PyTorchJobs on ``cluster``."""
     from ferry import settings
     from ferry._cliutil import in_namespace, target_namespace
     from ferry.local import LocalStore
@@ -99,8 +95,7 @@ def submit_sweep(file: Path, name: str | None, cluster: Any, namespace: str | No
         raise ConfigError("a sweep on a cluster reads each trial's result from MLflow: set MLFLOW_TRACKING_URI to the "
                           "tracking server as this machine reaches it (e.g. kubectl port-forward svc/ferry-mlflow "
                           "5000 → http://127.0.0.1:5000)")
-    sweep = load_sweep(file, name)
-    sweep = _with(sweep, job=in_namespace(sweep.job, target_namespace(sweep.job, namespace, cluster.namespace)))
+    sweep = sweep.replace(job=in_namespace(sweep.job, target_namespace(sweep.job, namespace, cluster.namespace)))
     with cluster:
         launcher = cluster_launcher(cluster, tracking_uri=job_tracking_uri, poll_s=poll_s, say=_stderr().print)
         _drive(sweep, LocalStore.default(), uri, launcher, register=False)
@@ -115,7 +110,7 @@ def _drive(sweep: Any, store: Any, uri: str, launcher: Any, *, register: bool) -
     from ferry.sweep._report import finish
 
     interactive = sys.stdout.isatty()
-    plain = _Plain()
+    plain = TrialLines(_stdout(), sweep.objective.metric)
     with Live(console=_stdout(), auto_refresh=False, transient=False) if interactive else plain as live:
         def show(result: Any) -> None:
             if interactive:
@@ -143,13 +138,14 @@ def _drive(sweep: Any, store: Any, uri: str, launcher: Any, *, register: bool) -
         raise ConfigError("no trial finished; see the failed trials above")
 
 
-class _Plain:
-    """Without a terminal: a line per change of a trial's state."""
+class TrialLines:
+    """Without a terminal: a line per change of a trial's state, on ``console``."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any, metric: str) -> None:
+        self.console, self.metric = console, metric
         self.seen: dict[int, str] = {}
 
-    def __enter__(self) -> _Plain:
+    def __enter__(self) -> TrialLines:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -159,5 +155,5 @@ class _Plain:
         for t in result.trials:
             if self.seen.get(t.number) != t.state:
                 self.seen[t.number] = t.state
-                value = f" {t.value:.4f}" if t.value is not None else (f" ({t.detail})" if t.detail else "")
-                _stdout().print(f"trial {t.number} {t.state}{value} {t.values}")
+                value = f" {self.metric}={t.value:.4f}" if t.value is not None else (f" ({t.detail})" if t.detail else "")
+                self.console.print(f"trial {t.number} {t.state}{value}  {t.values}")

@@ -56,26 +56,19 @@ def main() -> int:
 def sweep_and_register_best(store) -> int | None:  # type: ignore[no-untyped-def]
     """2. a short sweep of the same PyTorchJob here; the best trial's model is registered."""
     from ferry._submission import new_submission_id
-    from ferry.cli_sweep import _table, _with, load_sweep
+    from ferry.cli_sweep import TrialLines, _table, load_sweep
     from ferry.local import embedded_tracking_uri
     from ferry.sweep._local import SweepRunner, local_launcher
     from ferry.sweep._report import finish
 
     sweep = load_sweep(SWEEP_FILE)
-    sweep = _with(sweep, name=f"{sweep.name}-{new_submission_id()}")  # each demo its own sweep
+    sweep = sweep.replace(name=f"{sweep.name}-{new_submission_id()}")  # each demo its own sweep
     uri = embedded_tracking_uri(store)
     console.rule(f"[bold]2. sweep[/] {SWEEP_FILE}: {sweep.trials} short trials of the same PyTorchJob on this machine "
                  f"(store: {store.home})")
-    seen: dict[int, str] = {}
-
-    def show(result) -> None:  # type: ignore[no-untyped-def]
-        for t in result.trials:
-            if seen.get(t.number) != t.state:
-                seen[t.number] = t.state
-                value = f" {sweep.objective.metric}={t.value:.4f}" if t.value is not None else (f" ({t.detail})" if t.detail else "")
-                console.print(f"trial {t.number} {t.state}{value}  {t.values}")
-
-    runner = SweepRunner(sweep, store=store, tracking_uri=uri, launcher=local_launcher(store, uri, Path.cwd()), on_change=show)
+    lines = TrialLines(console, sweep.objective.metric)
+    runner = SweepRunner(sweep, store=store, tracking_uri=uri, launcher=local_launcher(store, uri, Path.cwd()),
+                         on_change=lines.show)
     result = runner.run()
     finish(runner.client, sweep, result, register=True)
     console.print(_table(sweep, result))

@@ -35,9 +35,9 @@ SURFACE = {
     "ferry.images": ["COMPONENTS", "Component", "DEFAULT_REGISTRY", "image"],
     "ferry.validate": ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"],
     "ferry.runtime": [
-        "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "ResumeError", "ResumeSource", "S3Storage",
-        "SUBMISSION_TAG", "Tracker", "init", "progress", "resolve_resume", "shutdown", "storage_for", "submission_dir",
-        "submission_id", "sweep_parent",
+        "Checkpointer", "Context", "LocalStorage", "PROGRESS_PREFIX", "REGISTERED_TAG", "ResumeError", "ResumeSource",
+        "S3Storage", "SUBMISSION_TAG", "Tracker", "init", "progress", "resolve_resume", "shutdown", "storage_for",
+        "submission_dir", "submission_id", "submission_run", "sweep_parent",
     ],
     "ferry.registry": [
         "GateResult", "HistoryEntry", "PromotionResult", "alias_holder", "evaluate_gates", "list_models",

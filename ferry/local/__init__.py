@@ -68,9 +68,7 @@ def apply_overrides(job: TrainingJob, sets: Sequence[str] = (), workers: int | N
         update["workers"] = workers
     if resume_from is not None:
         update["resume_from"] = resume_from
-    # Rebuild from the validated attribute values (not a dump: nested specs stay as they are).
-    fields = {name: getattr(job, name) for name in type(job).model_fields}
-    return TrainingJob(**{**fields, **update})
+    return job.replace(**update)
 
 
 def _git_commit(workdir: Path) -> str | None:

@@ -13,14 +13,9 @@ def find_run(job: TrainingJob, submission_id: str) -> Any:
     from mlflow import MlflowClient
 
     from ferry.local import embedded_tracking_uri
-    from ferry.runtime import SUBMISSION_TAG
+    from ferry.runtime import submission_run
 
-    client = MlflowClient(tracking_uri=embedded_tracking_uri())
-    exp = client.get_experiment_by_name(job.experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SUBMISSION_TAG}` = '{submission_id}'", max_results=2)
-    return runs[0] if runs else None
+    return submission_run(MlflowClient(tracking_uri=embedded_tracking_uri()), job.experiment, submission_id)
 
 
 def report(job: TrainingJob, result: JobResult, console: Any) -> int:
@@ -40,7 +35,9 @@ def report(job: TrainingJob, result: JobResult, console: Any) -> int:
     if run is not None:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.data.metrics.items()) if k in ("test_accuracy", "loss"))
         console.print(f"MLflow run {run.info.run_id} in experiment {job.experiment!r}: {metrics}")
-        if registered := run.data.tags.get("ferry.registered_model"):
+        from ferry.runtime import REGISTERED_TAG
+
+        if registered := run.data.tags.get(REGISTERED_TAG):
             console.print(f"registered model version: {registered}")
         console.print("compare runs in the MLflow UI: [bold]ferry ui[/] (then http://127.0.0.1:5000)")
     return 0

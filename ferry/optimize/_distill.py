@@ -36,7 +36,7 @@ def train_student(job: TrainingJob, teacher_uri: str, register_as: str, client: 
     its model as a new version of ``register_as`` (the teacher's model: a candidate like any
     other). Returns (version, run id)."""
     from ferry.local import apply_overrides, run_job
-    from ferry.runtime._tracking import SUBMISSION_TAG
+    from ferry.runtime import REGISTERED_TAG, submission_run
     from ferry.spec import Tracking
 
     student = apply_overrides(job, [f"{TEACHER_PARAM}={teacher_uri}"])
@@ -47,12 +47,9 @@ def train_student(job: TrainingJob, teacher_uri: str, register_as: str, client: 
         tail = "\n".join(result.last_lines[-5:])
         raise OptimizationFailed(f"--distill: student job {job.name!r} failed (exit {result.exit_code}); "
                                  f"logs in {result.run_dir}\n{tail}")
-    experiment = client.get_experiment_by_name(student.experiment)
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{SUBMISSION_TAG}` = '{result.submission_id}'", max_results=1,
-    ) if experiment is not None else []
-    registered = runs[0].data.tags.get("ferry.registered_model") if runs else None
+    run = submission_run(client, student.experiment, result.submission_id)
+    registered = run.data.tags.get(REGISTERED_TAG) if run is not None else None
     if not registered:
         raise OptimizationFailed(f"--distill: student job {job.name!r} finished but registered no model version; "
                                  "its script must call Tracker.log_model")
-    return registered.rpartition("/")[2], runs[0].info.run_id
+    return registered.rpartition("/")[2], run.info.run_id

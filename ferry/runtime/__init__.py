@@ -19,7 +19,8 @@ _EXPORTS = {
     "ResumeError": "_submission", "ResumeSource": "_submission", "resolve_resume": "_submission",
     "submission_dir": "_submission", "submission_id": "_submission",
     "Context": "_dist", "init": "_dist", "progress": "_dist", "shutdown": "_dist", "PROGRESS_PREFIX": "_dist",
-    "SUBMISSION_TAG": "_tracking", "Tracker": "_tracking", "sweep_parent": "_tracking",
+    "SUBMISSION_TAG": "_tracking", "REGISTERED_TAG": "_tracking", "Tracker": "_tracking",
+    "submission_run": "_tracking", "sweep_parent": "_tracking",
 }
 
 __all__ = sorted(_EXPORTS)

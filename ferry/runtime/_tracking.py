@@ -26,6 +26,7 @@ from ferry.runtime._submission import submission_id as env_submission_id
 log = logging.getLogger("ferry.tracking")
 
 SUBMISSION_TAG = "ferry.submission_id"
+REGISTERED_TAG = "ferry.registered_model"  # "name/version", when the run registered its model
 SWEEP_TAG = "ferry.sweep"  # on a sweep's parent run and on each trial's run
 SWEEP_ROLE_TAG = "ferry.sweep.role"  # "parent" on the parent run
 TRIAL_TAG = "ferry.trial"
@@ -41,6 +42,16 @@ def _default_mlflow_http_env() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # MLflow samples system metrics every 10 s; short jobs would record none.
     os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "2")
+
+
+def submission_run(client: Any, experiment: str, submission: str) -> Any:
+    """The MLflow run of submission ``submission`` in experiment ``experiment`` (a name), or
+    None when there is no such experiment or run yet."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`{SUBMISSION_TAG}` = '{submission}'", max_results=1)
+    return runs[0] if runs else None
 
 
 def sweep_parent(client: Any, experiment_id: str, sweep: str, describe: Any = None) -> str:
@@ -294,7 +305,7 @@ class Tracker:
         )
         model.train(was_training)
         if info.registered_model_version is not None:
-            self.set_tags({"ferry.registered_model": f"{register_as}/{info.registered_model_version}"})
+            self.set_tags({REGISTERED_TAG: f"{register_as}/{info.registered_model_version}"})
         return info.model_uri
 
     def run_url(self) -> str | None:

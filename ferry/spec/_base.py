@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -80,3 +80,8 @@ class Spec(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise spec_error(type(self), exc) from exc
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes``, validated like a new spec (pydantic's ``model_copy`` is not).
+        Built from the attribute values, so nested specs stay as they are."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})

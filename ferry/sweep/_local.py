@@ -18,9 +18,6 @@ from ferry.spec._sweep import Sweep
 from ferry.sweep import _search
 from ferry.sweep._trials import record_search, trial_env, trial_job
 
-STATES = ("queued", "running", "finished", "pruned", "failed", "stopped")
-
-
 @dataclass
 class TrialRecord:
     number: int
@@ -80,11 +77,9 @@ class _Trial:
         return self.record
 
     def _run(self, submission: str) -> Any:
-        from ferry.runtime import SUBMISSION_TAG
+        from ferry.runtime import submission_run
 
-        runs = self.runner.client.search_runs([self.runner.experiment_id], f"tags.`{SUBMISSION_TAG}` = '{submission}'",
-                                              max_results=1)
-        return runs[0] if runs else None
+        return submission_run(self.runner.client, self.runner.sweep.experiment, submission)
 
     def _watch(self, submission: str) -> None:
         """Report the watched metric to the study as the run logs it; stop the job when the

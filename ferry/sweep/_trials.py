@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ferry.spec import Tracking, TrainingJob
+from ferry.spec import TrainingJob
 from ferry.spec._sweep import Sweep
 
 SWEEP_LABEL = "ferry.dev/sweep"
@@ -24,10 +24,8 @@ def trial_job(sweep: Sweep, values: dict[str, Any], number: int) -> TrainingJob:
             continue
         like = hparams[key]
         hparams[key] = type(like)(value) if isinstance(like, (int, float)) and not isinstance(like, bool) else value
-    fields = {name: getattr(job, name) for name in type(job).model_fields}
     assert job.tracking is not None  # the Sweep requires it
-    tracking = Tracking(**{**{n: getattr(job.tracking, n) for n in type(job.tracking).model_fields},
-                           "register_as": None, "experiment": job.experiment})
+    tracking = job.tracking.replace(register_as=None, experiment=job.experiment)
     labels = {**job.labels, SWEEP_LABEL: sweep.name, TRIAL_LABEL: str(number)}
     update: dict[str, Any] = {"hyperparameters": hparams, "tracking": tracking, "labels": labels,
                               "name": f"{sweep.name}-t{number}"}
@@ -35,9 +33,9 @@ def trial_job(sweep: Sweep, values: dict[str, Any], number: int) -> TrainingJob:
         workers = int(values["workers"])
         update["workers"] = workers
         if job.elastic is not None:
-            update["elastic"] = job.elastic.model_copy(update={"min_workers": min(job.elastic.min_workers, workers),
-                                                              "max_workers": max(job.elastic.max_workers, workers)})
-    return TrainingJob(**{**fields, **update})
+            update["elastic"] = job.elastic.replace(min_workers=min(job.elastic.min_workers, workers),
+                                                    max_workers=max(job.elastic.max_workers, workers))
+    return job.replace(**update)
 
 
 def trial_env(sweep: Sweep, number: int) -> dict[str, str]:

@@ -10,7 +10,6 @@ State lives on the pipeline itself: its status and kopf's progress annotations
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -20,7 +19,6 @@ from ferry_operator._crd import GROUP, PLURAL, VERSION
 from ferry_operator._pipeline import parse
 from ferry_operator._reconcile import Deps, reconcile, set_condition
 
-log = logging.getLogger("ferry.operator")
 registry = kopf.get_default_registry()  # so `kopf run -m ferry_operator` finds the handlers too
 RESOURCE = dict(group=GROUP, version=VERSION, plural=PLURAL)
 # a training can run for days: no timeout on waiting; a step that errors is retried with backoff
@@ -34,12 +32,14 @@ def deps_of(memo: Any) -> Deps:
     return deps
 
 
-def _pass(body: Any, patch: Any, memo: Any, logger: logging.Logger) -> None:
-    obj = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
-           "status": dict(body.get("status") or {})}
-    obj = _plain(obj)
+def _key(meta: Any) -> str:
+    return f"{meta.get('namespace')}/{meta['name']}"
+
+
+def _pass(body: Any, patch: Any, memo: Any) -> None:
+    obj = _plain({"metadata": body["metadata"], "spec": body.get("spec") or {}, "status": body.get("status") or {}})
     metrics = getattr(memo, "metrics", None)
-    key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+    key = _key(obj["metadata"])
     before = obj["status"].get("phase")
     try:
         pipeline = parse(obj)
@@ -78,9 +78,9 @@ def _plain(value: Any) -> Any:
 @kopf.on.create(**RESOURCE, **HANDLER)
 @kopf.on.update(**RESOURCE, field="spec", **HANDLER)
 @kopf.on.resume(**RESOURCE, **HANDLER)
-def reconcile_pipeline(body: Any, patch: Any, memo: Any, logger: logging.Logger, **_: Any) -> None:
+def reconcile_pipeline(body: Any, patch: Any, memo: Any, **_: Any) -> None:
     """Drive one ModelPipeline towards Serving (or a final Failed/Rejected)."""
-    _pass(body, patch, memo, logger)
+    _pass(body, patch, memo)
 
 
 @kopf.on.delete(**RESOURCE, registry=registry, optional=True)  # optional: no finalizer; children go by owner references
@@ -88,7 +88,7 @@ def forget_pipeline(body: Any, memo: Any, **_: Any) -> None:
     """A deleted pipeline leaves the metrics."""
     metrics = getattr(memo, "metrics", None)
     if metrics is not None:
-        metrics.forget(f"{body['metadata'].get('namespace')}/{body['metadata']['name']}")
+        metrics.forget(_key(body["metadata"]))
 
 
 @kopf.on.probe(id="connected", registry=registry)

@@ -23,13 +23,21 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ferry.errors import FerryError, PromotionRefused
-from ferry.kube import INFERENCESERVICE, PYTORCHJOB, Cluster, JobState, apply_manifests, plan_submission, submit
-from ferry.runtime import SUBMISSION_TAG
+from ferry.kube import (
+    INFERENCESERVICE,
+    PYTORCHJOB,
+    Cluster,
+    JobState,
+    ServiceState,
+    apply_manifests,
+    plan_submission,
+    submit,
+)
+from ferry.runtime import REGISTERED_TAG, SUBMISSION_TAG, submission_run
 from ferry_operator._crd import GROUP, KIND, VERSION
 from ferry_operator._pipeline import Pipeline, job_name
 
 log = logging.getLogger("ferry.operator")
-REGISTERED_TAG = "ferry.registered_model"  # "name/version", set by the runtime when it registers
 
 
 class Wait(Exception):
@@ -74,6 +82,11 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"], "uid": meta["uid"],
             "controller": True, "blockOwnerDeletion": True}
+
+
+def gate_results(gates: list[Any]) -> list[dict[str, Any]]:
+    """The registry's gate results as the status records them."""
+    return [{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in gates]
 
 
 def now() -> str:
@@ -130,7 +143,7 @@ class Reconciler:
         state = self.train(submission)
         if state is None:
             return self.step
-        run_id, version = self.find_run(submission)
+        _, version = self.find_run(submission)
         if not self.promote(version):
             return self.step
         return self.deploy(version)
@@ -194,19 +207,16 @@ class Reconciler:
         if self.status.get("runId") and self.status.get("modelVersion"):
             return self.status["runId"], self.status["modelVersion"]
         self.phase("Evaluating", f"looking up the run of submission {submission}")
-        experiment = client.get_experiment_by_name(p.job.experiment)
-        runs = client.search_runs([experiment.experiment_id], f"tags.`{SUBMISSION_TAG}` = '{submission}'",
-                                  max_results=1) if experiment is not None else []
+        run = submission_run(client, p.job.experiment, submission)
         version = None
-        if runs:
-            registered = runs[0].data.tags.get(REGISTERED_TAG, "")
-            name, _, version = registered.rpartition("/")
+        if run is not None:
+            name, _, version = run.data.tags.get(REGISTERED_TAG, "").rpartition("/")
             if name != p.model:
-                found = client.search_model_versions(f"name = '{p.model}' and run_id = '{runs[0].info.run_id}'")
+                found = client.search_model_versions(f"name = '{p.model}' and run_id = '{run.info.run_id}'")
                 version = str(max(int(v.version) for v in found)) if found else None
-        if not runs or not version:
-            what = (f"no MLflow run in experiment {p.job.experiment!r} carries {SUBMISSION_TAG}={submission}" if not runs
-                    else f"run {runs[0].info.run_id} registered no version of {p.model!r}")
+        if run is None or not version:
+            what = (f"no MLflow run in experiment {p.job.experiment!r} carries {SUBMISSION_TAG}={submission}" if run is None
+                    else f"run {run.info.run_id} registered no version of {p.model!r}")
             lookups = int(self.status.get("runLookups") or 0) + 1
             if lookups > self.deps.run_lookup_retries:
                 self.phase("Failed", f"the job succeeded but {what}; does its script call log_model (tracking.registerAs "
@@ -216,7 +226,7 @@ class Reconciler:
                 raise _Done()
             self.put(runLookups=lookups)
             raise Wait(what, self.deps.poll_s)
-        run_id = runs[0].info.run_id
+        run_id = run.info.run_id
         self.put(runId=run_id, modelVersion=str(version), runLookups=None)
         self.step.event("Registered", f"run {run_id} registered {p.model} version {version}")
         return run_id, str(version)
@@ -230,13 +240,13 @@ class Reconciler:
         try:
             result = promote(self.deps.mlflow, p.promotion, p.model, version, p.environment, actor=self.deps.actor)
         except PromotionRefused as exc:
-            self.put(gates=[{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in exc.gates])
+            self.put(gates=gate_results(exc.gates))
             self.phase("Rejected", str(exc).removesuffix(" (--force overrides, and is recorded)"))
             self.condition("Promoted", False, "GatesFailed", self.status["message"])
             self.step.event("Rejected", self.status["message"], "Warning")
             return False
         if result.gates:
-            self.put(gates=[{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in result.gates])
+            self.put(gates=gate_results(result.gates))
         detail = (f"{p.model} v{version} holds {result.alias!r} in {p.environment}"
                   + (f" (was v{result.from_version})" if result.changed and result.from_version else ""))
         if result.changed:
@@ -252,13 +262,12 @@ class Reconciler:
         d = p.deployment
         assert d is not None
         existing = cluster.find(INFERENCESERVICE, d.name, p.namespace)
-        serving_other = existing is not None and (existing.get("metadata", {}).get("annotations") or {}).get(
-            "ferry.dev/model-version") not in (None, version)
+        applied = ServiceState.of(existing).model_version if existing is not None else None  # the version it serves
+        serving_other = applied not in (None, version)
         canary = (d.canary_percent or p.promotion.canary_percent) if serving_other and d.mode == "serverless" else None
         pinned = d.model_copy(update={"model": f"models:/{p.model}/{version}", "canary_percent": canary})
         doc = render_inferenceservice(pinned, resolve_model(pinned.model, self.deps.mlflow))
         doc["metadata"]["ownerReferences"] = [owner_reference(self.body)]
-        applied = (existing or {}).get("metadata", {}).get("annotations", {}).get("ferry.dev/model-version")
         if self.was != "Deploying" or applied != version:
             apply_manifests(cluster, [doc])
             how = f" as a {canary}% canary" if canary else ""
@@ -268,8 +277,6 @@ class Reconciler:
         return self.check_serving(wait=True)
 
     def check_serving(self, wait: bool = False) -> Step:
-        from ferry.kube import ServiceState
-
         p, d = self.p, self.p.deployment
         assert d is not None
         isvc = self.deps.cluster.find(INFERENCESERVICE, d.name, p.namespace)
