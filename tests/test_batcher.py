@@ -164,3 +164,23 @@ async def test_a_full_queue_is_refused_not_grown() -> None:
     for task in pending:
         task.cancel()
     await batcher.stop()
+
+
+@pytest.mark.parametrize("in_thread,in_loop_thread", [(True, False), (False, True)])
+async def test_the_model_runs_in_a_worker_thread_or_in_the_loops_own(in_thread: bool, in_loop_thread: bool) -> None:
+    import threading
+
+    seen: list[threading.Thread] = []
+
+    def model(xs: list[np.ndarray]) -> list[np.ndarray]:
+        seen.append(threading.current_thread())
+        return xs
+
+    batcher = DynamicBatcher(model, max_batch_size=32, max_latency_ms=NEVER_MS, in_thread=in_thread)
+    batcher.start()
+    try:
+        (y,) = await batcher.submit([np.ones((2, 1))])
+    finally:
+        await batcher.stop()
+    np.testing.assert_array_equal(y, np.ones((2, 1)))
+    assert (seen == [threading.current_thread()]) is in_loop_thread

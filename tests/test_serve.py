@@ -407,6 +407,21 @@ def test_kserve_grpc_client_with_typed_and_raw_contents(server, model, tmp_path)
 
 
 # ---- devices ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version,platform,in_thread", [("1", "pytorch", False), ("2", "onnx", True)])
+def test_where_the_batcher_runs_each_kind_of_model(model, version, platform, in_thread):
+    """A torch program on the CPU releases the GIL around each operator: it runs in the event
+    loop's thread; ONNX Runtime releases it once per call: a worker thread (see ``_batcher``)."""
+    from ferry.serve import load_model
+
+    from tests.conftest import scoped_tracking_uri
+
+    tracking, x, expected = model
+    with scoped_tracking_uri(tracking):
+        loaded = load_model(f"models:/tiny-digits/{version}", device="cpu")
+    assert (loaded.platform, loaded.in_thread) == (platform, in_thread)
+    np.testing.assert_allclose(loaded.predict(x), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_an_impossible_placement_is_refused_before_serving(model):
     import torch
 

@@ -47,7 +47,7 @@ def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", p
     # uvicorn drains on SIGTERM, then re-raises the signal through the handler it found at
     # start (set above to a no-op), so a drained server exits 0 (not 143), whatever the
     # model's libraries installed.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", proxy_headers=False,
                 timeout_graceful_shutdown=drain_seconds, http="httptools", loop="uvloop" if _has_uvloop() else "asyncio")
 
 
@@ -77,6 +77,7 @@ def _serve_workers(workers: int, **config: object) -> None:
     try:
         uvicorn.run("ferry.serve._workers:create_app", factory=True, workers=workers, host=str(config["host"]),
                     port=int(config["port"]), log_level="warning", access_log=False, lifespan="on",  # type: ignore[call-overload]
+                    proxy_headers=False,  # the server reads no client address
                     timeout_graceful_shutdown=int(config["drain_seconds"]), http="httptools",  # type: ignore[call-overload]
                     loop="uvloop" if _has_uvloop() else "asyncio")
     finally:

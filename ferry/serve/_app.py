@@ -76,8 +76,11 @@ class ModelServer:
             model = self.load()
             model.warm_up(self.max_batch_size)
             self.model = model
-            log.warning("model %s version %s (%s) loaded and warmed up on %s in %s; ready", model.name, model.version,
-                        model.platform, model.device, model.dtype)
+            if self.batcher is not None:
+                self.batcher.in_thread = model.in_thread
+            log.warning("model %s version %s (%s) loaded and warmed up on %s in %s, run in %s; ready", model.name,
+                        model.version, model.platform, model.device, model.dtype,
+                        "a worker thread" if model.in_thread else "the event loop's thread")
             self.ready = True
         except BaseException as exc:  # noqa: BLE001 - reported on /v2/health/ready and in the log
             self.load_error = exc

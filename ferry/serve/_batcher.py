@@ -11,6 +11,14 @@ waits, up to ``max_latency_ms``, only until it holds as many rows as the last ba
 client never waits, two clients never wait for a third, and requests that trickle in one at a
 time (as over gRPC) keep sharing model calls instead of each running alone. A client that
 leaves costs one deadline, after which the batches are the smaller size.
+
+Where the model runs (``in_thread``): a torch model on the CPU runs in the event loop's own
+thread. torch releases the GIL around every operator, so a model in a worker thread has to win
+the GIL back from a busy event loop after each of them (the interpreter hands it over only
+every switch interval, 5 ms), and a forward pass of a few dozen operators stalls for many
+milliseconds under load. A model that releases the GIL once for its whole call (ONNX Runtime,
+TorchScript, a GPU's synchronizing copy) runs in a worker thread, so the loop goes on reading
+requests while it computes.
 """
 
 from __future__ import annotations
@@ -41,8 +49,9 @@ class _Item:
 class DynamicBatcher:
     def __init__(self, predict: Callable[[Arrays], Arrays], *, max_batch_size: int = 32,
                  max_latency_ms: float = 5.0, max_queue: int = 1024, on_batch: Callable[[int], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None):
+                 on_depth: Callable[[int], None] | None = None, in_thread: bool = True):
         self.predict, self.max_batch_size, self.max_latency = predict, max_batch_size, max_latency_ms / 1000
+        self.in_thread = in_thread  # see the module's docstring; may be set once the model is known
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
         self.on_batch, self.on_depth = on_batch, on_depth
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-infer")
@@ -115,7 +124,10 @@ class DynamicBatcher:
         if self.on_batch is not None:
             self.on_batch(rows)
         try:
-            out = await loop.run_in_executor(self._executor, self.predict, batch)
+            if self.in_thread:
+                out = await loop.run_in_executor(self._executor, self.predict, batch)
+            else:
+                out = self.predict(batch)
         except Exception as exc:  # noqa: BLE001 - the model failed: each caller gets the error
             for item in items:
                 if not item.future.done():

@@ -53,6 +53,7 @@ class LoadedModel:
     source: str
     device: str = "cpu"
     dtype: str = "float32"
+    in_thread: bool = True  # whether the batcher runs it in a worker thread (see ``_batcher``)
 
     @property
     def input(self) -> TensorInfo:
@@ -136,10 +137,13 @@ def _load(uri: str, path: Path, name: str, version: str, onnx_threads: int, devi
                                          explicit=device != "auto", inputs=inputs, outputs=outputs)
         platform = "onnx"
     elif "pytorch" in meta.flavors:
-        run, platform = _torch_predictor(path, placement, outputs), "pytorch"
+        run, in_thread = _torch_predictor(path, placement, outputs)
+        platform = "pytorch"
     else:
         raise ConfigError(f"{uri}: flavor(s) {sorted(meta.flavors)} are not served; Ferry serves pytorch and onnx models")
-    return LoadedModel(name, version, platform, inputs, outputs, run, uri, placement.device, placement.dtype)
+    if platform == "onnx":
+        in_thread = True  # one InferenceSession.run releases the GIL once
+    return LoadedModel(name, version, platform, inputs, outputs, run, uri, placement.device, placement.dtype, in_thread)
 
 
 def _tensors(schema: Any, kind: str, uri: str) -> list[TensorInfo]:
@@ -162,11 +166,13 @@ def _as_list(result: Any, outputs: list[TensorInfo]) -> list[Any]:
     return [result]
 
 
-def _torch_predictor(path: Path, placement: Any, outputs: list[TensorInfo]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def _torch_predictor(path: Path, placement: Any, outputs: list[TensorInfo]) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], bool]:
     """The inputs go to the module positionally, in the signature's order; it may answer a
     tensor, a tuple or a dict. On CPU a batch is used in place; on a GPU it is copied through
     pinned host memory with a non-blocking transfer. Floating answers come back as float32
-    whatever the dtype."""
+    whatever the dtype. Also says whether to run it in a worker thread: on a GPU, or for a
+    TorchScript module (one call into C++); an eager module or a torch.export program on the
+    CPU releases the GIL around each operator and runs in the event loop (see ``_batcher``)."""
     import mlflow.pytorch
     import torch
 
@@ -194,7 +200,7 @@ def _torch_predictor(path: Path, placement: Any, outputs: list[TensorInfo]) -> C
         with torch.inference_mode():
             return [answer(t) for t in _as_list(module(*[prepare(x) for x in xs]), outputs)]
 
-    return run
+    return run, placement.is_cuda or isinstance(module, torch.jit.ScriptModule)
 
 
 def _onnx_predictor(path: Path, flavor: dict[str, Any], threads: int, placement: Any, explicit: bool,
