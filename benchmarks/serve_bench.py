@@ -1,7 +1,7 @@
 """Serving: Ferry's server (REST JSON, REST binary tensors, gRPC) vs ``mlflow models serve`` and
 NVIDIA Triton (through PyTriton) on the same model.
 
-    python benchmarks/serve_bench.py [--duration 8] [--pytriton-python PATH]
+    python benchmarks/serve_bench.py [--duration 8] [--pytriton-python PATH] [--baseline REV]
 
 One digits CNN is trained and registered in a temporary MLflow store. Ferry and MLflow load
 ``models:/bench-digits/1``; Triton serves the same torch.export artifact through PyTriton with
@@ -16,9 +16,15 @@ PyTriton 0.7 needs Python 3.12 with ``nvidia-pytriton`` and ``torch==2.13.0`` in
 that interpreter with ``--pytriton-python`` (``LD_LIBRARY_PATH`` is set to its
 ``libpython3.12.so``). Without it the Triton columns are left out, and the output says so.
 
+``--baseline REV`` also serves the model with Ferry as it was at git revision REV (checked out
+into a temporary worktree, run with this interpreter) and measures its REST JSON beside the
+working tree's: the check that new paths cost the common one nothing.
+
 Targets: Ferry >= 3x MLflow's RPS at concurrency 32 with a lower p99; Ferry's REST JSON >= 5x
 PyTriton's; gRPC and REST binary each faster than REST JSON on 8-row payloads. The in-process
-forward pass at the same batch size is printed as the floor.
+forward pass at the same batch sizes is printed as the floor: the module as MLflow loads it (what
+the PyTriton server calls) and the model as Ferry's server calls it (the program's operators
+without ``ExportedProgram.module()``'s wrapper; see ``ferry/serve/_model.py``).
 """
 
 from __future__ import annotations
@@ -72,23 +78,31 @@ def train_and_register(tmp: Path) -> tuple[str, np.ndarray]:
     return uri, x_test
 
 
-def forward_floor(uri: str, x: np.ndarray, rows: int) -> float:
-    """Seconds per call of the model as MLflow loads it, in process, at ``rows`` rows."""
+def forward_floors(uri: str, x: np.ndarray, rows: int) -> dict[str, float]:
+    """Seconds per call at ``rows`` rows, in process: the module as MLflow loads it (what the
+    PyTriton server calls) and the model as Ferry's server loads and calls it."""
     import mlflow.pytorch
     import torch
 
+    from ferry.serve import load_model
+
     os.environ["MLFLOW_TRACKING_URI"] = uri
     module = mlflow.pytorch.load_model("models:/bench-digits/1")
-    batch = torch.from_numpy(x[:rows])
+    served = load_model("models:/bench-digits/1", device="cpu")
+    batch = x[:rows]
+    calls = {"module()": lambda: module(torch.from_numpy(batch)), "ferry": lambda: served.run([batch])}
+    out = {}
     with torch.inference_mode():
-        for _ in range(200):
-            module(batch)
-        times = []
-        for _ in range(2000):
-            t = time.perf_counter()
-            module(batch)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, call in calls.items():
+            for _ in range(200):
+                call()
+            times = []
+            for _ in range(2000):
+                t = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t)
+            out[name] = statistics.median(times)
+    return out
 
 
 CONCURRENCY = (1, 4, 32)  # 4: a few clients, where a batcher that waits for clients that never come shows
@@ -176,6 +190,8 @@ def targets_for(batch: np.ndarray, model: str, ports: dict[str, int]) -> dict[st
                                                                "inference-header-content-length": str(len(header))})
         out[f"{server} grpc"] = Target(f"http://127.0.0.1:{ports[server + '-grpc']}/inference.GRPCInferenceService/ModelInfer",
                                        framed, grpc_headers, grpc=True)
+    if "baseline" in ports:
+        out["baseline json"] = Target(f"http://127.0.0.1:{ports['baseline']}/v2/models/{model}/infer", as_json, json_headers)
     out["mlflow json"] = Target(f"http://127.0.0.1:{ports['mlflow']}/invocations", json.dumps({"inputs": batch.tolist()}).encode(), json_headers)
     return out
 
@@ -226,6 +242,26 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def start_baseline(revision: str, tree: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    """``ferry serve`` as it was at ``revision``, from a worktree at ``tree``, with this interpreter."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), revision], check=True,
+                   capture_output=True)
+    command = [sys.executable, "-c", "import sys; from ferry.cli import main; sys.argv[0] = 'ferry'; main()",
+               "serve", "models:/bench-digits/1", "--port", str(port)]
+    env = {**env, "PYTHONPATH": str(tree)}
+    usage = subprocess.run([*command[:3], "serve", "--help"], cwd=tree, env=env, capture_output=True, text=True).stdout
+    if "--grpc-port" in usage:
+        command += ["--grpc-port", "0"]
+    return subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def remove_worktree(tree: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
 def row(label: str, r: dict[str, float]) -> str:
     return f"{label:<15} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}"
 
@@ -233,6 +269,7 @@ def row(label: str, r: dict[str, float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--baseline", metavar="REV", help="also measure REST JSON of Ferry's server at this git revision")
     parser.add_argument("--pytriton-python", default=os.environ.get("FERRY_BENCH_PYTRITON_PYTHON"),
                         help="a Python 3.12 with nvidia-pytriton and torch==2.13.0 (or $FERRY_BENCH_PYTRITON_PYTHON)")
     args = parser.parse_args()
@@ -261,12 +298,17 @@ def main() -> None:
             ports["triton"], ports["triton-grpc"] = free_port(), free_port()
             servers["triton"] = start_pytriton(args.pytriton_python, artifact, ports["triton"], ports["triton-grpc"])
             triton_note = ""
+        if args.baseline:
+            ports["baseline"] = free_port()
+            servers["baseline"] = start_baseline(args.baseline, tmp / "baseline", ports["baseline"], env)
         results: dict[tuple[str, int, int], dict[str, float]] = {}
         try:
             wait_http(f"http://127.0.0.1:{ports['ferry']}/v2/health/ready")
             wait_http(f"http://127.0.0.1:{ports['mlflow']}/ping")
             if "triton" in servers:
                 wait_http(f"http://127.0.0.1:{ports['triton']}/v2/models/bench-digits/ready")
+            if "baseline" in servers:
+                wait_http(f"http://127.0.0.1:{ports['baseline']}/v2/health/ready")
             import torch
 
             module = torch.export.load(str(artifact)).module()
@@ -282,7 +324,9 @@ def main() -> None:
         finally:
             for proc in servers.values():
                 stop(proc)
-        floors = {rows: forward_floor(uri, x, rows) for rows in (1, 8)}
+            if args.baseline:
+                remove_worktree(tmp / "baseline")
+        floors = {rows: forward_floors(uri, x, rows) for rows in (1, 8)}
 
     names = list(dict.fromkeys(name for name, _, _ in results))
     print(f"serving benchmark: digits CNN (pt2), h2load -t1 -m1, {args.duration}s per cell after 1s warm-up, "
@@ -296,7 +340,7 @@ def main() -> None:
                 print(f"{row(name, r)}  {r['rps'] / base['rps']:>6.2f}x")
     print("\nratios (req/s; > 1 means the first is faster):")
     print(f"{'rows':>4} {'conc':>4} | {'ferry/mlflow':>12} {'p99 m/f':>8} | {'ferry/triton json':>17} {'ferry/triton grpc':>17} | "
-          f"{'binary/json':>11} {'grpc/json':>9}")
+          f"{'binary/json':>11} {'grpc/json':>9}" + (f" | json/{args.baseline}" if args.baseline else ""))
     for rows in (1, 8):
         for conc in CONCURRENCY:
             get = lambda name: results.get((name, rows, conc))  # noqa: E731
@@ -304,9 +348,11 @@ def main() -> None:
             tj, tg = get("triton json"), get("triton grpc")
             vs_triton = (f"{fj['rps'] / tj['rps']:>16.2f}x {get('ferry grpc')['rps'] / tg['rps']:>16.2f}x" if tj else f"{'-':>17} {'-':>17}")
             print(f"{rows:>4} {conc:>4} | {fj['rps'] / m['rps']:>11.2f}x {m['p99'] / fj['p99']:>7.2f}x | {vs_triton} | "
-                  f"{get('ferry binary')['rps'] / fj['rps']:>10.2f}x {get('ferry grpc')['rps'] / fj['rps']:>8.2f}x")
+                  f"{get('ferry binary')['rps'] / fj['rps']:>10.2f}x {get('ferry grpc')['rps'] / fj['rps']:>8.2f}x"
+                  + (f" | {fj['rps'] / get('baseline json')['rps']:>6.2f}x" if args.baseline else ""))
     for rows, floor in floors.items():
-        print(f"floor: in-process forward at {rows} row(s): {floor * 1e6:.0f} us/call ({1 / floor:.0f} calls/s on one core)")
+        print(f"floor: in-process forward at {rows} row(s): " + ", ".join(
+            f"{name} {seconds * 1e6:.0f} us/call ({1 / seconds:.0f} calls/s)" for name, seconds in floor.items()))
     if triton_note:
         print(triton_note)
     print("targets: ferry/mlflow >= 3x at concurrency 32 with p99 m/f > 1; ferry/triton json >= 5x; binary/json and grpc/json > 1 at 8 rows")
