@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -174,16 +175,24 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_continues_the_sweep(mlflow_ser
     exe = str(Path(sys.executable).with_name("ferry"))
     proc = subprocess.Popen([exe, "sweep", str(sweep_file)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # The sweep's own lines say when the second trial runs: interrupt it then, while it still has
+    # steps to go (polling MLflow instead can be slow enough on a loaded machine to miss it).
+    streams: dict[str, list[str]] = {"out": [], "err": []}
+    readers = [threading.Thread(target=lambda name=name, stream=stream: streams[name].extend(stream), daemon=True)
+               for name, stream in (("out", proc.stdout), ("err", proc.stderr))]
+    for reader in readers:
+        reader.start()
     try:
-        def trials_logged() -> int:
-            return len([r for r in _runs(mlflow_server, "scored") if "ferry.trial" in r.data.tags])
-
-        wait_until(lambda: trials_logged() >= 2, "the second trial has started", timeout=120)
+        wait_until(lambda: any("trial 1 running" in line for line in list(streams["out"])), "the second trial has started",
+                   timeout=120)
         os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+        for reader in readers:
+            reader.join(timeout=10)
+    out, err = "".join(streams["out"]), "".join(streams["err"])
     assert proc.returncode == 130, out + err
     assert "interrupted" in err and "run the same command again to continue" in err
     finished_before = [r for r in _runs(mlflow_server, "scored") if "ferry.trial" in r.data.tags and r.info.status == "FINISHED"]
@@ -217,7 +226,6 @@ def test_a_metric_the_job_never_logs_stops_the_sweep_after_one_trial(ferry_cli: 
 @pytest.mark.integration
 def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_once(mlflow_server: Any,
                                                                                     tmp_path: Path) -> None:
-    import threading
     import time
 
     from tests._kube import Kube
