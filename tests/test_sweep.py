@@ -161,6 +161,11 @@ def test_the_median_rule_prunes_a_trial_that_falls_behind(ferry_cli: Any, mlflow
     assert bad.data.metrics["score"] < 0.05 * 0.9  # stopped before its last step
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _scored_job() -> TrainingJob:
     from tests.jobs.scored_sweep import job
 
@@ -173,8 +178,11 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_continues_the_sweep(mlflow_ser
     sweep_file = tmp_path / "grid.py"
     sweep_file.write_text("from tests.jobs.scored_sweep import grid as sweep\n")
     exe = str(Path(sys.executable).with_name("ferry"))
+    # Started as a shell starts a command: SIGINT at its default and unblocked, whatever this test
+    # process inherited or was left with by the libraries loaded before it (an ignored or blocked
+    # signal is inherited across exec, and the sweep would then never see the Ctrl-C).
     proc = subprocess.Popen([exe, "sweep", str(sweep_file)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
     # The sweep's own lines say when the second trial runs: interrupt it then, while it still has
     # steps to go (polling MLflow instead can be slow enough on a loaded machine to miss it).
     streams: dict[str, list[str]] = {"out": [], "err": []}
