@@ -187,8 +187,10 @@ def test_a_pipeline_goes_through_every_phase_to_serving(operator_env: Kube, mlfl
         assert {c["type"]: c["status"] for c in st["conditions"]} == {
             "Trained": "True", "Promoted": "True", "Ready": "True"}
         wait_until(lambda: "Serving" in events(kube, "digits"), "the Serving event")
-        assert [r for r in events(kube, "digits") if r in ("Submitted", "Trained", "Registered", "Promoted",
-                                                          "Deploying", "Serving")] == [
+        # In order of first posting: a pass retried on a stale status may post a step's Event again
+        # (a cluster counts repeats of one Event; the order of the steps is what this checks).
+        assert list(dict.fromkeys(r for r in events(kube, "digits") if r in ("Submitted", "Trained", "Registered",
+                                                                             "Promoted", "Deploying", "Serving"))) == [
             "Submitted", "Trained", "Registered", "Promoted", "Deploying", "Serving"]
     client = MlflowClient(tracking_uri=mlflow_url)
     assert client.get_model_version_by_alias("op-happy", "staging").version == "1"
