@@ -135,14 +135,12 @@ def _load(uri: str, path: Path, name: str, version: str, onnx_threads: int, devi
                               "exported with (export a reduced-precision graph instead)")
         run, placement = _onnx_predictor(path, meta.flavors["onnx"], onnx_threads, placement,
                                          explicit=device != "auto", inputs=inputs, outputs=outputs)
-        platform = "onnx"
+        platform, in_thread = "onnx", True  # one InferenceSession.run releases the GIL once
     elif "pytorch" in meta.flavors:
         run, in_thread = _torch_predictor(path, meta.flavors["pytorch"], placement, inputs, outputs)
         platform = "pytorch"
     else:
         raise ConfigError(f"{uri}: flavor(s) {sorted(meta.flavors)} are not served; Ferry serves pytorch and onnx models")
-    if platform == "onnx":
-        in_thread = True  # one InferenceSession.run releases the GIL once
     return LoadedModel(name, version, platform, inputs, outputs, run, uri, placement.device, placement.dtype, in_thread)
 
 
@@ -214,7 +212,7 @@ def _direct_program_call(program: Path, module: Any, inputs: list[TensorInfo], d
     (digits CNN on one CPU core, one row: 355 µs a call through the wrapper, 152 µs without;
     32 rows: 1,038 vs 776 µs). Taken only for a program that takes its inputs as positional
     tensors with a dynamic batch dimension and the other dimensions the signature's, answers
-    plain outputs and mutates nothing, and only when it answers a probe batch exactly as the
+    plain outputs and returns no mutation for the wrapper to write back, and only when it answers a probe batch exactly as the
     wrapped module does; otherwise None, and the wrapped module serves."""
     import torch
     from torch.export.graph_signature import InputKind, OutputKind
