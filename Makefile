@@ -5,6 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ferry-installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
+# The real-control-plane test tier finds etcd, kube-apiserver, kube-controller-manager and kubectl
+# through KUBEBUILDER_ASSETS (as envtest does); beside a checkout with ../shared it is set for you.
+SHARED_K8S := $(abspath ../shared/k8s/bin)
+ifeq ($(origin KUBEBUILDER_ASSETS),undefined)
+ifneq ($(wildcard $(SHARED_K8S)/kube-apiserver),)
+export KUBEBUILDER_ASSETS := $(SHARED_K8S)
+endif
+endif
 
 .PHONY: install demo test lint golden clean bench
 

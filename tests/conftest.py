@@ -129,3 +129,39 @@ def registry(tmp_path_factory):
     client = MlflowClient(uri)
     client.set_registered_model_alias("tiny", "champion", "2")
     return uri, client
+
+
+# ---- the real control plane (etcd + kube-apiserver + kube-controller-manager) -------------------
+def pytest_report_header(config):
+    from tests import _controlplane
+
+    if _controlplane.assets() is None:
+        return f"real-control-plane tier: skipped ({_controlplane.skip_reason()})"
+    return f"real-control-plane tier: {_controlplane.assets()}"
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """One real control plane for the whole run, with the CRDs Ferry ships (PyTorchJob, KServe,
+    KEDA, monitoring, and Ferry's own ModelPipeline) established. Skipped, with the reason,
+    where ``KUBEBUILDER_ASSETS`` is unset. Tests isolate themselves by namespace."""
+    from ferry.settings import PACKAGED_CRD_DIR
+    from tests import _controlplane
+
+    bin_dir = _controlplane.assets()
+    if bin_dir is None:
+        pytest.skip(_controlplane.skip_reason())
+    with _controlplane.started(bin_dir, tmp_path_factory.mktemp("control-plane")) as plane:
+        operator_crds = REPO / "operator" / "ferry_operator" / "crds"
+        plane.install_crds(*sorted(PACKAGED_CRD_DIR.glob("*.yaml")), *sorted((REPO / "tests" / "crds").glob("*.yaml")),
+                           *sorted(operator_crds.glob("*.yaml")))
+        yield plane
+
+
+@pytest.fixture
+def namespace(control_plane):
+    """A fresh namespace on the real control plane enforcing Pod Security "restricted",
+    deleted after the test."""
+    name = control_plane.namespace()
+    yield name
+    control_plane.delete_namespace(name)
