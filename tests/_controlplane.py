@@ -163,6 +163,10 @@ class ControlPlane:
             f'{self.tokens["admin"]},admin,1,"system:masters"\n'
             f'{self.tokens["limited"]},limited,2,"ferry:nobody"\n'
             f'{self.tokens["kcm"]},system:kube-controller-manager,3\n')
+        # Every request's metadata (user, verb, resource, answer), one JSON line each: what a test
+        # reads to know which calls a component made (see audit()).
+        (self.root / "audit-policy.yaml").write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n")
         etcd, peer, api = free_port(), free_port(), free_port()
         self._spawn("etcd", "--name", "default", "--data-dir", str(self.root / "etcd"),
                     f"--listen-client-urls=http://127.0.0.1:{etcd}", f"--advertise-client-urls=http://127.0.0.1:{etcd}",
@@ -175,7 +179,8 @@ class ControlPlane:
                     "--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file=sa.pub",
                     "--service-account-signing-key-file=sa.key", "--tls-cert-file=apiserver.crt",
                     "--tls-private-key-file=apiserver.key", "--client-ca-file=ca.crt",
-                    "--token-auth-file=tokens.csv", "--authorization-mode=RBAC")
+                    "--token-auth-file=tokens.csv", "--authorization-mode=RBAC",
+                    "--audit-policy-file=audit-policy.yaml", "--audit-log-path=audit.log", "--audit-log-mode=blocking")
         self.server = f"https://127.0.0.1:{api}"
         self.ca = self.root / "ca.crt"
         self._ssl = ssl.create_default_context(cafile=str(self.ca))
@@ -212,6 +217,24 @@ class ControlPlane:
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.root / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def audit(self, *, user: str | None = None, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The API server's audit events so far (stage ResponseComplete), oldest first: every
+        request with its ``user.username``, ``verb`` (get, list, watch, create, patch, ...),
+        ``objectRef`` (apiGroup, resource, subresource, namespace, name), ``requestURI`` and
+        ``responseStatus.code``; filtered by user name and by the object's namespace."""
+        events = []
+        with open(self.root / "audit.log", encoding="utf-8") as log:
+            for line in log:
+                event = json.loads(line)
+                if event.get("stage") != "ResponseComplete":
+                    continue
+                if user is not None and event["user"]["username"] != user:
+                    continue
+                if namespace is not None and (event.get("objectRef") or {}).get("namespace") != namespace:
+                    continue
+                events.append(event)
+        return events
 
     # ---- credentials ----------------------------------------------------------------------------
     def write_kubeconfig(self, path: Path, user: str = "admin", *, namespace: str | None = None,
