@@ -1,18 +1,23 @@
-"""The cluster commands against a Kubernetes API on 127.0.0.1 (kmock's KubernetesEmulator,
-see tests/_kube.py): the test moves each job's status as the training operator would, and
-adds pods and log lines as the kubelet would."""
+"""The cluster commands against a real API server (etcd, kube-apiserver and the controller
+manager of tests/_controlplane.py; RBAC, admission, server-side apply, pruning and garbage
+collection are the real thing). Each test works in a namespace of its own; it plays the
+training operator and the kubelet through the API (tests/_controllers.py), since neither runs
+here. What a real server cannot be made to do on demand (429, 5xx, reset connections, logs of
+pods that never run) is in tests/test_kube_emulated.py."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests._kube import Kube
+from tests._controllers import KServe, TrainingOperator, isvc_path, job_path
+from tests._controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "jobs" / "digits" / "job.py")
@@ -22,13 +27,32 @@ SUCCEEDED = ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob digits is successfu
 FAILED = ("Failed", "PyTorchJobFailed", "PyTorchJob digits is failed because 1 Worker replica(s) failed.")
 
 
+@dataclass
+class Kube:
+    plane: ControlPlane
+    ns: str
+    kubeconfig: Path
+    trainer: TrainingOperator
+    tmp: Path
+
+    def job(self, name: str = "digits", ns: str | None = None) -> dict:
+        return self.plane.raw("GET", job_path(name, ns or self.ns))
+
+    def get(self, path: str) -> dict:
+        return self.plane.raw("GET", path)
+
+    def exists(self, path: str) -> bool:
+        return self.plane.exists(path)
+
+
 @pytest.fixture
-def kube(tmp_path, monkeypatch):
-    cluster = Kube(tmp_path).start()
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+def kube(control_plane, namespace, tmp_path, monkeypatch) -> Kube:
+    """The admin's kubeconfig, its context's namespace a fresh one enforcing Pod Security
+    "restricted" (as the namespace a team trains in would)."""
+    kubeconfig = control_plane.write_kubeconfig(tmp_path / "kubeconfig", "admin", namespace=namespace)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("FERRY_POLL_INTERVAL_S", "0.05")
-    yield cluster
-    cluster.stop()
+    return Kube(control_plane, namespace, kubeconfig, TrainingOperator(control_plane, namespace), tmp_path)
 
 
 def ferry(*args: str):
@@ -37,82 +61,13 @@ def ferry(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def submitted(kube: Kube, name: str = "digits", ns: str = "ml") -> str:
-    result = ferry("submit", DIGITS, "--tracking-uri", "http://mlflow.ml:5000", "-n", ns)
-    assert result.exit_code == 0, result.output
-    return kube.job(name, ns)["metadata"]["labels"]["ferry.dev/submission"]
-
-
-def test_submit_is_a_server_side_apply_of_a_new_submission(kube):
+def submitted(kube: Kube, name: str = "digits") -> str:
     result = ferry("submit", DIGITS, "--tracking-uri", "http://mlflow.ml:5000")
     assert result.exit_code == 0, result.output
-    job = kube.job("digits")  # the context's namespace (ml): the job file names none
-    submission = job["metadata"]["labels"]["ferry.dev/submission"]
-    assert f"submission {submission}" in result.stdout
-    template = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
-    assert template["metadata"]["labels"]["ferry.dev/submission"] == submission
-    env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
-    assert env["FERRY_NAMESPACE"] == "ml"
-    configmap = kube.get("/api/v1/namespaces/ml/configmaps/ferry-mlflow")
-    assert configmap["data"] == {"tracking-uri": "http://mlflow.ml:5000"}
-    patches = [r for r in kube.api.requests if r.method.value == "PATCH"]
-    assert {r.headers["Content-Type"] for r in patches} == {"application/apply-patch+yaml"}
-    assert all(r.params["fieldManager"] == "ferry" and r.params["force"] == "false" for r in patches)
-    # -n wins over the context; the job's env follows it
-    assert ferry("submit", DIGITS, "-n", "default", "--tracking-uri", "http://m:5000").exit_code == 0
-    assert kube.job("digits", "default")["metadata"]["namespace"] == "default"
+    return kube.job(name)["metadata"]["labels"]["ferry.dev/submission"]
 
 
-def test_a_job_of_the_same_name_is_never_reused(kube):
-    first = submitted(kube)
-    running = ferry("submit", DIGITS, "-n", "ml")
-    assert running.exit_code == 4 and "still running" in running.output and "--replace" in running.output
-    kube.set_job_status("digits", conditions=[CREATED, RUNNING, SUCCEEDED])
-    finished = ferry("submit", DIGITS, "-n", "ml")
-    assert finished.exit_code == 4 and "a finished job is never reused" in finished.output
-    assert kube.job("digits")["metadata"]["labels"]["ferry.dev/submission"] == first
-    # a successor the API server refuses never costs the job it would replace
-    kube.fault("PATCH", "/pytorchjobs/digits", 403, "Forbidden", 'User "bob" cannot patch resource "pytorchjobs"')
-    refused = ferry("submit", DIGITS, "-n", "ml", "--replace")
-    assert refused.exit_code == 5 and "deleting" not in refused.output
-    assert kube.job("digits")["metadata"]["labels"]["ferry.dev/submission"] == first
-    replaced = ferry("submit", DIGITS, "-n", "ml", "--replace")
-    assert replaced.exit_code == 0, replaced.output
-    second = kube.job("digits")["metadata"]["labels"]["ferry.dev/submission"]
-    assert second != first and f"replaced {first}" in replaced.stdout
-    assert "status" not in kube.job("digits")  # a fresh object, not the finished one patched
-    assert any(r.method.value == "DELETE" and r.data["propagationPolicy"] == "Foreground" for r in kube.api.requests)
-
-
-def test_apply_twice_is_one_object_and_no_conflict(kube):
-    from ferry.kube import PYTORCHJOB, Cluster, plan_submission
-    from ferry.spec import load_specs
-
-    job = load_specs([DIGITS])[0].spec
-    _, manifest = plan_submission(job, "20261128-000000-abcd")
-    with Cluster.connect() as cluster:
-        first = cluster.apply(manifest)
-        second = cluster.apply(manifest)
-        assert first["metadata"]["uid"] == second["metadata"]["uid"]
-        assert len(cluster.list(PYTORCHJOB, "default")) == 1
-
-
-def test_dry_runs_store_nothing(kube):
-    server = ferry("submit", DIGITS, "--dry-run", "server", "--tracking-uri", "http://m:5000")
-    assert server.exit_code == 0, server.output
-    assert "nothing was stored" in server.stdout
-    assert all(r.params.get("dryRun") == "All" for r in kube.api.requests if r.method.value == "PATCH")
-    from urllib.error import HTTPError
-
-    with pytest.raises(HTTPError):
-        kube.job("digits")
-    before = len(kube.api.requests)
-    client = ferry("submit", DIGITS, "--dry-run", "client", "--tracking-uri", "http://m:5000")
-    assert client.exit_code == 0 and "kind: PyTorchJob" in client.stdout and "kind: ConfigMap" in client.stdout
-    assert len(kube.api.requests) == before  # no request at all
-
-
-def _advance(kube: Kube, steps: list, delay: float = 0.15) -> threading.Thread:
+def _advance(steps: list, delay: float = 0.15) -> threading.Thread:
     def run() -> None:
         for step in steps:
             time.sleep(delay)
@@ -123,22 +78,115 @@ def _advance(kube: Kube, steps: list, delay: float = 0.15) -> threading.Thread:
     return thread
 
 
+def test_submit_is_a_server_side_apply_of_a_new_submission(kube, control_plane):
+    result = ferry("submit", DIGITS, "--tracking-uri", "http://mlflow.ml:5000")
+    assert result.exit_code == 0, result.output
+    job = kube.job()  # the context's namespace: the job file names none
+    submission = job["metadata"]["labels"]["ferry.dev/submission"]
+    assert f"submission {submission}" in result.stdout
+    template = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    assert template["metadata"]["labels"]["ferry.dev/submission"] == submission
+    env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+    assert env["FERRY_NAMESPACE"] == kube.ns
+    configmap = kube.get(f"/api/v1/namespaces/{kube.ns}/configmaps/ferry-mlflow")
+    assert configmap["data"] == {"tracking-uri": "http://mlflow.ml:5000"}
+    # the server records who applied what: field manager ferry, by server-side apply
+    for obj in (job, configmap):
+        assert [(m["manager"], m["operation"]) for m in obj["metadata"]["managedFields"]] == [("ferry", "Apply")]
+    writes = [e for e in control_plane.audit(namespace=kube.ns) if e["verb"] in ("patch", "create", "update")
+              and e["user"]["username"] == "admin" and "fieldManager=ferry" in e["requestURI"]]
+    assert writes and all("force=false" in e["requestURI"] for e in writes)
+    # -n wins over the context; the job's env follows it
+    other = control_plane.namespace()
+    try:
+        assert ferry("submit", DIGITS, "-n", other, "--tracking-uri", "http://m:5000").exit_code == 0
+        assert kube.job("digits", other)["metadata"]["namespace"] == other
+    finally:
+        control_plane.delete_namespace(other)
+
+
+def test_a_job_of_the_same_name_is_never_reused(kube, control_plane, tmp_path):
+    first = submitted(kube)
+    running = ferry("submit", DIGITS)
+    assert running.exit_code == 4 and "still running" in running.output and "--replace" in running.output
+    kube.trainer.set_status("digits", conditions=[CREATED, RUNNING, SUCCEEDED])
+    finished = ferry("submit", DIGITS)
+    assert finished.exit_code == 4 and "a finished job is never reused" in finished.output
+    assert kube.job()["metadata"]["labels"]["ferry.dev/submission"] == first
+    # a successor the API server refuses never costs the job it would replace: a user who may
+    # read and delete jobs but not write them
+    _grant(control_plane, kube.ns, "reader", [("kubeflow.org", "pytorchjobs", ["get", "list", "delete"]),
+                                             ("", "configmaps", ["get"])])
+    limited = control_plane.write_kubeconfig(tmp_path / "limited", "limited", namespace=kube.ns)
+    refused = ferry("submit", DIGITS, "--replace", "--kubeconfig", str(limited))
+    assert refused.exit_code == 5 and "deleting" not in refused.output, refused.output
+    assert f"may not patch pytorchjobs.kubeflow.org in namespace '{kube.ns}'" in refused.stderr
+    assert kube.job()["metadata"]["labels"]["ferry.dev/submission"] == first
+    replaced = ferry("submit", DIGITS, "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    second = kube.job()["metadata"]["labels"]["ferry.dev/submission"]
+    assert second != first and f"replaced {first}" in replaced.stdout
+    assert "status" not in kube.job()  # a fresh object, not the finished one patched
+    deletes = [e for e in control_plane.audit(namespace=kube.ns)
+               if e["verb"] == "delete" and (e.get("objectRef") or {}).get("resource") == "pytorchjobs"]
+    assert [e["responseStatus"]["code"] for e in deletes] == [200]
+
+
+def test_apply_twice_is_one_object_and_no_conflict(kube):
+    from ferry.kube import PYTORCHJOB, Cluster, plan_submission
+    from ferry.spec import load_specs
+
+    job = load_specs([DIGITS])[0].spec
+    _, manifest = plan_submission(job, "20261128-000000-abcd")
+    manifest["metadata"]["namespace"] = kube.ns
+    with Cluster.connect() as cluster:
+        first = cluster.apply(manifest)
+        second = cluster.apply(manifest)
+        assert first["metadata"]["uid"] == second["metadata"]["uid"]
+        assert first["metadata"]["resourceVersion"] == second["metadata"]["resourceVersion"]  # nothing changed
+        assert len(cluster.list(PYTORCHJOB, kube.ns)) == 1
+
+
+def test_dry_runs_store_nothing(kube, control_plane, tmp_path):
+    server = ferry("submit", DIGITS, "--dry-run", "server", "--tracking-uri", "http://m:5000")
+    assert server.exit_code == 0, server.output
+    assert "nothing was stored" in server.stdout
+    assert not kube.exists(job_path("digits", kube.ns))
+    assert not kube.exists(f"/api/v1/namespaces/{kube.ns}/configmaps/ferry-mlflow")
+    writes = [e for e in control_plane.audit(namespace=kube.ns, user="admin") if e["verb"] in ("patch", "create")]
+    assert writes and all("dryRun=All" in e["requestURI"] for e in writes), [e["requestURI"] for e in writes]
+    # a client dry run sends nothing: against a cluster that is not there, it still succeeds
+    from ferry.local import free_port
+
+    nowhere = control_plane.write_kubeconfig(tmp_path / "nowhere", "admin", namespace=kube.ns)
+    nowhere.write_text(nowhere.read_text().replace(control_plane.server, f"https://127.0.0.1:{free_port()}"))
+    client = ferry("submit", DIGITS, "--dry-run", "client", "--tracking-uri", "http://m:5000",
+                   "--kubeconfig", str(nowhere))
+    assert client.exit_code == 0, client.output
+    assert "kind: PyTorchJob" in client.stdout and "kind: ConfigMap" in client.stdout
+
+
 def test_wait_follows_the_conditions_to_success(kube):
+    trainer = kube.trainer
+
     def created():
-        kube.set_job_status("digits", conditions=[CREATED])
+        trainer.set_status("digits", conditions=[CREATED])
 
     def running():
-        kube.add_pod("digits", "master", 0)
-        kube.add_pod("digits", "worker", 0)
-        kube.set_job_status("digits", conditions=[CREATED, RUNNING],
-                            replicas={"Master": {"active": 1}, "Worker": {"active": 1}})
+        trainer.add_pod("digits", "master", 0)
+        trainer.add_pod("digits", "worker", 0)
+        trainer.set_status("digits", conditions=[CREATED, RUNNING],
+                           replicas={"Master": {"active": 1}, "Worker": {"active": 1}})
 
     def succeeded():
-        kube.set_job_status("digits", conditions=[CREATED, RUNNING, SUCCEEDED],
-                            replicas={"Master": {"succeeded": 1}, "Worker": {"succeeded": 1}})
+        trainer.set_status("digits", conditions=[CREATED, RUNNING, SUCCEEDED],
+                           replicas={"Master": {"succeeded": 1}, "Worker": {"succeeded": 1}})
 
-    thread = _advance(kube, [lambda: None, created, running, succeeded])
-    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait", "--timeout", "30")
+    def job_exists():
+        kube.plane.wait_for(lambda: kube.exists(job_path("digits", kube.ns)), "the job")
+
+    thread = _advance([job_exists, created, running, succeeded])
+    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait", "--timeout", "60")
     thread.join()
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -148,192 +196,196 @@ def test_wait_follows_the_conditions_to_success(kube):
     assert "digits succeeded" in result.stdout
 
 
-def test_wait_on_failure_shows_the_reason_and_the_failed_replica_log(kube):
-    def failed():
-        master = kube.add_pod("digits", "master", 0)
-        worker = kube.add_pod("digits", "worker", 0, phase="Failed", exit_code=1)
-        kube.log(master, "epoch 1 loss 0.9")
-        kube.log(worker, *[f"line {i}" for i in range(30)], "RuntimeError: CUDA out of memory")
-        kube.set_job_status("digits", conditions=[CREATED, RUNNING, FAILED],
-                            replicas={"Master": {"active": 1}, "Worker": {"failed": 1}})
-
-    thread = _advance(kube, [failed])
-    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait")
-    thread.join()
-    assert result.exit_code == 1, result.output
-    assert "digits failed" in result.stderr and "1 Worker replica(s) failed" in result.stderr
-    assert "[worker-0] RuntimeError: CUDA out of memory" in result.stderr
-    assert "[worker-0] line 10" not in result.stderr and "[worker-0] line 11" in result.stderr  # the last 20
-    assert "master-0" not in result.stderr  # only the failed replica
-
-
 def test_wait_times_out_with_its_own_code(kube):
     result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait", "--timeout", "0.3")
     assert result.exit_code == 124, result.output
     assert "still Pending after 0.3 s" in result.output and "ferry status digits" in result.output
 
 
-def test_follow_streams_every_replica_prefixed(kube):
-    def start():
-        master, worker = kube.add_pod("digits", "master", 0), kube.add_pod("digits", "worker", 0)
-        kube.set_job_status("digits", conditions=[CREATED, RUNNING])
-        kube.log(master, "master says 1")
-        kube.log(worker, "worker says 1")
-
-    def more():
-        kube.log("digits-master-0", "master says 2")
-        kube.log("digits-worker-0", "worker says 2")
-
-    def end():
-        for pod in ("digits-master-0", "digits-worker-0"):
-            kube.end_log(pod)
-        kube.set_job_status("digits", conditions=[CREATED, RUNNING, SUCCEEDED])
-
-    thread = _advance(kube, [start, more, end], delay=0.3)
-    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--follow", "--timeout", "30")
-    thread.join()
-    assert result.exit_code == 0, result.output
-    for line in ("[master-0] master says 1", "[master-0] master says 2", "[worker-0] worker says 1",
-                 "[worker-0] worker says 2"):
-        assert result.stdout.count(line) == 1, (line, result.stdout)
-
-
-def test_status_list_logs_delete(kube):
+def test_status_list_and_delete_through_the_garbage_collector(kube, control_plane):
     submitted(kube)
-    master = kube.add_pod("digits", "master", 0, restarts=1, last_exit_code=137)
-    worker = kube.add_pod("digits", "worker", 0)
-    kube.set_job_status("digits", conditions=[CREATED, RUNNING], replicas={"Master": {"active": 1}, "Worker": {"active": 1}})
-    kube.log(master, "resumed from checkpoint at step 40", "epoch 3")
-    kube.log(master, "epoch 1", "epoch 2", "Killed", previous=True)
-    kube.log(worker, "worker up")
+    kube.trainer.add_pod("digits", "master", 0, restarts=1, last_exit_code=137)
+    kube.trainer.add_pod("digits", "worker", 0)
+    kube.trainer.set_status("digits", conditions=[CREATED, RUNNING],
+                            replicas={"Master": {"active": 1}, "Worker": {"active": 1}})
     # a PyTorchJob Ferry did not submit is not listed
-    kube.request("POST", "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs",
-                 {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "other", "namespace": "ml"}})
+    control_plane.raw("POST", f"/apis/kubeflow.org/v1/namespaces/{kube.ns}/pytorchjobs", {
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "other"},
+        "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "pytorch", "image": "x"}]}}}}}})
 
     status = ferry("status", "digits")
     assert status.exit_code == 0, status.output
     assert "Running" in status.stdout and "restarts 1" in status.stdout and "digits-worker-0" in status.stdout
     listed = ferry("list")
     assert listed.exit_code == 0 and "digits" in listed.stdout and "other" not in listed.stdout
-    logs = ferry("logs", "digits")
-    assert logs.stdout.splitlines() == ["[master-0] resumed from checkpoint at step 40", "[master-0] epoch 3",
-                                        "[worker-0] worker up"]
-    previous = ferry("logs", "digits", "--replica", "master-0", "--previous", "--tail", "1")
-    assert previous.stdout.splitlines() == ["[master-0] Killed"]
-    missing = ferry("logs", "digits", "--replica", "worker-5")
-    assert missing.exit_code == 3 and "replicas: master-0, worker-0" in missing.output
+    everywhere = ferry("list", "-A")
+    assert everywhere.exit_code == 0 and kube.ns in everywhere.stdout
 
+    # Foreground deletion: the job stays, with the garbage collector's finalizer, until its pods
+    # are gone; then it goes too.
+    started = time.monotonic()
     deleted = ferry("delete", "digits", "--wait")
     assert deleted.exit_code == 0, deleted.output
+    assert time.monotonic() - started < 60
+    assert not kube.exists(f"/api/v1/namespaces/{kube.ns}/pods/digits-master-0")
     gone = ferry("status", "digits")
-    assert gone.exit_code == 3 and "PyTorchJob 'digits' in namespace 'ml' not found" in gone.output
+    assert gone.exit_code == 3 and f"PyTorchJob 'digits' in namespace '{kube.ns}' not found" in gone.output
 
 
-def test_deploy_apply_and_status(kube, registry, monkeypatch):
+def test_deploy_apply_and_status(kube, control_plane, registry, monkeypatch):
     uri, _ = registry
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    deploy = REPO / "jobs" / "digits" / "deploy.py"
     tiny = kube.tmp / "deploy.py"
     tiny.write_text("from ferry import Deployment\nd = Deployment(name='tiny', model='models:/tiny@champion')\n")
     for _ in range(2):  # the second apply changes nothing and conflicts with nothing
         result = ferry("deploy", str(tiny), "--apply")
         assert result.exit_code == 0, result.output
-    assert "applied: ClusterServingRuntime ferry" in result.stderr and "applied: InferenceService ml/tiny" in result.stderr
-    isvc = kube.get("/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices/tiny")
+    assert "applied: ClusterServingRuntime ferry" in result.stderr
+    assert f"applied: InferenceService {kube.ns}/tiny" in result.stderr
+    isvc = kube.get(isvc_path("tiny", kube.ns))
     assert isvc["metadata"]["annotations"]["ferry.dev/model-version"] == "2"
-    kube.request("PATCH", "/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices/tiny/status", {"status": {
-        "url": "http://tiny.ml.example.com", "conditions": [
-            {"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}]}})
+    KServe(control_plane, kube.ns).ready("tiny", f"http://tiny.{kube.ns}.example.com")
     status = ferry("deploy", "--status", "tiny")
     assert status.exit_code == 0, status.output
-    assert "Ready" in status.stdout and "http://tiny.ml.example.com" in status.stdout and "tiny v2" in status.stdout
-    dry = ferry("deploy", str(tiny), "--apply", "--dry-run", "server", "-n", "default", "--no-runtime")
-    assert dry.exit_code == 0 and "accepted (dry run, server): InferenceService default/tiny" in dry.stderr
-    assert "ClusterServingRuntime" not in dry.stderr  # the chart's to manage: no cluster-wide write
-    assert deploy.is_file()
-
-
-# ---- errors: each keeps its meaning, one clear message, its own exit code ----------------------
-RBAC = 'pytorchjobs.kubeflow.org "digits" is forbidden: User "system:serviceaccount:ml:ci" cannot patch resource ' \
-       '"pytorchjobs" in API group "kubeflow.org" in the namespace "ml"'
-PSA = 'pods "digits-master-0" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false ' \
-      '(container "pytorch" must set securityContext.allowPrivilegeEscalation=false), runAsNonRoot != true (pod or ' \
-      'container "pytorch" must set securityContext.runAsNonRoot=true)'
-CONFLICT = {"causes": [{"type": "FieldManagerConflict", "message": 'conflict with "kubectl-edit" using kubeflow.org/v1',
-                        "field": ".spec.runPolicy.backoffLimit"}]}
-INVALID = {"causes": [{"reason": "FieldValueInvalid", "message": "Invalid value: 0: must be greater than or equal to 1",
-                       "field": "spec.pytorchReplicaSpecs.Master.replicas"}]}
-
-ERRORS = [
-    # (what the API server answers to the job's apply, exit code, what the message must say)
-    ((403, "Forbidden", RBAC, None), 5, ["may not patch pytorchjobs.kubeflow.org in namespace 'ml'",
-                                         "as system:serviceaccount:ml:ci"]),
-    ((403, "Forbidden", PSA, None), 6, ["violates Pod Security restricted:latest",
-                                        "  - allowPrivilegeEscalation != false (container",
-                                        "  - runAsNonRoot != true (pod or container"]),
-    ((404, "NotFound", 'namespaces "ml" not found', {"name": "ml", "kind": "namespaces"}), 3,
-     ["namespace 'ml' does not exist", "kubectl create namespace ml"]),
-    ((409, "Conflict", "Apply failed with 1 conflict", CONFLICT), 4,
-     [".spec.runPolicy.backoffLimit: conflict with \"kubectl-edit\"", "--force-conflicts"]),
-    ((422, "Invalid", 'PyTorchJob.kubeflow.org "digits" is invalid', INVALID), 6,
-     ["spec.pytorchReplicaSpecs.Master.replicas: Invalid value: 0"]),
-    ((400, "BadRequest", 'admission webhook "validator.kueue.x-k8s.io" denied the request: queue missing', None), 6,
-     ["admission denied", "queue missing"]),
-    ((401, "Unauthorized", "Unauthorized", None), 8, ["refused the credentials", "log in again"]),
-    ((500, "InternalError", "etcdserver: request timed out", None, 99), 9, ["failed to patch", "etcdserver"]),
-]
-
-
-@pytest.mark.parametrize("answer,code,says", ERRORS, ids=[f"{e[0][0]}-{e[0][1]}-{e[1]}" for e in ERRORS])
-def test_api_errors_keep_their_meaning(kube, answer, code, says, monkeypatch):
-    monkeypatch.setattr("ferry.kube._client.Retry.delay", lambda self, attempt, retry_after=None: 0.01)
-    status, reason, message, details, *times = answer
-    kube.fault("PATCH", "/pytorchjobs/digits", status, reason, message, details=details, times=times[0] if times else 1)
-    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000")
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    for fragment in says:
-        assert fragment in result.stderr, (fragment, result.stderr)
-
-
-@pytest.mark.parametrize("status,headers", [(429, {"Retry-After": "0"}), (503, {}), (502, {})])
-def test_transient_errors_are_retried(kube, status, headers, monkeypatch):
-    monkeypatch.setattr("ferry.kube._client.Retry.delay",
-                        lambda self, attempt, retry_after=None: 0.01 if retry_after is None else float(retry_after))
-    kube.fault("PATCH", "/pytorchjobs/digits", status, "TooManyRequests", "slow down", times=2, headers=headers)
-    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000")
-    assert result.exit_code == 0, result.output
-    tries = [r for r in kube.api.requests if r.method.value == "PATCH" and "/pytorchjobs/" in r.url.path]
-    assert len(tries) == 4  # two refused, then the dry run and the apply
-
-
-def test_retries_are_bounded(kube):
-    from ferry.errors import ClusterError
-    from ferry.kube import PYTORCHJOB, Cluster, Retry
-
-    kube.fault("GET", "/pytorchjobs/digits", 503, "ServiceUnavailable", "overloaded", times=99)
-    with Cluster.connect(retry=Retry(attempts=3, base_s=0.01)) as cluster, pytest.raises(ClusterError, match="overloaded"):
-        cluster.get(PYTORCHJOB, "digits")
-    assert len([r for r in kube.api.requests if r.method.value == "GET"]) == 3
-
-
-@pytest.mark.parametrize("installed,command,says", [
-    (("configmaps", "pods"), ["submit", DIGITS, "--tracking-uri", "http://m:5000"], "install the Kubeflow training operator"),
-    (("configmaps", "pods"), ["status", "digits"], "PyTorchJob (kubeflow.org/v1) is not installed"),
-    (("pytorchjobs", "configmaps", "pods", "clusterservingruntimes"), ["deploy", "--status", "tiny"],
-     "InferenceService (serving.kserve.io/v1beta1) is not installed in this cluster: install KServe"),
-])
-def test_missing_crds_say_what_to_install(tmp_path, monkeypatch, installed, command, says):
-    cluster = Kube(tmp_path, installed=installed).start()
+    assert "Ready" in status.stdout and f"http://tiny.{kube.ns}.example.com" in status.stdout
+    assert "tiny v2" in status.stdout
+    other = control_plane.namespace()
     try:
-        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-        result = ferry(*command)
-        assert result.exit_code == 7, result.output
-        assert says in result.stderr
+        dry = ferry("deploy", str(tiny), "--apply", "--dry-run", "server", "-n", other, "--no-runtime")
+        assert dry.exit_code == 0 and f"accepted (dry run, server): InferenceService {other}/tiny" in dry.stderr
+        assert "ClusterServingRuntime" not in dry.stderr  # the chart's to manage: no cluster-wide write
+        assert not kube.exists(isvc_path("tiny", other))
     finally:
-        cluster.stop()
+        control_plane.delete_namespace(other)
 
 
+# ---- errors as the API server gives them --------------------------------------------------------
+def _grant(plane: ControlPlane, ns: str, name: str, rules: list[tuple[str, str, list[str]]],
+           user: str = "limited") -> None:
+    """A Role of ``rules`` (api group, resource, verbs) bound to ``user`` in ``ns``."""
+    plane.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": name, "namespace": ns},
+                 "rules": [{"apiGroups": [g], "resources": [r], "verbs": v} for g, r, v in rules]})
+    plane.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": name, "namespace": ns},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+
+def test_a_missing_namespace_is_named(kube):
+    result = ferry("submit", DIGITS, "-n", "no-such-namespace", "--tracking-uri", "http://m:5000")
+    assert result.exit_code == 3, result.output
+    assert "namespace 'no-such-namespace' does not exist" in result.stderr
+    assert "kubectl create namespace no-such-namespace" in result.stderr
+
+
+def test_a_field_another_manager_owns_is_a_conflict(kube, control_plane):
+    control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "ferry-mlflow", "namespace": kube.ns},
+                         "data": {"tracking-uri": "http://theirs:5000"}}, manager="helm")
+    result = ferry("submit", DIGITS, "--tracking-uri", "http://mine:5000")
+    assert result.exit_code == 4, result.output
+    assert "conflict" in result.stderr and "helm" in result.stderr and "--force-conflicts" in result.stderr
+    assert not kube.exists(job_path("digits", kube.ns))  # nothing half-applied
+    cm = kube.get(f"/api/v1/namespaces/{kube.ns}/configmaps/ferry-mlflow")
+    assert cm["data"]["tracking-uri"] == "http://theirs:5000"
+
+
+@pytest.mark.parametrize("spec,says", [
+    # the CRD's schema (422 Invalid, its causes listed)
+    ({"runPolicy": {"backoffLimit": 1}}, "spec.pytorchReplicaSpecs: Required value"),
+    # a value of the wrong type: server-side apply cannot even build the typed object (the API
+    # server answers 500 for it, but nothing about it is transient)
+    ({"pytorchReplicaSpecs": {"Master": {"replicas": "one"}}},
+     ".spec.pytorchReplicaSpecs.Master.replicas: expected numeric (int or float), got string"),
+])
+def test_an_invalid_object_is_refused_with_the_servers_reason(kube, spec, says):
+    from ferry.errors import Rejected
+    from ferry.kube import Cluster
+
+    bad = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "bad", "namespace": kube.ns},
+           "spec": spec}
+    with Cluster.connect() as cluster, pytest.raises(Rejected) as caught:
+        cluster.apply(bad)
+    assert says in str(caught.value)
+    assert caught.value.exit_code == 6
+    assert not kube.exists(job_path("bad", kube.ns))
+
+
+def test_rejected_credentials_say_log_in_again(kube, control_plane, tmp_path):
+    wrong = control_plane.write_kubeconfig(tmp_path / "wrong", "intruder", namespace=kube.ns, token="not-a-token")
+    result = ferry("status", "digits", "--kubeconfig", str(wrong))
+    assert result.exit_code == 8, result.output
+    assert "refused the credentials" in result.stderr and "log in again" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def bare_control_plane(tmp_path_factory):
+    """A second control plane with no CRD installed: a cluster without the training operator
+    or KServe."""
+    from tests import _controlplane
+
+    bin_dir = _controlplane.assets()
+    if bin_dir is None:
+        pytest.skip(_controlplane.skip_reason())
+    with _controlplane.started(bin_dir, tmp_path_factory.mktemp("bare-control-plane")) as plane:
+        yield plane
+
+
+@pytest.mark.parametrize("command,says", [
+    (["submit", DIGITS, "--tracking-uri", "http://m:5000"], "install the Kubeflow training operator"),
+    (["status", "digits"], "PyTorchJob (kubeflow.org/v1) is not installed"),
+    (["deploy", "--status", "tiny"], "InferenceService (serving.kserve.io/v1beta1) is not installed in this "
+                                     "cluster: install KServe"),
+])
+def test_missing_crds_say_what_to_install(bare_control_plane, tmp_path, monkeypatch, command, says):
+    monkeypatch.setenv("KUBECONFIG", str(bare_control_plane.write_kubeconfig(tmp_path / "kubeconfig", "admin",
+                                                                             namespace="default")))
+    result = ferry(*command)
+    assert result.exit_code == 7, result.output
+    assert says in result.stderr
+
+
+def test_missing_tracking_configmap_is_named(kube, control_plane):
+    result = ferry("submit", DIGITS)
+    assert result.exit_code == 3, result.output
+    assert f"ConfigMap 'ferry-mlflow' (key 'tracking-uri') is missing in namespace '{kube.ns}'" in result.stderr
+    assert "--tracking-uri" in result.stderr
+    assert not kube.exists(job_path("digits", kube.ns))  # nothing half-applied
+    cm_path = f"/api/v1/namespaces/{kube.ns}/configmaps"
+    control_plane.raw("POST", cm_path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ferry-mlflow"},
+                                        "data": {"uri": "http://x"}})
+    result = ferry("submit", DIGITS)
+    assert result.exit_code == 3 and "ConfigMap 'ferry-mlflow' has no key 'tracking-uri'" in result.stderr
+    control_plane.raw("PATCH", f"{cm_path}/ferry-mlflow", {"data": {"tracking-uri": "http://x"}})
+    assert ferry("submit", DIGITS).exit_code == 0  # the chart's ConfigMap is used as it is
+    managers = {m["manager"] for m in kube.get(f"{cm_path}/ferry-mlflow")["metadata"]["managedFields"]}
+    assert "ferry" not in managers
+
+
+def test_bad_options_are_refused_before_any_request(kube, control_plane):
+    before = len(control_plane.audit(namespace=kube.ns, user="admin"))
+    for argv, says in [(["--dry-run", "maybe"], "must be 'client' or 'server'"),
+                       (["--wait", "--timeout", "0"], "must be more than 0 seconds"),
+                       (["--set", "nope=1"], "has no hyperparameter 'nope'")]:
+        result = ferry("submit", DIGITS, *argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert says in result.output
+    assert len(control_plane.audit(namespace=kube.ns, user="admin")) == before
+
+
+def test_the_console_script_speaks_to_the_cluster(kube, ferry_cli):
+    env = {"KUBECONFIG": str(kube.kubeconfig)}
+    result = ferry_cli("submit", DIGITS, "--dry-run=server", "--tracking-uri", "http://m:5000", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"accepted (dry run, server): PyTorchJob {kube.ns}/digits" in result.stderr
+    missing = ferry_cli("status", "digits", env=env)
+    assert missing.returncode == 3
+    assert missing.stderr.startswith(f"error: PyTorchJob 'digits' in namespace '{kube.ns}' not found")
+
+
+# ---- without a server ----------------------------------------------------------------------------
 def _kubeconfig(path: Path, server: str, contexts: tuple[str, ...] = ("c",)) -> Path:
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
@@ -365,32 +417,6 @@ def test_no_usable_cluster(tmp_path, monkeypatch):
     assert result.exit_code == 8 and "no cluster configured" in result.stderr
 
 
-def test_missing_tracking_configmap_is_named(kube):
-    result = ferry("submit", DIGITS)
-    assert result.exit_code == 3, result.output
-    assert "ConfigMap 'ferry-mlflow' (key 'tracking-uri') is missing in namespace 'ml'" in result.stderr
-    assert "--tracking-uri" in result.stderr
-    assert not [r for r in kube.api.requests if r.method.value == "PATCH"]  # nothing half-applied
-    kube.request("POST", "/api/v1/namespaces/ml/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "ferry-mlflow", "namespace": "ml"}, "data": {"uri": "http://x"}})
-    result = ferry("submit", DIGITS)
-    assert result.exit_code == 3 and "ConfigMap 'ferry-mlflow' has no key 'tracking-uri'" in result.stderr
-    kube.request("PATCH", "/api/v1/namespaces/ml/configmaps/ferry-mlflow", {"data": {"tracking-uri": "http://x"}})
-    assert ferry("submit", DIGITS).exit_code == 0  # the chart's ConfigMap is used as it is
-    assert not [r for r in kube.api.requests if r.method.value == "PATCH" and "/configmaps/" in r.url.path
-                and r.params.get("fieldManager")]
-
-
-def test_bad_options_are_refused_before_any_request(kube):
-    for argv, says in [(["--dry-run", "maybe"], "must be 'client' or 'server'"),
-                       (["--wait", "--timeout", "0"], "must be more than 0 seconds"),
-                       (["--set", "nope=1"], "has no hyperparameter 'nope'")]:
-        result = ferry("submit", DIGITS, *argv)
-        assert result.exit_code == 2, (argv, result.output)
-        assert says in result.output
-    assert not kube.api.requests
-
-
 def test_our_names_are_the_training_operators():
     from kubeflow.training.constants import constants as kf
 
@@ -402,82 +428,6 @@ def test_our_names_are_the_training_operators():
         kf.GROUP, kf.VERSION, kf.PYTORCHJOB_PLURAL, kf.PYTORCHJOB_KIND)
     assert ours.PYTORCHJOB_CONTAINER == kf.PYTORCHJOB_CONTAINER
     assert {ours.CREATED, ours.RUNNING, ours.RESTARTING, ours.SUCCEEDED, ours.FAILED} == kf.JOB_CONDITIONS
-
-
-class _ResettingProxy:
-    """A TCP proxy on 127.0.0.1 to the emulator that resets the first ``resets`` connections
-    as soon as a request arrives (a dropped connection mid-request), then forwards."""
-
-    def __init__(self, target_port: int, resets: int):
-        import socket
-
-        self.target_port, self.resets = target_port, resets
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import struct
-
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            if self.resets > 0:
-                self.resets -= 1
-                conn.recv(65536)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()  # RST
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(2)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stopped = True
-        self.sock.close()
-
-
-def test_a_reset_connection_is_retried(kube, tmp_path, monkeypatch):
-    from ferry.kube import PYTORCHJOB, Cluster, Retry
-
-    submitted(kube)
-    proxy = _ResettingProxy(int(kube.url.rsplit(":", 1)[1]), resets=3)
-    try:
-        config = _kubeconfig(tmp_path / "via-proxy", f"http://127.0.0.1:{proxy.port}")
-        with Cluster.connect(config, namespace="ml", retry=Retry(base_s=0.01)) as cluster:
-            assert cluster.get(PYTORCHJOB, "digits")["metadata"]["name"] == "digits"
-        assert proxy.resets == 0
-    finally:
-        proxy.close()
-
-
-def test_the_console_script_speaks_to_the_cluster(kube, ferry_cli):
-    env = {"KUBECONFIG": str(kube.kubeconfig)}
-    result = ferry_cli("submit", DIGITS, "--dry-run=server", "--tracking-uri", "http://m:5000", env=env)
-    assert result.returncode == 0, result.stderr
-    assert "accepted (dry run, server): PyTorchJob ml/digits" in result.stderr
-    missing = ferry_cli("status", "digits", env=env)
-    assert missing.returncode == 3 and missing.stderr.startswith("error: PyTorchJob 'digits' in namespace 'ml' not found")
 
 
 def _cond(type_: str, status: str = "True") -> dict:
@@ -509,11 +459,3 @@ def test_ages_read_like_kubectl(seconds, text):
     from ferry.kube._jobs import _duration
 
     assert _duration(seconds) == text
-
-
-def test_pod_security_violations_are_split_at_the_top_level():
-    from ferry.kube._errors import _pod_security_violations
-
-    assert _pod_security_violations(PSA) == [
-        'allowPrivilegeEscalation != false (container "pytorch" must set securityContext.allowPrivilegeEscalation=false)',
-        'runAsNonRoot != true (pod or container "pytorch" must set securityContext.runAsNonRoot=true)']

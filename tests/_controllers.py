@@ -1,0 +1,102 @@
+"""The moves of the controllers that do not run on the test control plane (no scheduler, no
+kubelet, no training operator, no KServe), made through the API exactly as those controllers
+make them: the training operator's status of a PyTorchJob and its replica pods, the kubelet's
+status of a pod, KServe's status of an InferenceService."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from tests._controlplane import ControlPlane
+
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_path(name: str, namespace: str) -> str:
+    return f"/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs/{name}"
+
+
+def isvc_path(name: str, namespace: str) -> str:
+    return f"/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices/{name}"
+
+
+class TrainingOperator:
+    """The Kubeflow training operator's part, for the jobs of one namespace."""
+
+    def __init__(self, plane: ControlPlane, namespace: str):
+        self.plane = plane
+        self.namespace = namespace
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self.plane.raw("GET", job_path(name, self.namespace))
+
+    def set_status(self, name: str, *, conditions: list[tuple[str, str, str]] = (),
+                   replicas: dict[str, dict[str, int]] | None = None) -> None:
+        """The job's status as the operator writes it: conditions (type, reason, message), True
+        except a Running/Restarting that a later condition ended; replica counts; a completion
+        time once Succeeded or Failed."""
+        types = [c[0] for c in conditions]
+        stamp = now()
+        conds = []
+        for i, (type_, reason, message) in enumerate(conditions):
+            ended = type_ in ("Running", "Restarting") and any(t != type_ for t in types[i + 1:])
+            conds.append({"type": type_, "status": "False" if ended else "True", "reason": reason,
+                          "message": message, "lastUpdateTime": stamp, "lastTransitionTime": stamp})
+        counts = {role: {"active": 0, "succeeded": 0, "failed": 0, **c} for role, c in (replicas or {}).items()}
+        status: dict[str, Any] = {"conditions": conds, "replicaStatuses": counts}
+        if types and types[-1] in ("Succeeded", "Failed"):
+            status["completionTime"] = stamp
+        self.plane.raw("PATCH", job_path(name, self.namespace) + "/status", {"status": status})
+
+    def add_pod(self, job: str, role: str, index: int, *, phase: str = "Running", restarts: int = 0,
+                exit_code: int | None = None, last_exit_code: int | None = None) -> str:
+        """A replica pod as the operator creates it (owned by the job, labelled, restricted), and
+        its status as the kubelet would report it."""
+        name = f"{job}-{role}-{index}"
+        owner = self.job(job)
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "namespace": self.namespace,
+            "labels": {JOB_NAME_LABEL: job, REPLICA_TYPE_LABEL: role, REPLICA_INDEX_LABEL: str(index)},
+            "ownerReferences": [{"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": job,
+                                 "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]},
+            "spec": {"containers": [{"name": "pytorch", "image": "ferry-train:test",
+                                     "securityContext": RESTRICTED_CONTAINER}],
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                     "automountServiceAccountToken": False}}
+        self.plane.apply(pod, manager="training-operator")
+        state: dict[str, Any] = {"running": {"startedAt": now()}} if exit_code is None else \
+            {"terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed",
+                            "startedAt": now(), "finishedAt": now()}}
+        container: dict[str, Any] = {"name": "pytorch", "image": "ferry-train:test", "imageID": "", "restartCount": restarts,
+                                     "state": state, "ready": exit_code is None, "started": exit_code is None}
+        if last_exit_code is not None:
+            container["lastState"] = {"terminated": {"exitCode": last_exit_code, "reason": "Error",
+                                                     "startedAt": now(), "finishedAt": now()}}
+        self.plane.raw("PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{name}/status",
+                       {"status": {"phase": phase, "containerStatuses": [container]}})
+        return name
+
+
+class KServe:
+    """KServe's part: an InferenceService's URL and readiness."""
+
+    def __init__(self, plane: ControlPlane, namespace: str):
+        self.plane = plane
+        self.namespace = namespace
+
+    def ready(self, name: str, url: str, *, ready: bool = True) -> None:
+        value = "True" if ready else "False"
+        stamp = now()
+        self.plane.raw("PATCH", isvc_path(name, self.namespace) + "/status", {"status": {
+            "url": url, "conditions": [{"type": "PredictorReady", "status": value, "lastTransitionTime": stamp},
+                                       {"type": "Ready", "status": value, "lastTransitionTime": stamp}]}})
