@@ -1,11 +1,14 @@
-"""The Helm chart through Helm's own engine (helm-python-sdk, no cluster): lint, every
-``ci/*-values.yaml`` scenario rendered and each object validated (built-in kinds with
-kubernetes-validate, custom resources against their CRDs), Pod Security "restricted" for every
-pod, no wildcard in RBAC, no secret value inline, bad values refused by the schema, and the
-chart in agreement with what Ferry renders and ships (images, serving runtime, CRDs, RBAC)."""
+"""The Helm chart through Helm's own engine (helm-python-sdk): lint, every ``ci/*-values.yaml``
+scenario rendered and each object validated (built-in kinds with kubernetes-validate, custom
+resources against their CRDs), Pod Security "restricted" for every pod, no wildcard in RBAC, no
+secret value inline, bad values refused by the schema, and the chart in agreement with what Ferry
+renders and ships (images, serving runtime, CRDs, RBAC). Then every scenario installed on a real
+control plane (tests/_controlplane.py; skipped without KUBEBUILDER_ASSETS): each object applied
+server-side, its workloads' pods admitted under "restricted", its bindings granting its roles."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,11 @@ TEST_CRDS = Path(__file__).with_name("crds")
 POD_KINDS = {"Deployment", "StatefulSet", "Pod"}
 
 
-def render(values: dict[str, Any] | None = None, namespace: str = "ferry") -> list[dict[str, Any]]:
+def render(values: dict[str, Any] | None = None, namespace: str = "ferry", name: str = "ferry") -> list[dict[str, Any]]:
     from helm_python import Chart
 
     with Chart.load(CHART) as chart:
-        out = chart.render(values=values or {}, name="ferry", namespace=namespace, is_install=True)
+        out = chart.render(values=values or {}, name=name, namespace=namespace, is_install=True)
     docs = []
     for path, text in sorted(out.items()):
         if path.endswith(".txt"):
@@ -110,20 +113,12 @@ def test_no_rbac_wildcards_and_no_inline_secrets(rendered: list[dict[str, Any]])
 
 def test_names_fit_in_63_characters_and_helpers_carry_the_chart_name() -> None:
     docs = render({}, namespace="ferry")
-    long_release = render_named("a-very-long-release-name-that-goes-on-and-on-past-the-dns-label-limit")
+    long_release = render({}, name="a-very-long-release-name-that-goes-on-and-on-past-the-dns-label-limit")
     for doc in docs + long_release:
         assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     defined = [line.split('"')[1] for line in helpers.splitlines() if line.startswith("{{- define ")]
     assert defined and all(name.startswith("ferry.") for name in defined)
-
-
-def render_named(release: str) -> list[dict[str, Any]]:
-    from helm_python import Chart
-
-    with Chart.load(CHART) as chart:
-        out = chart.render(values={}, name=release, namespace="ferry", is_install=True)
-    return [d for path, text in out.items() if not path.endswith(".txt") for d in yaml.safe_load_all(text) if d]
 
 
 # ---- the schema refuses bad values ---------------------------------------------------------------
@@ -297,3 +292,181 @@ def test_an_external_tracking_server_replaces_the_charts_mlflow() -> None:
     assert tracking["data"]["tracking-uri"] == "https://mlflow.acme.example.com"
     with Chart.load(CHART) as chart, pytest.raises(HelmError, match="externalUri"):
         chart.validate_schema({"mlflow": {"enabled": False}})
+
+
+# ---- every scenario installed on a real control plane ------------------------------------------------
+# What only a real API server judges (tests/_controlplane.py): each object of each scenario accepted
+# as an install sends it (the chart's CRDs, then cluster-scoped objects, then namespaced ones, then
+# the `helm test` hook) by server-side apply with strict field validation, so a field the server
+# would prune fails instead; no warning (deprecation, Pod Security) on the way; every workload's
+# pods made by the controller manager and admitted by Pod Security "restricted"; and the chart's
+# bindings granting its ServiceAccounts every rule of their roles, by the real authorizer.
+HOOK = "helm.sh/hook"
+
+
+def chart_crds() -> list[dict[str, Any]]:
+    from helm_python import Chart
+
+    with Chart.load(CHART) as chart:
+        return [d for crd in chart.crds for d in yaml.safe_load_all(crd["data"]) if d]
+
+
+def _resources(plane: Any) -> dict[tuple[str, str], tuple[str, bool]]:
+    """(apiVersion, kind) → (plural, namespaced) for everything the API server serves (discovery)."""
+    lists = [plane.raw("GET", "/api/v1")]
+    lists += [plane.raw("GET", f"/apis/{v['groupVersion']}") for g in plane.raw("GET", "/apis")["groups"]
+              for v in g["versions"]]
+    return {(rl["groupVersion"], r["kind"]): (r["name"], r["namespaced"])
+            for rl in lists for r in rl["resources"] if "/" not in r["name"]}
+
+
+def _established(plane: Any, crd: str) -> bool:
+    status = plane.raw("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}").get("status") or {}
+    return any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions") or [])
+
+
+def _path(doc: dict[str, Any], resources: dict[tuple[str, str], tuple[str, bool]]) -> str:
+    plural, namespaced = resources[(doc["apiVersion"], doc["kind"])]
+    base = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
+    scope = f"/namespaces/{doc['metadata']['namespace']}" if namespaced else ""
+    return f"{base}{scope}/{plural}/{doc['metadata']['name']}"
+
+
+def _server_side_apply(plane: Any, docs: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """``kubectl apply --server-side`` (strict field validation, as kubectl does by default) of
+    ``docs`` as admin; the objects as stored, after checking the server kept every field sent."""
+    if not docs:
+        return []
+    done = plane.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=helm", "-o", "json", "-f", "-",
+                         input="---\n".join(yaml.safe_dump(d) for d in docs), check=False)
+    assert done.returncode == 0, f"{what} refused by the API server:\n{done.stderr}"
+    assert "Warning" not in done.stderr, f"{what} accepted with warnings:\n{done.stderr}"
+    out = json.loads(done.stdout)
+    stored = out["items"] if out.get("kind") == "List" else [out]
+    for sent, kept in zip(docs, stored, strict=True):
+        lost = _dropped(sent, kept)
+        assert not lost, f"{sent['kind']}/{sent['metadata']['name']}: the server did not keep {lost}"
+    return stored
+
+
+def _dropped(sent: Any, kept: Any, where: str = "") -> list[str]:
+    """Paths of what ``sent`` holds and ``kept`` does not (defaults the server adds are fine)."""
+    if isinstance(sent, dict):
+        if not isinstance(kept, dict):
+            return [where or "."]
+        return [p for k, v in sent.items() for p in _dropped(v, kept.get(k), f"{where}.{k}")]
+    if isinstance(sent, list):
+        if not isinstance(kept, list) or len(kept) != len(sent):
+            return [where]
+        return [p for i, (a, b) in enumerate(zip(sent, kept)) for p in _dropped(a, b, f"{where}[{i}]")]
+    return [] if sent == kept or str(sent) == str(kept) else [where]
+
+
+def _wait_until_pods_are_made(plane: Any, namespace: str, workloads: list[dict[str, Any]]) -> None:
+    """Each Deployment's ReplicaSet, and each StatefulSet, has made its pods (the first, for a
+    StatefulSet: it makes the next once that one is Ready, and none runs here); a refusal (Pod
+    Security, a quota, a missing ServiceAccount) fails with the controller's own message."""
+    def owned_by(uid: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [i for i in items if any(r["uid"] == uid for r in i["metadata"].get("ownerReferences", []))]
+
+    def all_made() -> bool:
+        base = f"/namespaces/{namespace}"
+        pods = plane.raw("GET", f"/api/v1{base}/pods")["items"]
+        replica_sets = plane.raw("GET", f"/apis/apps/v1{base}/replicasets")["items"]
+        refusals = plane.raw("GET", f"/api/v1{base}/events?fieldSelector=reason%3DFailedCreate")["items"]
+        waiting = []
+        for workload in workloads:
+            uid, where = workload["metadata"]["uid"], f"{workload['kind']}/{workload['metadata']['name']}"
+            makers = owned_by(uid, replica_sets) if workload["kind"] == "Deployment" else [workload]
+            for maker in makers:
+                for condition in (maker.get("status") or {}).get("conditions") or []:
+                    assert condition["type"] != "ReplicaFailure", f"{where}: {condition['message']}"
+                refused = [e["message"] for e in refusals if e["involvedObject"].get("uid") == maker["metadata"]["uid"]]
+                assert not refused, f"{where}: {refused[-1]}"
+            wanted = workload["spec"]["replicas"] if workload["kind"] == "Deployment" else 1
+            if sum(len(owned_by(m["metadata"]["uid"], pods)) for m in makers) < wanted:
+                waiting.append(where)
+        return not waiting
+
+    plane.wait_for(all_made, f"the pods of {[w['metadata']['name'] for w in workloads]} in {namespace}", timeout=30,
+                   interval=0.2)
+
+
+def _assert_bindings_grant_their_roles(plane: Any, docs: list[dict[str, Any]], namespace: str) -> None:
+    from itertools import product
+
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs
+             if d["kind"] in ("Role", "ClusterRole")}
+    accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"}
+    for binding in (d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        ref, scope = binding["roleRef"], binding["metadata"].get("namespace")
+        role = roles[(ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"])]
+        for subject in binding["subjects"]:
+            assert (subject["namespace"], subject["name"]) in accounts, f"{binding['metadata']['name']}: {subject}"
+            user = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+            groups = ["system:serviceaccounts", f"system:serviceaccounts:{subject['namespace']}",
+                      "system:authenticated"]
+            for rule in role["rules"]:
+                for group, resource, verb in product(rule["apiGroups"], rule["resources"], rule["verbs"]):
+                    name, _, sub = resource.partition("/")
+                    review = plane.raw("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+                        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                        "spec": {"user": user, "groups": groups, "resourceAttributes": {
+                            "namespace": scope or namespace, "group": group, "resource": name, "subresource": sub,
+                            "verb": verb}}})
+                    assert review["status"]["allowed"], f"{user} may not {verb} {resource}: {review['status']}"
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name.removesuffix("-values.yaml"))
+def test_every_object_of_the_scenario_is_accepted_by_a_real_api_server_with_pods_admitted_restricted(
+        path: Path, control_plane: Any, namespace: str) -> None:
+    from tests._controlplane import ApiError
+
+    plane, values = control_plane, scenario(path)
+    # The scenario's other namespaces (ml, ml-staging) become fresh ones of this test's, restricted too.
+    others: dict[str, str] = {}
+    created: list[str] = []  # cluster-scoped objects this test made (not those it found), deleted after it
+    try:
+        for section, key in (("operator", "watchNamespaces"), ("tracking", "extraNamespaces")):
+            names = values.get(section, {}).get(key, [])
+            for name in names:
+                if name not in others:
+                    others[name] = plane.namespace(name)
+            if names:
+                values[section][key] = [others[n] for n in names]
+        # A release name per scenario: the chart derives its cluster-scoped names from it.
+        docs = render(values, namespace=namespace, name=path.name.removesuffix("-values.yaml"))
+        crds = chart_crds()
+        _server_side_apply(plane, crds, "the chart's CRDs")
+        for crd in crds:
+            plane.wait_for(lambda n=crd["metadata"]["name"]: _established(plane, n),
+                           f"CRD {crd['metadata']['name']} established")
+        resources = _resources(plane)
+        unknown = {(d["apiVersion"], d["kind"]) for d in docs} - set(resources)
+        assert not unknown, f"kinds this API server does not serve: {unknown}"
+        cluster = [d for d in docs if not resources[(d["apiVersion"], d["kind"])][1]]
+        namespaced = [d for d in docs if resources[(d["apiVersion"], d["kind"])][1]]
+        assert all(d["metadata"].get("namespace") for d in namespaced), "a namespaced object without its namespace"
+        assert not any(HOOK in (d["metadata"].get("annotations") or {}) for d in cluster)
+        for doc in cluster:
+            if not plane.exists(_path(doc, resources)):
+                created.append(_path(doc, resources))
+        _server_side_apply(plane, cluster, "the cluster-scoped objects")
+        for ns in {d["metadata"]["namespace"] for d in namespaced}:  # pods need it (ServiceAccount admission)
+            plane.wait_for(lambda n=ns: plane.exists(f"/api/v1/namespaces/{n}/serviceaccounts/default"),
+                           f"the default ServiceAccount of {ns}")
+        release = [d for d in namespaced if HOOK not in (d["metadata"].get("annotations") or {})]
+        hooks = [d for d in namespaced if HOOK in (d["metadata"].get("annotations") or {})]
+        stored = _server_side_apply(plane, release, "the release's namespaced objects")
+        _server_side_apply(plane, hooks, "the hooks (helm test)")
+        assert hooks or values.get("mlflow", {}).get("enabled") is False, "no `helm test` hook"
+        workloads = [d for d in stored if d["kind"] in ("Deployment", "StatefulSet")]
+        assert workloads
+        _wait_until_pods_are_made(plane, namespace, workloads)
+        _assert_bindings_grant_their_roles(plane, docs, namespace)
+    finally:
+        for made in reversed(created):
+            with contextlib.suppress(ApiError):
+                plane.raw("DELETE", made)
+        for name in others.values():
+            plane.delete_namespace(name)
