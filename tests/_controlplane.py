@@ -356,7 +356,7 @@ class ControlPlane:
 _CORE = {"Namespace", "ConfigMap", "Secret", "Service", "ServiceAccount", "Pod", "PersistentVolumeClaim", "Event",
          "Endpoints", "ResourceQuota", "LimitRange", "PersistentVolume", "Node"}
 _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume",
-                   "Node", "ClusterServingRuntime", "ClusterStorageContainer", "ClusterTrainingRuntime",
+                   "Node", "ClusterKopfPeering", "ClusterServingRuntime", "ClusterStorageContainer", "ClusterTrainingRuntime",
                    "PriorityClass", "StorageClass", "ValidatingWebhookConfiguration",
                    "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
                    "IngressClass"}
