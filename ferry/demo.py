@@ -43,7 +43,7 @@ def main() -> int:
     version = sweep_and_register_best(store)
     if version is None:
         return 1
-    from ferry.cli_models import registry_client
+    from ferry.cli.models import registry_client
 
     client = registry_client()
     optimize_version(client, version)
@@ -56,7 +56,7 @@ def main() -> int:
 def sweep_and_register_best(store) -> int | None:  # type: ignore[no-untyped-def]
     """2. a short sweep of the same PyTorchJob here; the best trial's model is registered."""
     from ferry._submission import new_submission_id
-    from ferry.cli_sweep import TrialLines, _table, load_sweep
+    from ferry.cli.sweep import TrialLines, _table, load_sweep
     from ferry.local import embedded_tracking_uri
     from ferry.sweep._local import SweepRunner, local_launcher
     from ferry.sweep._report import finish
@@ -97,7 +97,7 @@ def promote_through_environments(store, client, version: int) -> int:  # type: i
     and committing the GitOps tree under .ferry/gitops/."""
     import subprocess
 
-    from ferry.cli_models import gitops_update, load_policy, print_verdict
+    from ferry.cli.models import gitops_update, load_policy, print_verdict
     from ferry.errors import PromotionRefused
     from ferry.registry import promote, read_history
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import typer
 
-from ferry.cli_cluster import cluster_app
-from ferry.cli_local import local_app
-from ferry.cli_models import models_app, registry_app
-from ferry.cli_operator import operator_app
-from ferry.cli_serving import serving_app
-from ferry.cli_sweep import sweep_app
+from ferry.cli.cluster import cluster_app
+from ferry.cli.local import local_app
+from ferry.cli.models import models_app, registry_app
+from ferry.cli.operator import operator_app
+from ferry.cli.serving import serving_app
+from ferry.cli.sweep import sweep_app
 
 app = typer.Typer(
     name="ferry",

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry._cliutil import _stderr, _stdout, fail_cleanly, in_namespace, replica_line, select_job, target_namespace
-from ferry.cli_local import JobNameOption, ResumeOption, SetOption, WorkersOption
+from ferry.cli._util import _stderr, _stdout, fail_cleanly, in_namespace, replica_line, select_job, target_namespace
+from ferry.cli.local import JobNameOption, ResumeOption, SetOption, WorkersOption
 
 cluster_app = typer.Typer()
 
@@ -181,7 +181,7 @@ def submit(
 
     loaded = [item.spec for item in load_specs([job_file], kinds=(TrainingJob, Sweep))]
     if sweeps := [s for s in loaded if isinstance(s, Sweep)]:
-        from ferry.cli_sweep import pick_sweep, submit_sweep
+        from ferry.cli.sweep import pick_sweep, submit_sweep
 
         submit_sweep(pick_sweep(sweeps, job_file, job_name), connect(kubeconfig, context, namespace), namespace,
                      tracking_uri, _poll_s())

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ferry._cliutil import _stderr, _stdout, fail_cleanly, select_job, validate_and_emit
+from ferry.cli._util import _stderr, _stdout, fail_cleanly, select_job, validate_and_emit
 
 local_app = typer.Typer()
 
@@ -38,7 +38,15 @@ def render(
     # a file that defines a Sweep renders its trials; the jobs it imports are their ingredients
     with_sweeps = {item.path for item in loaded if isinstance(item.spec, Sweep)}
     specs = [item.spec for item in loaded if isinstance(item.spec, Sweep) or item.path not in with_sweeps]
-    validate_and_emit([item for spec in specs for item in render_spec(spec)], out, crd_dir)
+    rendered = []
+    for spec in specs:
+        if isinstance(spec, Sweep):  # a PyTorchJob per trial, rendered by the sweep package
+            from ferry.sweep._render import render_sweep
+
+            rendered += render_sweep(spec)
+        else:
+            rendered += render_spec(spec)
+    validate_and_emit(rendered, out, crd_dir)
 
 
 @local_app.command()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry._cliutil import _stderr, _stdout, fail_cleanly
+from ferry.cli._util import _stderr, _stdout, fail_cleanly
 from ferry.errors import ConfigError, PromotionRefused
 
 models_app = typer.Typer(help="Registered models: versions, aliases, promotion history.", no_args_is_help=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ferry._cliutil import fail_cleanly
+from ferry.cli._util import fail_cleanly
 from ferry.errors import ConfigError
 
 operator_app = typer.Typer(help="The in-cluster operator: ModelPipeline resources (train → gate → serve).",

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from ferry._cliutil import _stderr, _stdout, fail_cleanly, in_namespace, target_namespace, validate_and_emit
-from ferry.cli_cluster import EXIT_CODES, ContextOption, KubeconfigOption, NamespaceOption, connect
-from ferry.cli_local import CrdDirOption
+from ferry.cli._util import _stderr, _stdout, fail_cleanly, in_namespace, target_namespace, validate_and_emit
+from ferry.cli.cluster import EXIT_CODES, ContextOption, KubeconfigOption, NamespaceOption, connect
+from ferry.cli.local import CrdDirOption
 
 serving_app = typer.Typer()
 
@@ -98,7 +98,7 @@ def deploy(
                                  param_hint="--dry-run")
     if dry_run and not apply:
         raise typer.BadParameter("needs --apply", param_hint="--dry-run")
-    from ferry.cli_models import registry_client
+    from ferry.cli.models import registry_client
     from ferry.registry import resolve_model
     from ferry.render import Rendered, render_serving_runtime, render_spec
     from ferry.spec import Deployment, load_specs

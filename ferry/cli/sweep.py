@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry._cliutil import _stderr, _stdout, fail_cleanly
+from ferry.cli._util import _stderr, _stdout, fail_cleanly
 from ferry.errors import ConfigError, JobFileError
 
 sweep_app = typer.Typer()
@@ -84,7 +84,7 @@ def sweep_command(
 def submit_sweep(sweep: Any, cluster: Any, namespace: str | None, job_tracking_uri: str | None, poll_s: float) -> None:
     """``ferry submit`` of a Sweep: the trials as PyTorchJobs on ``cluster``."""
     from ferry import settings
-    from ferry._cliutil import in_namespace, target_namespace
+    from ferry.cli._util import in_namespace, target_namespace
     from ferry.local import LocalStore
     from ferry.sweep._cluster import cluster_launcher
     from ferry.sweep._search import optuna

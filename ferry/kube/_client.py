@@ -129,7 +129,7 @@ class Cluster:
                 if exc.status in _TRANSIENT and attempt + 1 < self.retry.attempts:
                     time.sleep(self.retry.delay(attempt, (exc.headers or {}).get("Retry-After")))
                     continue
-                raise translate(exc, action, self) from exc
+                raise translate(exc, action, context=self.context, serves=self.serves) from exc
             except MaxRetryError as exc:
                 if isinstance(exc.reason, NewConnectionError) or "Connection refused" in str(exc.reason):
                     raise self._unreachable(exc.reason) from exc
@@ -145,6 +145,20 @@ class Cluster:
             except HTTPError as exc:
                 raise self._unreachable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def serves(self, kind: Kind) -> bool:
+        """Whether the API server serves ``kind`` (its group/version's discovery lists the plural)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            doc = self.api.call_api(kind.group_path, "GET", header_params={"Accept": "application/json"},
+                                    response_type="object", auth_settings=["BearerToken"],
+                                    _return_http_data_only=True, _request_timeout=(10, 30))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            return True  # discovery failed for another reason: do not claim it is missing
+        return any(r.get("name") == kind.plural for r in (doc or {}).get("resources", []))
 
     def _unreachable(self, why: object) -> ClusterUnreachable:
         text = str(why).split(": ", 1)[-1][:200]

@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ferry.errors import ClusterError, ClusterUnreachable, Conflict, Forbidden, NotFound, NotInstalled, Rejected
 
 if TYPE_CHECKING:
-    from ferry.kube._client import Cluster
     from ferry.kube._kinds import Kind
 
 
@@ -76,8 +75,12 @@ def _causes(status: dict[str, Any]) -> list[dict[str, Any]]:
     return list((status.get("details") or {}).get("causes") or [])
 
 
-def translate(exc: Any, action: Action, cluster: Cluster | None = None) -> ClusterError:
-    """The ClusterError for an ``ApiException`` raised while doing ``action``."""
+def translate(exc: Any, action: Action, *, context: str | None = None,
+              serves: Callable[[Kind], bool] | None = None) -> ClusterError:
+    """The ClusterError for an ``ApiException`` raised while doing ``action``: ``context`` is the
+    kubeconfig context the request went to (named when credentials are refused), ``serves`` asks
+    the API server whether it serves a kind (a 404 on a kind it does not serve: its CRD is not
+    installed)."""
     status = _status(exc)
     code = exc.status
     reason = status.get("reason") or exc.reason or ""
@@ -85,7 +88,7 @@ def translate(exc: Any, action: Action, cluster: Cluster | None = None) -> Clust
     details = status.get("details") or {}
 
     if code == 401:
-        where = f" (context {cluster.context})" if cluster is not None and cluster.context else ""
+        where = f" (context {context})" if context else ""
         return ClusterUnreachable(f"the API server refused the credentials{where} (401 Unauthorized): they are "
                                   "missing or expired; log in again (refresh the token or certificate in the "
                                   "kubeconfig)", status=code, reason="Unauthorized")
@@ -109,7 +112,7 @@ def translate(exc: Any, action: Action, cluster: Cluster | None = None) -> Clust
             ns = details.get("name") or action.namespace
             return NotFound(f"namespace {ns!r} does not exist: create it (kubectl create namespace {ns}) or choose "
                             "another with --namespace", status=code, reason="NamespaceNotFound")
-        if cluster is not None and action.kind.group and not kind_installed(cluster, action.kind):
+        if serves is not None and action.kind.group and not serves(action.kind):
             return NotInstalled(f"{action.kind.kind} ({action.kind.api_version}) is not installed in this cluster: "
                                 f"{action.kind.installed_by}", status=code, reason="KindNotInstalled")
         hint = "; `ferry list -A` lists the jobs Ferry submitted" if action.kind.kind == "PyTorchJob" else ""
@@ -136,18 +139,3 @@ def translate(exc: Any, action: Action, cluster: Cluster | None = None) -> Clust
     text = message or str(exc.reason or "")
     return ClusterError(f"the API server failed to {action.verb} {action.target()} ({code} {reason}): {text}"[:500],
                         status=code, reason=reason)
-
-
-def kind_installed(cluster: Cluster, kind: Kind) -> bool:
-    """Whether the API server serves ``kind`` (its group/version's discovery lists the plural)."""
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        doc = cluster.api.call_api(kind.group_path, "GET", header_params={"Accept": "application/json"},
-                                   response_type="object", auth_settings=["BearerToken"],
-                                   _return_http_data_only=True, _request_timeout=(10, 30))
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        return True  # discovery failed for another reason: do not claim it is missing
-    return any(r.get("name") == kind.plural for r in (doc or {}).get("resources", []))

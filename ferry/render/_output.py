@@ -46,7 +46,8 @@ def dump_yaml(docs: Sequence[dict[str, Any]]) -> str:
 
 
 def render_spec(spec: Any, resolved: Any = None) -> list[Rendered]:
-    """Every manifest one spec object turns into (a Deployment needs its resolved model)."""
+    """Every manifest a TrainingJob or a Deployment turns into (a Deployment needs its resolved
+    model). A Sweep's trials are rendered by ``ferry.sweep``, which calls this package."""
     from ferry.render._inferenceservice import render_inferenceservice
     from ferry.render._pytorchjob import render_pytorchjob
     from ferry.spec import Deployment, TrainingJob
@@ -55,13 +56,7 @@ def render_spec(spec: Any, resolved: Any = None) -> list[Rendered]:
         return [Rendered(f"{spec.name}/pytorchjob.yaml", render_pytorchjob(spec))]
     if isinstance(spec, Deployment):
         return [Rendered(f"{spec.name}/inferenceservice.yaml", render_inferenceservice(spec, resolved))]
-    from ferry.spec import Sweep
-
-    if isinstance(spec, Sweep):
-        from ferry.sweep._render import render_sweep
-
-        return render_sweep(spec)
-    raise TypeError(f"no renderer for {type(spec).__name__}")  # pragma: no cover - loader filters kinds
+    raise TypeError(f"no renderer for {type(spec).__name__}")  # pragma: no cover - callers choose the kinds
 
 
 def write_rendered(rendered: Iterable[Rendered], out_dir: Path) -> list[Path]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
 
 from ferry.errors import ConfigError
-from ferry.serve._app import Metrics, ModelServer
+from ferry.serve._app import ModelServer, model_server
 from ferry.serve._batcher import DynamicBatcher
+from ferry.serve._dataplane import Metrics
 from ferry.serve._errors import InferenceError
 from ferry.serve._model import LoadedModel, TensorInfo, load_model
 
@@ -40,7 +40,7 @@ def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", p
                        max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, max_queue=max_queue,
                        max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, device=device, dtype=dtype)
         return
-    app = _model_server(model_uri=model_uri, name=served_name, host=host, grpc_port=grpc_port,
+    app = model_server(model_uri=model_uri, name=served_name, host=host, grpc_port=grpc_port,
                        max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, max_queue=max_queue,
                        max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, device=device, dtype=dtype,
                        machine=machine)
@@ -49,15 +49,6 @@ def serve(model_uri: str, *, name: str | None = None, host: str = "127.0.0.1", p
     # model's libraries installed.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", proxy_headers=False,
                 timeout_graceful_shutdown=drain_seconds, http="httptools", loop="uvloop" if _has_uvloop() else "asyncio")
-
-
-def _model_server(*, model_uri: str, name: str, host: str, grpc_port: int, max_batch_size: int, max_latency_ms: float,
-                 max_queue: int, max_body_bytes: int, drain_seconds: float, device: str, dtype: str,
-                 machine: Any) -> ModelServer:
-    """The app of one server process (the only one, or one of ``--workers``)."""
-    return ModelServer(lambda: load_model(model_uri, name, device=device, dtype=dtype, machine=machine), name=name,
-                       max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, max_queue=max_queue,
-                       max_body_bytes=max_body_bytes, grpc_host=host, grpc_port=grpc_port, drain_seconds=drain_seconds)
 
 
 def _serve_workers(workers: int, **config: object) -> None:

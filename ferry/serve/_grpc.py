@@ -1,6 +1,6 @@
 """KServe's v2 gRPC protocol (``inference.GRPCInferenceService``, the service Triton serves too)
-beside the REST API, in the same event loop: the same model, batcher, limits, metrics and
-error table (``_errors``: each error's ``grpc_code``).
+beside the REST API, in the same event loop: the same data plane (``_dataplane``: model,
+batcher, metrics), limits and error table (``_errors``: each error's ``grpc_code``).
 
 The message classes are KServe's compiled stubs of the protocol's ``grpc_predict_v2.proto``
 (``kserve/protocol/grpc/grpc_predict_v2_pb2.py``), loaded from that file alone: importing the
@@ -17,16 +17,14 @@ import time
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
 from ferry.errors import ConfigError
 from ferry.serve import _protocol as proto
+from ferry.serve._dataplane import DataPlane
 from ferry.serve._errors import BadRequest, InferenceError
-
-if TYPE_CHECKING:
-    from ferry.serve._app import ModelServer
 
 log = logging.getLogger("ferry.serve")
 SERVICE = "inference.GRPCInferenceService"
@@ -53,17 +51,19 @@ def stubs() -> ModuleType:
 
 
 class GrpcFrontend:
-    """The gRPC server of one ModelServer; started and stopped with its lifespan."""
+    """The gRPC server of one data plane; started and stopped with the REST app's lifespan.
+    ``max_message_bytes``: the largest request accepted (the REST body limit)."""
 
-    def __init__(self, app: ModelServer, host: str, port: int):
-        self.app, self.host, self.port = app, host, port
+    def __init__(self, dataplane: DataPlane, host: str, port: int, *, max_message_bytes: int = 8 << 20):
+        self.dataplane, self.host, self.port = dataplane, host, port
+        self.max_message_bytes = max_message_bytes
         self.server: Any = None
         self.pb = stubs()
 
     async def start(self) -> None:
         import grpc
 
-        limit = self.app.max_body_bytes
+        limit = self.max_message_bytes
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", max(limit, 64 << 20))])
         pb = self.pb
@@ -110,8 +110,7 @@ class GrpcFrontend:
                 await context.abort(grpc.StatusCode.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}")
             finally:
                 if kind == "infer":
-                    self.app.metrics.requests.labels(self.app.name, "grpc", code).inc()
-                    self.app.metrics.latency.labels(self.app.name, "grpc").observe(time.perf_counter() - start)
+                    self.dataplane.observe("grpc", code, time.perf_counter() - start)
 
         return handler
 
@@ -120,26 +119,24 @@ class GrpcFrontend:
         return self.pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any) -> Any:
-        return self.pb.ServerReadyResponse(ready=self.app.ready)
+        return self.pb.ServerReadyResponse(ready=self.dataplane.ready)
 
     async def model_ready(self, request: Any) -> Any:
-        self.app.check_name(request.name)
-        return self.pb.ModelReadyResponse(ready=self.app.ready)
+        self.dataplane.check_name(request.name)
+        return self.pb.ModelReadyResponse(ready=self.dataplane.ready)
 
     async def server_metadata(self, request: Any) -> Any:
-        from ferry.serve._app import _version
-
-        return self.pb.ServerMetadataResponse(name="ferry", version=_version(), extensions=["binary_tensor_data"])
+        return self.pb.ServerMetadataResponse(**self.dataplane.server_metadata())
 
     async def model_metadata(self, request: Any) -> Any:
-        model = self.app._model_for(request.name)
+        model = self.dataplane.model_for(request.name)
         tensor = self.pb.ModelMetadataResponse.TensorMetadata
         return self.pb.ModelMetadataResponse(
             name=model.name, versions=[model.version], platform=model.platform,
             inputs=[tensor(**t.metadata()) for t in model.inputs], outputs=[tensor(**t.metadata()) for t in model.outputs])
 
     async def model_infer(self, request: Any) -> Any:
-        model = self.app._model_for(request.model_name)
+        model = self.dataplane.model_for(request.model_name)
         if not request.inputs:
             raise BadRequest("the request has no inputs")
         raw = request.raw_input_contents
@@ -161,8 +158,7 @@ class GrpcFrontend:
                                                         info, where)
             else:
                 raise BadRequest(f"{where} has no data: set its contents, or raw_input_contents")
-        assert self.app.batcher is not None
-        ys = await self.app.batcher.submit(proto.same_rows(xs))
+        ys = await self.dataplane.infer(proto.same_rows(xs))
         names = [t.name for t in model.outputs]
         wanted = proto.match_outputs([o.name for o in request.outputs], model)
         tensor_type = self.pb.ModelInferResponse.InferOutputTensor

@@ -23,13 +23,13 @@ def create_app() -> Any:
     """One worker's app, from the configuration the supervisor put in the environment."""
     import torch
 
-    from ferry.serve import _model_server
+    from ferry.serve._app import model_server
     from ferry.serve._device import detect
 
     config = json.loads(os.environ[CONFIG_ENV])
     torch.set_num_threads(max(1, _cpus() // config.pop("workers")))
     config.pop("port")  # the supervisor's socket; gRPC binds its own port in each worker
-    return _model_server(**config, machine=detect())
+    return model_server(**config, machine=detect())
 
 
 def _cpus() -> int:

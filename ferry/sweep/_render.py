@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ferry._submission import spec_submission_id, with_submission
+from ferry.render import Rendered, render_pytorchjob
 from ferry.spec._sweep import Sweep
 from ferry.sweep import _search
 from ferry.sweep._trials import trial_job, with_trial
@@ -28,10 +30,8 @@ def planned_trials(sweep: Sweep, count: int | None = None) -> list[dict[str, Any
     return out
 
 
-def render_sweep(sweep: Sweep) -> list[Any]:
-    from ferry._submission import spec_submission_id, with_submission
-    from ferry.render import Rendered, render_pytorchjob
-
+def render_sweep(sweep: Sweep) -> list[Rendered]:
+    """The manifests of ``ferry render`` for a Sweep: one PyTorchJob per planned trial."""
     rendered = []
     for number, values in enumerate(planned_trials(sweep)):
         job = trial_job(sweep, values, number)
