@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ferry.errors import ClusterUnreachable
-from ferry.kube._errors import Action, translate
+from ferry.kube._errors import Action, is_transient, translate
 from ferry.kube._kinds import FIELD_MANAGER, POD, PYTORCHJOB_CONTAINER, Kind, kind_of
 
-_TRANSIENT = {429, 500, 502, 503, 504}
 _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -126,7 +125,7 @@ class Cluster:
                     body=body, response_type=None if stream else "object", auth_settings=["BearerToken"],
                     _return_http_data_only=True, _preload_content=not stream, _request_timeout=timeout)
             except ApiException as exc:
-                if exc.status in _TRANSIENT and attempt + 1 < self.retry.attempts:
+                if is_transient(exc) and attempt + 1 < self.retry.attempts:
                     time.sleep(self.retry.delay(attempt, (exc.headers or {}).get("Retry-After")))
                     continue
                 raise translate(exc, action, context=self.context, serves=self.serves) from exc

@@ -8,9 +8,12 @@ What the API server sends (a ``Status`` object):
   (``admission webhook "x" denied the request: ...``).
 - 404: the object, its namespace (``details.kind == "namespaces"``), or the whole kind when its
   CRD is not installed (then the group/version's discovery document has no such resource).
-- 409 ``AlreadyExists`` or ``Conflict`` (server-side apply: ``details.causes`` of type
-  ``FieldManagerConflict``, each naming a field and the manager that owns it).
+- 409 ``AlreadyExists`` or ``Conflict`` (server-side apply: ``details.causes`` whose ``reason``
+  is ``FieldManagerConflict``, each naming a field and the manager that owns it).
 - 422 ``Invalid`` (``details.causes``: field and message), 400 ``BadRequest``.
+- 500 ``failed to create typed patch object``: a server-side apply whose value has the wrong
+  type for the schema (a string where a number belongs). The code says server error, but the
+  answer never changes: it is a refusal of the object, not a transient failure.
 - 401: the credentials were refused (expired token, revoked certificate).
 """
 
@@ -75,6 +78,17 @@ def _causes(status: dict[str, Any]) -> list[dict[str, Any]]:
     return list((status.get("details") or {}).get("causes") or [])
 
 
+_TYPED_PATCH = "failed to create typed patch object"
+
+
+def is_transient(exc: Any) -> bool:
+    """Whether an ``ApiException`` may succeed if sent again: 429 and 5xx, except a server-side
+    apply refused for a wrongly typed value (answered 500, and the same every time)."""
+    if exc.status == 500 and _TYPED_PATCH in (_status(exc).get("message") or ""):
+        return False
+    return exc.status in (429, 500, 502, 503, 504)
+
+
 def translate(exc: Any, action: Action, *, context: str | None = None,
               serves: Callable[[Kind], bool] | None = None) -> ClusterError:
     """The ClusterError for an ``ApiException`` raised while doing ``action``: ``context`` is the
@@ -118,7 +132,7 @@ def translate(exc: Any, action: Action, *, context: str | None = None,
         hint = "; `ferry list -A` lists the jobs Ferry submitted" if action.kind.kind == "PyTorchJob" else ""
         return NotFound(f"{action.target()} not found{hint}", status=code, reason="ObjectNotFound")
     if code == 409:
-        conflicts = [c for c in _causes(status) if c.get("type") == "FieldManagerConflict"]
+        conflicts = [c for c in _causes(status) if "FieldManagerConflict" in (c.get("reason"), c.get("type"))]
         if conflicts:
             lines = "\n".join(f"  - {c.get('field', '?')}: {c.get('message', '')}" for c in conflicts)
             return Conflict(f"conflict applying {action.target()}: fields are owned by another field manager; "
@@ -136,6 +150,10 @@ def translate(exc: Any, action: Action, *, context: str | None = None,
             return Rejected(f"admission denied {action.target()}: {message}", status=code, reason="AdmissionDenied")
         return Rejected(f"the API server refused {action.target()} ({reason or code}): {message}", status=code,
                         reason=reason or "Invalid")
+    if code == 500 and _TYPED_PATCH in message:
+        field = message.rsplit("): ", 1)[-1]
+        return Rejected(f"the API server refused {action.target()} (a value of the wrong type); fix this field:\n"
+                        f"  - {field}", status=code, reason="Invalid")
     text = message or str(exc.reason or "")
     return ClusterError(f"the API server failed to {action.verb} {action.target()} ({code} {reason}): {text}"[:500],
                         status=code, reason=reason)
