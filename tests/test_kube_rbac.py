@@ -35,10 +35,10 @@ def _grants(doc: dict) -> set[tuple[str, str, str]]:
 def _readme_grants() -> set[tuple[str, str, str]]:
     """The README's RBAC table, as (api group, resource, verb)."""
     text = (REPO / "README.md").read_text()
-    table = text[text.index("**RBAC.**"):]
-    table = table[:table.index("\n\n", table.index("| API group"))]
+    table = text[text.index("| API group", text.index("**RBAC.**")):]
+    table = table[:table.index("\n\n")]
     grants = set()
-    for line in table.splitlines()[3:]:
+    for line in table.splitlines()[2:]:
         group, resources, verbs = [c.strip() for c in line.strip("|").split("|")][:3]
         group = group.strip("`").replace('""', "")
         names = re.findall(r"`([^`]+)`", resources)
