@@ -179,6 +179,9 @@ def status_schema() -> dict[str, Any]:
         "url": {**text, "description": "The InferenceService's URL once ready."},
         "gates": {"type": "array", "items": {"type": "object", "properties": {
             "name": text, "passed": {"type": "boolean"}, "detail": text}}},
+        "runLookups": {"type": "integer", "description": "How often the submission's run and model version have been "
+                                                         "looked for in MLflow after the job succeeded (the pipeline "
+                                                         "fails when they stay missing)."},
     }}
 
 
