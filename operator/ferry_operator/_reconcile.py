@@ -50,8 +50,8 @@ class Wait(Exception):
 
 @dataclass
 class Deps:
-    """What a reconcile pass talks to (injected: the tests pass an emulator's cluster and a
-    local MLflow server)."""
+    """What a reconcile pass talks to (made by ``_main.build_deps`` from the environment: the
+    cluster as kubectl or the pod's service account reaches it, and the MLflow server)."""
 
     cluster: Cluster
     mlflow: Any  # an MlflowClient
