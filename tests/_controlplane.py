@@ -309,7 +309,7 @@ class ControlPlane:
             raise
         return True
 
-    def wait_for(self, predicate: Any, what: str, timeout: float = 30, interval: float = 0.1) -> Any:
+    def wait_for(self, predicate: Any, what: str, timeout: float = 60, interval: float = 0.1) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()

@@ -388,7 +388,7 @@ def _wait_until_pods_are_made(plane: Any, namespace: str, workloads: list[dict[s
                 waiting.append(where)
         return not waiting
 
-    plane.wait_for(all_made, f"the pods of {[w['metadata']['name'] for w in workloads]} in {namespace}", timeout=30,
+    plane.wait_for(all_made, f"the pods of {[w['metadata']['name'] for w in workloads]} in {namespace}", timeout=90,
                    interval=0.2)
 
 
