@@ -233,68 +233,68 @@ def test_a_metric_the_job_never_logs_stops_the_sweep_after_one_trial(ferry_cli: 
 # ---- on a cluster: ferry submit of a Sweep -----------------------------------------------------------
 @pytest.mark.integration
 def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_once(mlflow_server: Any,
-                                                                                    tmp_path: Path) -> None:
+                                                                                    tmp_path: Path, control_plane: Any,
+                                                                                    namespace: str) -> None:
+    """On the real control plane; the test plays the training operator and each trial's rank 0."""
     import time
 
-    from tests._kube import Kube
+    from tests._controllers import TrainingOperator
 
-    kube = Kube(tmp_path).start()
-    try:
-        kube.request("POST", "/api/v1/namespaces/ml/configmaps", {
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ferry-mlflow", "namespace": "ml"},
-            "data": {"tracking-uri": "http://ferry-mlflow.ferry:5000"}})
-        sweep_file = tmp_path / "cluster.py"
-        sweep_file.write_text("from ferry import Choice, Objective, Sweep\nfrom tests.jobs.scored_sweep import job\n"
-                              "sweep = Sweep(name='scored-cluster', job=job, space={'quality': Choice([0.3, 0.6, 0.9, 0.1])}, "
-                              "objective=Objective(metric='score'), trials=4, parallel=2, sampler='grid')\n")
-        seen: dict[str, float] = {}
-        most_at_once = 0
-        stop = threading.Event()
-        errors: list[BaseException] = []
+    trainer = TrainingOperator(control_plane, namespace)
+    kubeconfig = control_plane.write_kubeconfig(tmp_path / "kubeconfig", "admin", namespace=namespace)
+    control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "ferry-mlflow", "namespace": namespace},
+                         "data": {"tracking-uri": "http://ferry-mlflow.ferry:5000"}}, manager="helm")
+    sweep_file = tmp_path / "cluster.py"
+    sweep_file.write_text("from ferry import Choice, Objective, Sweep\nfrom tests.jobs.scored_sweep import job\n"
+                          "sweep = Sweep(name='scored-cluster', job=job, space={'quality': Choice([0.3, 0.6, 0.9, 0.1])}, "
+                          "objective=Objective(metric='score'), trials=4, parallel=2, sampler='grid')\n")
+    seen: dict[str, float] = {}
+    most_at_once = 0
+    stop = threading.Event()
+    errors: list[BaseException] = []
 
-        def training_operator_and_rank0() -> None:
-            try:
-                play_the_cluster()
-            except BaseException as exc:  # noqa: BLE001 - reported by the test
-                errors.append(exc)
-                raise
-
-        def play_the_cluster() -> None:
-            """What the cluster does: each trial's rank 0 logs its run, then the job succeeds."""
-            nonlocal most_at_once
-            while not stop.is_set():
-                jobs = kube.get("/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs").get("items", [])
-                running = [j for j in jobs if not (j.get("status") or {}).get("completionTime")]
-                most_at_once = max(most_at_once, len(running))
-                for j in running:
-                    name = j["metadata"]["name"]
-                    if name in seen:
-                        continue
-                    env = {e["name"]: e.get("value") for e in
-                           j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
-                    quality = json.loads(env["FERRY_HYPERPARAMETERS"])["quality"]
-                    seen[name] = quality
-                    _log_trial(mlflow_server.url, j["metadata"]["labels"]["ferry.dev/submission"], env, quality)
-                    kube.set_job_status(name, "ml", conditions=[("Created", "Created", "created"),
-                                                                ("Succeeded", "Succeeded", "done")])
-                time.sleep(0.2)
-
-        worker = threading.Thread(target=training_operator_and_rank0, daemon=True)
-        worker.start()
-        env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "MLFLOW_TRACKING_URI": mlflow_server.url,
-               "FERRY_HOME": str(tmp_path / "home"), "FERRY_POLL_INTERVAL_S": "0.2"}
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("ferry")), "submit", str(sweep_file), "-n", "ml"],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def training_operator_and_rank0() -> None:
         try:
-            wait_until(lambda: proc.poll() is not None or errors, "the sweep ends", timeout=240)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            out, err = proc.communicate(timeout=30)
-            stop.set()
-            worker.join(10)
+            play_the_cluster()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+            raise
+
+    def play_the_cluster() -> None:
+        """What the cluster does: each trial's rank 0 logs its run, then the job succeeds."""
+        nonlocal most_at_once
+        while not stop.is_set():
+            jobs = control_plane.raw("GET", f"/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs")["items"]
+            running = [j for j in jobs if not (j.get("status") or {}).get("completionTime")]
+            most_at_once = max(most_at_once, len(running))
+            for j in running:
+                name = j["metadata"]["name"]
+                if name in seen:
+                    continue
+                env = {e["name"]: e.get("value") for e in
+                       j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+                quality = json.loads(env["FERRY_HYPERPARAMETERS"])["quality"]
+                seen[name] = quality
+                _log_trial(mlflow_server.url, j["metadata"]["labels"]["ferry.dev/submission"], env, quality)
+                trainer.set_status(name, conditions=[("Created", "Created", "created"),
+                                                     ("Succeeded", "Succeeded", "done")])
+            time.sleep(0.2)
+
+    worker = threading.Thread(target=training_operator_and_rank0, daemon=True)
+    worker.start()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MLFLOW_TRACKING_URI": mlflow_server.url,
+           "FERRY_HOME": str(tmp_path / "home"), "FERRY_POLL_INTERVAL_S": "0.2"}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ferry")), "submit", str(sweep_file), "-n", namespace],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or errors, "the sweep ends", timeout=240)
     finally:
-        kube.stop()
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=30)
+        stop.set()
+        worker.join(10)
     assert not errors, errors
     assert proc.returncode == 0, out + err
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
