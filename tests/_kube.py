@@ -1,5 +1,7 @@
-"""A Kubernetes API on 127.0.0.1 for the cluster tests: kmock's KubernetesEmulator (stateful,
-real HTTP) with what Ferry's commands rely on and the emulator leaves out:
+"""kmock's KubernetesEmulator on 127.0.0.1 (stateful, real HTTP), for the few cluster tests that
+need what a real API server cannot be made to do on demand (pod logs, 429/5xx, resets; see
+tests/test_kube_emulated.py); every other cluster test runs on the real control plane
+(tests/_controlplane.py). It adds what Ferry's commands rely on and the emulator leaves out:
 
 - server-side apply (``PATCH`` with ``application/apply-patch+yaml``) creates a missing object;
 - ``dryRun=All`` judges a write without storing it;
@@ -43,13 +45,10 @@ REGISTRY = {
     "configmaps": ("v1/configmaps", "ConfigMap", True),
     "pods": ("v1/pods", "Pod", True),
     "events": ("v1/events", "Event", True),
-    "modelpipelines": ("ferry.dev/v1alpha1/modelpipelines", "ModelPipeline", True),
     "namespaces": ("v1/namespaces", "Namespace", False),
     "customresourcedefinitions": ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
-    "kopfpeerings": ("kopf.dev/v1/kopfpeerings", "KopfPeering", True),
-    "clusterkopfpeerings": ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False),
 }
-WITH_STATUS = ("pytorchjobs", "inferenceservices", "modelpipelines")
+WITH_STATUS = ("pytorchjobs", "inferenceservices")
 
 
 def now() -> str:
