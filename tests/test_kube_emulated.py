@@ -46,7 +46,12 @@ def submitted(kube: Kube, name: str = "digits", ns: str = "ml") -> str:
 
 
 def _advance(kube: Kube, steps: list, delay: float = 0.15) -> threading.Thread:
+    """Play ``steps`` in a thread, ``delay`` apart, once the submitted job exists."""
+    from tests._waiting import wait_until
+
     def run() -> None:
+        wait_until(lambda: any(r.method.value == "PATCH" and "/pytorchjobs/digits" in r.url.path
+                               and "dryRun" not in r.params for r in kube.api.requests), "the job is applied")
         for step in steps:
             time.sleep(delay)
             step()
@@ -67,7 +72,7 @@ def test_wait_on_failure_shows_the_reason_and_the_failed_replica_log(kube):
                             replicas={"Master": {"active": 1}, "Worker": {"failed": 1}})
 
     thread = _advance(kube, [failed])
-    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait")
+    result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait", "--timeout", "60")
     thread.join()
     assert result.exit_code == 1, result.output
     assert "digits failed" in result.stderr and "1 Worker replica(s) failed" in result.stderr
