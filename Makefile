@@ -32,6 +32,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The journey end to end on the real control plane (chart, MLflow on PostgreSQL and S3, the
+# operator, training, serving): tests/test_e2e.py alone.
+.PHONY: e2e
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
 # Regenerate the golden manifests under manifests/examples and the ModelPipeline CRD (never in CI).
 golden: $(STAMP)
 	FERRY_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden.py tests/test_deploy.py tests/test_operator_crd.py -k "golden or shipped"
