@@ -279,8 +279,8 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
 
 @pytest.mark.xfail(strict=True, raises=j.StorageInitializerFailed,
                    reason="the InferenceService's storageUri is the version's mlflow-artifacts:/ URI, which no storage "
-                          "initializer KServe can pick fetches (its default one knows gs, s3, hdfs, hf, http(s), ...); a "
-                          "models:/ storageUri fetched by Ferry's own ClusterStorageContainer (ferry fetch) is issue 23's")
+                          "initializer KServe can pick fetches (its default one knows gs, s3, hdfs, hf, http(s), ...); it "
+                          "passes once Ferry renders models:/NAME/VERSION and ships a ClusterStorageContainer for it")
 def test_the_deployed_version_is_served_and_answers_as_the_registered_one(platform: Platform) -> None:
     import mlflow
     import numpy as np
@@ -318,11 +318,6 @@ class OperatorRefused(Exception):
     """The operator refused to go on with a pipeline (its Ready condition says why)."""
 
 
-@pytest.mark.xfail(strict=True, raises=OperatorRefused,
-                   reason="the operator server-side-applies the job's tracking ConfigMap with its own managed-by label "
-                          "and no force: where the chart made that ConfigMap (the release's namespace, "
-                          "tracking.extraNamespaces) the API server answers 409 Conflict on every pass, and the pipeline "
-                          "stays Pending")
 def test_a_pipeline_in_a_namespace_where_the_chart_made_the_tracking_configmap_is_submitted(platform: Platform) -> None:
     p, name = platform, "beside"
     where = p.release.namespace

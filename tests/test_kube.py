@@ -290,6 +290,11 @@ def test_a_field_another_manager_owns_is_a_conflict(kube, control_plane):
     assert not kube.exists(job_path("digits", kube.ns))  # nothing half-applied
     cm = kube.get(f"/api/v1/namespaces/{kube.ns}/configmaps/ferry-mlflow")
     assert cm["data"]["tracking-uri"] == "http://theirs:5000"
+    # the URI the ConfigMap already holds: nothing to apply to it, nothing to contend over
+    same = ferry("submit", DIGITS, "--tracking-uri", "http://theirs:5000")
+    assert same.exit_code == 0, same.output
+    cm = kube.get(f"/api/v1/namespaces/{kube.ns}/configmaps/ferry-mlflow")
+    assert [m["manager"] for m in cm["metadata"]["managedFields"]] == ["helm"]
 
 
 @pytest.mark.parametrize("spec,says", [

@@ -526,8 +526,6 @@ def test_with_the_tracking_configmap_left_to_the_chart_the_job_reads_the_one_the
 USED_ELSEWHERE = {
     ("kubeflow.org", "pytorchjobs", "delete"): "a spec change supersedes a running job "
                                                "(test_a_spec_change_trains_anew_and_supersedes_the_running_job)",
-    ("", "configmaps", "get"): "with FERRY_OPERATOR_JOB_TRACKING_URI=-, the job's ConfigMap must exist already "
-                               "(test_with_the_tracking_configmap_left_to_the_chart_the_job_reads_the_one_there)",
     **{("kopf.dev", plural, verb): "peering between replicas, not --standalone (test_two_replicas_with_peering_never_"
                                    "both_act: KopfPeering with --namespace, ClusterKopfPeering with --all-namespaces)"
        for plural in ("kopfpeerings", "clusterkopfpeerings") for verb in ("list", "watch", "patch")},

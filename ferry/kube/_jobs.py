@@ -229,12 +229,20 @@ def tracking_configmap(job: Any, namespace: str, tracking_uri: str) -> dict[str,
 
 
 def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri: str | None) -> dict[str, Any] | None:
-    """The ConfigMap to apply for the job's tracking URI, or None. Without ``tracking_uri`` the
+    """The ConfigMap to apply for the job's tracking URI, or None: with ``tracking_uri``, unless the
+    ConfigMap there already holds it. Without ``tracking_uri`` the
     ConfigMap the job reads must already exist (the Helm chart creates it): a pod would otherwise
     wait forever in CreateContainerConfigError. Secrets are never read or written (least
     privilege): a Secret reference is the user's to provide."""
     if tracking_uri is not None:
-        return tracking_configmap(job, namespace, tracking_uri)
+        wanted = tracking_configmap(job, namespace, tracking_uri)
+        ref = job.tracking.uri_from
+        existing = cluster.find(CONFIGMAP, ref.name, namespace)
+        if existing is not None and (existing.get("data") or {}).get(ref.key) == tracking_uri:
+            # Already says so (the Helm chart's ConfigMap, say): applying it would only contend
+            # with its owner over the labels.
+            return None
+        return wanted
     ref = getattr(getattr(job, "tracking", None), "uri_from", None)
     if ref is None or getattr(ref, "kind", None) != "configmap":
         return None
