@@ -100,3 +100,10 @@ class KServe:
         self.plane.raw("PATCH", isvc_path(name, self.namespace) + "/status", {"status": {
             "url": url, "conditions": [{"type": "PredictorReady", "status": value, "lastTransitionTime": stamp},
                                        {"type": "Ready", "status": value, "lastTransitionTime": stamp}]}})
+
+
+# The digits job's conditions as the training operator words them: (type, reason, message).
+CREATED = ("Created", "PyTorchJobCreated", "PyTorchJob digits is created.")
+RUNNING = ("Running", "PyTorchJobRunning", "PyTorchJob digits is running.")
+SUCCEEDED = ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob digits is successfully completed.")
+FAILED = ("Failed", "PyTorchJobFailed", "PyTorchJob digits is failed because 1 Worker replica(s) failed.")

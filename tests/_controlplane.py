@@ -393,3 +393,13 @@ def started(bin_dir: Path, root: Path) -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.stop()
+
+
+def plain_kubeconfig(path: Path, server: str, contexts: tuple[str, ...] = ("c",)) -> Path:
+    """A kubeconfig for ``server`` with one token user and ``contexts`` (the first current): for
+    servers that are not this control plane (a closed port, a proxy, the emulator)."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
+        "clusters": [{"name": "k", "cluster": {"server": server}}], "users": [{"name": "u", "user": {"token": "x"}}],
+        "contexts": [{"name": c, "context": {"cluster": "k", "user": "u"}} for c in contexts]}))
+    return path

@@ -382,14 +382,22 @@ def _wait_until_pods_are_made(plane: Any, namespace: str, workloads: list[dict[s
                 for condition in (maker.get("status") or {}).get("conditions") or []:
                     assert condition["type"] != "ReplicaFailure", f"{where}: {condition['message']}"
                 refused = [e["message"] for e in refusals if e["involvedObject"].get("uid") == maker["metadata"]["uid"]]
-                assert not refused, f"{where}: {refused[-1]}"
+                # A ServiceAccount applied in the same batch as its Deployment may come a moment
+                # after the ReplicaSet's first try: the controller retries, as on any cluster.
+                final = [m for m in refused if "error looking up service account" not in m]
+                assert not final, f"{where}: {final[-1]}"
+                seen[where] = refused[-1] if refused else ""
             wanted = workload["spec"]["replicas"] if workload["kind"] == "Deployment" else 1
             if sum(len(owned_by(m["metadata"]["uid"], pods)) for m in makers) < wanted:
                 waiting.append(where)
         return not waiting
 
-    plane.wait_for(all_made, f"the pods of {[w['metadata']['name'] for w in workloads]} in {namespace}", timeout=90,
-                   interval=0.2)
+    seen: dict[str, str] = {}
+    try:
+        plane.wait_for(all_made, f"the pods of {[w['metadata']['name'] for w in workloads]} in {namespace}",
+                       timeout=90, interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the controllers' last refusals: {seen}") from None
 
 
 def _assert_bindings_grant_their_roles(plane: Any, docs: list[dict[str, Any]], namespace: str) -> None:

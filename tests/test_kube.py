@@ -7,8 +7,6 @@ pods that never run) is in tests/test_kube_emulated.py."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +14,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests._controllers import KServe, TrainingOperator, isvc_path, job_path
-from tests._controlplane import ControlPlane
+from tests._controllers import CREATED, RUNNING, SUCCEEDED, KServe, TrainingOperator, isvc_path, job_path
+from tests._controlplane import ControlPlane, plain_kubeconfig
+from tests._waiting import play
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "jobs" / "digits" / "job.py")
-CREATED = ("Created", "PyTorchJobCreated", "PyTorchJob digits is created.")
-RUNNING = ("Running", "PyTorchJobRunning", "PyTorchJob digits is running.")
-SUCCEEDED = ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob digits is successfully completed.")
-FAILED = ("Failed", "PyTorchJobFailed", "PyTorchJob digits is failed because 1 Worker replica(s) failed.")
 
 
 @dataclass
@@ -65,17 +60,6 @@ def submitted(kube: Kube, name: str = "digits") -> str:
     result = ferry("submit", DIGITS, "--tracking-uri", "http://mlflow.ml:5000")
     assert result.exit_code == 0, result.output
     return kube.job(name)["metadata"]["labels"]["ferry.dev/submission"]
-
-
-def _advance(steps: list, delay: float = 0.15) -> threading.Thread:
-    def run() -> None:
-        for step in steps:
-            time.sleep(delay)
-            step()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_submit_is_a_server_side_apply_of_a_new_submission(kube, control_plane):
@@ -182,10 +166,8 @@ def test_wait_follows_the_conditions_to_success(kube):
         trainer.set_status("digits", conditions=[CREATED, RUNNING, SUCCEEDED],
                            replicas={"Master": {"succeeded": 1}, "Worker": {"succeeded": 1}})
 
-    def job_exists():
-        kube.plane.wait_for(lambda: kube.exists(job_path("digits", kube.ns)), "the job")
-
-    thread = _advance([job_exists, created, running, succeeded])
+    thread = play([created, running, succeeded], after=lambda: kube.exists(job_path("digits", kube.ns)),
+                  what="the job exists")
     result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait", "--timeout", "60")
     thread.join()
     assert result.exit_code == 0, result.output
@@ -391,18 +373,10 @@ def test_the_console_script_speaks_to_the_cluster(kube, ferry_cli):
 
 
 # ---- without a server ----------------------------------------------------------------------------
-def _kubeconfig(path: Path, server: str, contexts: tuple[str, ...] = ("c",)) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
-        "clusters": [{"name": "k", "cluster": {"server": server}}], "users": [{"name": "u", "user": {"token": "x"}}],
-        "contexts": [{"name": c, "context": {"cluster": "k", "user": "u"}} for c in contexts]}))
-    return path
-
-
 def test_no_usable_cluster(tmp_path, monkeypatch):
     from ferry.local import free_port
 
-    closed = _kubeconfig(tmp_path / "closed", f"http://127.0.0.1:{free_port()}")
+    closed = plain_kubeconfig(tmp_path / "closed", f"http://127.0.0.1:{free_port()}")
     garbage = tmp_path / "garbage"
     garbage.write_text("this: [is not a kubeconfig")
     cases = [

@@ -6,22 +6,19 @@ Everything else is in tests/test_kube.py, on the real control plane."""
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from tests._controllers import CREATED, FAILED, RUNNING, SUCCEEDED
+from tests._controlplane import plain_kubeconfig
 from tests._kube import Kube
+from tests._waiting import play
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "jobs" / "digits" / "job.py")
-CREATED = ("Created", "PyTorchJobCreated", "PyTorchJob digits is created.")
-RUNNING = ("Running", "PyTorchJobRunning", "PyTorchJob digits is running.")
-SUCCEEDED = ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob digits is successfully completed.")
-FAILED = ("Failed", "PyTorchJobFailed", "PyTorchJob digits is failed because 1 Worker replica(s) failed.")
 
 
 @pytest.fixture
@@ -39,26 +36,16 @@ def ferry(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+def applied(kube: Kube) -> bool:
+    """The digits job was applied (not only judged by a dry run)."""
+    return any(r.method.value == "PATCH" and "/pytorchjobs/digits" in r.url.path and "dryRun" not in r.params
+               for r in kube.api.requests)
+
+
 def submitted(kube: Kube, name: str = "digits", ns: str = "ml") -> str:
     result = ferry("submit", DIGITS, "--tracking-uri", "http://mlflow.ml:5000", "-n", ns)
     assert result.exit_code == 0, result.output
     return kube.job(name, ns)["metadata"]["labels"]["ferry.dev/submission"]
-
-
-def _advance(kube: Kube, steps: list, delay: float = 0.15) -> threading.Thread:
-    """Play ``steps`` in a thread, ``delay`` apart, once the submitted job exists."""
-    from tests._waiting import wait_until
-
-    def run() -> None:
-        wait_until(lambda: any(r.method.value == "PATCH" and "/pytorchjobs/digits" in r.url.path
-                               and "dryRun" not in r.params for r in kube.api.requests), "the job is applied")
-        for step in steps:
-            time.sleep(delay)
-            step()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_wait_on_failure_shows_the_reason_and_the_failed_replica_log(kube):
@@ -71,7 +58,7 @@ def test_wait_on_failure_shows_the_reason_and_the_failed_replica_log(kube):
         kube.set_job_status("digits", conditions=[CREATED, RUNNING, FAILED],
                             replicas={"Master": {"active": 1}, "Worker": {"failed": 1}})
 
-    thread = _advance(kube, [failed])
+    thread = play([failed], after=lambda: applied(kube), what="the job is applied")
     result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--wait", "--timeout", "60")
     thread.join()
     assert result.exit_code == 1, result.output
@@ -98,7 +85,7 @@ def test_follow_streams_every_replica_prefixed(kube):
             kube.end_log(pod)
         kube.set_job_status("digits", conditions=[CREATED, RUNNING, SUCCEEDED])
 
-    thread = _advance(kube, [start, more, end], delay=0.3)
+    thread = play([start, more, end], after=lambda: applied(kube), what="the job is applied", delay=0.3)
     result = ferry("submit", DIGITS, "--tracking-uri", "http://m:5000", "--follow", "--timeout", "30")
     thread.join()
     assert result.exit_code == 0, result.output
@@ -180,14 +167,6 @@ def test_retries_are_bounded(kube):
     assert len([r for r in kube.api.requests if r.method.value == "GET"]) == 3
 
 
-def _kubeconfig(path: Path, server: str, contexts: tuple[str, ...] = ("c",)) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
-        "clusters": [{"name": "k", "cluster": {"server": server}}], "users": [{"name": "u", "user": {"token": "x"}}],
-        "contexts": [{"name": c, "context": {"cluster": "k", "user": "u"}} for c in contexts]}))
-    return path
-
-
 class _ResettingProxy:
     """A TCP proxy on 127.0.0.1 to the emulator that resets the first ``resets`` connections
     as soon as a request arrives (a dropped connection mid-request), then forwards."""
@@ -248,7 +227,7 @@ def test_a_reset_connection_is_retried(kube, tmp_path, monkeypatch):
     submitted(kube)
     proxy = _ResettingProxy(int(kube.url.rsplit(":", 1)[1]), resets=3)
     try:
-        config = _kubeconfig(tmp_path / "via-proxy", f"http://127.0.0.1:{proxy.port}")
+        config = plain_kubeconfig(tmp_path / "via-proxy", f"http://127.0.0.1:{proxy.port}")
         with Cluster.connect(config, namespace="ml", retry=Retry(base_s=0.01)) as cluster:
             assert cluster.get(PYTORCHJOB, "digits")["metadata"]["name"] == "digits"
         assert proxy.resets == 0
