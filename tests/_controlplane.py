@@ -21,7 +21,6 @@ Every process started here dies with the test process (``PR_SET_PDEATHSIG``) as 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ctypes
 import datetime
@@ -353,8 +352,6 @@ class ControlPlane:
             self.raw("DELETE", f"/api/v1/namespaces/{name}")
 
 
-_CORE = {"Namespace", "ConfigMap", "Secret", "Service", "ServiceAccount", "Pod", "PersistentVolumeClaim", "Event",
-         "Endpoints", "ResourceQuota", "LimitRange", "PersistentVolume", "Node"}
 _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume",
                    "Node", "ClusterKopfPeering", "ClusterServingRuntime", "ClusterStorageContainer", "ClusterTrainingRuntime",
                    "PriorityClass", "StorageClass", "ValidatingWebhookConfiguration",
@@ -379,10 +376,6 @@ def object_path(obj: dict[str, Any], *, namespace: str | None = None) -> str:
     ns = namespace or meta.get("namespace")
     scope = "" if kind in _CLUSTER_SCOPED else f"/namespaces/{ns or 'default'}"
     return f"{base}{scope}/{plural(kind)}/{meta['name']}"
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 @contextlib.contextmanager
