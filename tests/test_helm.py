@@ -4,7 +4,8 @@ resources against their CRDs), Pod Security "restricted" for every pod, no wildc
 secret value inline, bad values refused by the schema, and the chart in agreement with what Ferry
 renders and ships (images, serving runtime, CRDs, RBAC). Then every scenario installed on a real
 control plane (tests/_controlplane.py; skipped without KUBEBUILDER_ASSETS): each object applied
-server-side, its workloads' pods admitted under "restricted", its bindings granting its roles."""
+server-side, its workloads' pods admitted under "restricted", its bindings granting its roles,
+and an operator that watches some namespaces allowed its work there and nowhere else."""
 
 from __future__ import annotations
 
@@ -134,6 +135,10 @@ def test_names_fit_in_63_characters_and_helpers_carry_the_chart_name() -> None:
     ({"images": {"registry": "has space/ferry"}}, "registry"),
     ({"mlfow": {"enabled": False}}, "mlfow"),
     ({"monitoring": {"interval": "often"}}, "interval"),
+    ({"operator": {"resyncSeconds": 5}}, "resyncSeconds"),
+    ({"operator": {"resyncSeconds": 30.5}}, "resyncSeconds"),
+    ({"operator": {"pollSeconds": 0.5}}, "pollSeconds"),
+    ({"operator": {"watchNamespaces": ["ml", "ml"]}}, "watchNamespaces"),
 ])
 def test_bad_values_are_refused_by_the_schema_naming_the_field(values: dict[str, Any], message: str) -> None:
     from helm_python import Chart, HelmError
@@ -160,6 +165,38 @@ def test_the_chart_ships_the_operators_crds_and_rbac() -> None:
                    if d["kind"] == "ClusterRole")
     chart_role = next(d for d in render({}) if d["kind"] == "ClusterRole")
     assert chart_role["rules"] == shipped["rules"]
+
+
+def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) for each thing ``rules`` allow."""
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_watching_some_namespaces_grants_the_namespaced_rules_in_those_alone() -> None:
+    shipped = next(d for d in yaml.safe_load_all((REPO / "operator/ferry_operator/rbac/operator.yaml").read_text())
+                   if d["kind"] == "ClusterRole")
+    docs = render({"operator": {"watchNamespaces": ["ml", "ml-staging"]}})
+    account = next(d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"].endswith("-operator"))
+    subject = {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "ferry"}
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"ml", "ml-staging"}
+    assert roles["ml"]["rules"] == roles["ml-staging"]["rules"]
+    for ns, binding in bindings.items():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": roles[ns]["metadata"]["name"]}
+        assert binding["subjects"] == [subject]
+    (cluster,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    (cluster_binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert cluster_binding["roleRef"]["name"] == cluster["metadata"]["name"] and cluster_binding["subjects"] == [subject]
+    # cluster-wide, only what no Role can give (the real API server's scopes: the test below)
+    assert _grants(cluster["rules"]) == {(g, r, v) for g, r in (("apiextensions.k8s.io", "customresourcedefinitions"),
+                                                                 ("", "namespaces")) for v in ("list", "watch")}
+    assert _grants(roles["ml"]["rules"]) | _grants(cluster["rules"]) == {
+        g for g in _grants(shipped["rules"]) if g[1] != "clusterkopfpeerings"}
+    for doc in docs:
+        for rule in doc.get("rules", []):
+            assert not any("*" in rule[key] for key in ("apiGroups", "resources", "verbs")), rule
 
 
 def test_the_serving_runtime_is_the_one_ferry_renders_with_the_same_images() -> None:
@@ -208,15 +245,32 @@ def test_config_changes_roll_the_operator() -> None:
     assert checksum({}) != checksum({"mlflow": {"port": 5001}})
 
 
-def test_operator_ha_runs_peering_and_one_replica_runs_standalone() -> None:
-    one = next(d for d in render({}) if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator"))
+def _operator(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator"))
+
+
+def test_operator_ha_runs_peering_and_rolls_one_at_a_time_and_one_replica_runs_standalone_recreated() -> None:
+    one = _operator(render({}))
     assert "--standalone" in one["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert one["spec"]["strategy"] == {"type": "Recreate"}  # never two operators, not even in a rollout
     docs = render(scenario(CHART / "ci" / "operator-ha-values.yaml"))
-    ha = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator"))
+    ha = _operator(docs)
     args = ha["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--standalone" not in args and "--namespace=ml" in args and "--namespace=ml-staging" in args
+    assert ha["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     assert {(d["kind"], d["metadata"]["namespace"]) for d in docs if d["kind"] == "KopfPeering"} == {
         ("KopfPeering", "ml"), ("KopfPeering", "ml-staging")}
+
+
+def test_the_operator_polls_mlflow_often_and_resyncs_every_pipeline_seldom() -> None:
+    def env(values: dict[str, Any]) -> dict[str, str]:
+        container = _operator(render(values))["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert {k: v for k, v in env({}).items() if k.startswith("FERRY_OPERATOR_")} == {
+        "FERRY_OPERATOR_POLL_S": "5", "FERRY_OPERATOR_RESYNC_S": "300"}
+    custom = env({"operator": {"pollSeconds": 2, "resyncSeconds": 600}})
+    assert (custom["FERRY_OPERATOR_POLL_S"], custom["FERRY_OPERATOR_RESYNC_S"]) == ("2", "600")
 
 
 def test_mlflow_upgrades_its_database_before_it_serves() -> None:
@@ -300,7 +354,8 @@ def test_an_external_tracking_server_replaces_the_charts_mlflow() -> None:
 # the `helm test` hook) by server-side apply with strict field validation, so a field the server
 # would prune fails instead; no warning (deprecation, Pod Security) on the way; every workload's
 # pods made by the controller manager and admitted by Pod Security "restricted"; and the chart's
-# bindings granting its ServiceAccounts every rule of their roles, by the real authorizer.
+# bindings granting its ServiceAccounts every rule of their roles, by the real authorizer; with
+# operator.watchNamespaces, the operator's ServiceAccount refused the same work anywhere else.
 HOOK = "helm.sh/hook"
 
 
@@ -412,17 +467,48 @@ def _assert_bindings_grant_their_roles(plane: Any, docs: list[dict[str, Any]], n
         for subject in binding["subjects"]:
             assert (subject["namespace"], subject["name"]) in accounts, f"{binding['metadata']['name']}: {subject}"
             user = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
-            groups = ["system:serviceaccounts", f"system:serviceaccounts:{subject['namespace']}",
-                      "system:authenticated"]
             for rule in role["rules"]:
                 for group, resource, verb in product(rule["apiGroups"], rule["resources"], rule["verbs"]):
-                    name, _, sub = resource.partition("/")
-                    review = plane.raw("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
-                        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                        "spec": {"user": user, "groups": groups, "resourceAttributes": {
-                            "namespace": scope or namespace, "group": group, "resource": name, "subresource": sub,
-                            "verb": verb}}})
-                    assert review["status"]["allowed"], f"{user} may not {verb} {resource}: {review['status']}"
+                    review = _review(plane, subject, verb, group, resource, scope or namespace)
+                    assert review["allowed"], f"{user} may not {verb} {resource}: {review}"
+
+
+def _review(plane: Any, account: dict[str, Any], verb: str, group: str, resource: str,
+            namespace: str = "") -> dict[str, Any]:
+    """The real authorizer's answer (a SubjectAccessReview) on whether ServiceAccount ``account``
+    may ``verb`` ``resource`` (``name/subresource``) in ``namespace`` ("": cluster-wide)."""
+    name, _, sub = resource.partition("/")
+    user = f"system:serviceaccount:{account['namespace']}:{account['name']}"
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{account['namespace']}", "system:authenticated"]
+    return plane.raw("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": groups, "resourceAttributes": {
+            "namespace": namespace, "group": group, "resource": name, "subresource": sub, "verb": verb}}})["status"]
+
+
+def _assert_the_operator_acts_only_where_it_watches(plane: Any, docs: list[dict[str, Any]], resources: dict[
+        tuple[str, str], tuple[str, bool]], watched: list[str], elsewhere: str) -> None:
+    """With operator.watchNamespaces: no ClusterRole grants a resource the API server serves
+    per namespace, and the operator's ServiceAccount may do its work in the watched namespaces,
+    not in ``elsewhere``, and never on cluster-wide peering."""
+    namespaced = {(api.rpartition("/")[0], plural): scoped for (api, _), (plural, scoped) in resources.items()}
+    for role in (d for d in docs if d["kind"] == "ClusterRole"):
+        for group, resource, _ in _grants(role["rules"]):
+            assert not namespaced[(group, resource.partition("/")[0])], f"{role['metadata']['name']}: {resource}"
+    account = next({"namespace": d["metadata"]["namespace"], "name": d["metadata"]["name"]} for d in docs
+                   if d["kind"] == "ServiceAccount" and d["metadata"]["name"].endswith("-operator"))
+    assert elsewhere not in watched
+    work = [("create", "", "configmaps"), ("patch", "kubeflow.org", "pytorchjobs"),
+            ("patch", "ferry.dev", "modelpipelines/status"), ("create", "serving.kserve.io", "inferenceservices")]
+    for verb, group, resource in work:
+        for ns in watched:
+            assert _review(plane, account, verb, group, resource, ns)["allowed"], f"{verb} {resource} in {ns}"
+        assert not _review(plane, account, verb, group, resource, elsewhere)["allowed"], f"{verb} {resource} elsewhere"
+    for verb, group, resource in [*work, ("list", "ferry.dev", "modelpipelines"), ("patch", "kopf.dev", "kopfpeerings"),
+                                  ("patch", "kopf.dev", "clusterkopfpeerings"), ("list", "kopf.dev", "clusterkopfpeerings")]:
+        assert not _review(plane, account, verb, group, resource)["allowed"], f"{verb} {resource} cluster-wide"
+    for group, resource in (("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")):
+        assert _review(plane, account, "watch", group, resource)["allowed"], f"watch {resource} cluster-wide"
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name.removesuffix("-values.yaml"))
@@ -472,6 +558,9 @@ def test_every_object_of_the_scenario_is_accepted_by_a_real_api_server_with_pods
         assert workloads
         _wait_until_pods_are_made(plane, namespace, workloads)
         _assert_bindings_grant_their_roles(plane, docs, namespace)
+        watched = values.get("operator", {}).get("watchNamespaces")
+        if watched and values["operator"].get("enabled", True):
+            _assert_the_operator_acts_only_where_it_watches(plane, docs, resources, watched, elsewhere=namespace)
     finally:
         for made in reversed(created):
             with contextlib.suppress(ApiError):
