@@ -5,6 +5,7 @@ kserve or Kubernetes client is imported until a function that needs one runs."""
 from ferry.errors import ConfigError, FerryError, JobFileError, ManifestInvalid, SpecError
 from ferry.spec import (
     Autoscaling,
+    Canary,
     Checkpointing,
     Choice,
     ConfigMapKeyRef,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Autoscaling",
+    "Canary",
     "Checkpointing",
     "Choice",
     "ConfigError",

@@ -72,7 +72,12 @@ class ConfigError(FerryError):
 
 
 class RegistryError(FerryError):
-    """The model registry lacks what was named, refused a change, or cannot be reached."""
+    """The model registry lacks what was named, refused a change, or cannot be reached.
+    ``transient``: the same request may succeed later (the server unreachable, a 5xx, a 429)."""
+
+    def __init__(self, message: str = "", *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class PromotionConflict(RegistryError):

@@ -81,7 +81,12 @@ FERRY_POLL_INTERVAL_S = EnvSetting(
     "FERRY_POLL_INTERVAL_S", "2", "Seconds between reads of a job's state while a cluster command waits or follows logs."
 )
 FERRY_OPERATOR_POLL_S = EnvSetting(
-    "FERRY_OPERATOR_POLL_S", "15", "Seconds the operator waits before looking again at a pipeline that is training or deploying."
+    "FERRY_OPERATOR_POLL_S", "5", "Seconds before the operator looks again at what sends no event (MLflow registering a "
+    "run's model, a canary's clock); also the first wait after a transient error (it doubles, up to the resync)."
+)
+FERRY_OPERATOR_RESYNC_S = EnvSetting(
+    "FERRY_OPERATOR_RESYNC_S", "300", "Seconds before the operator looks again at a pipeline nothing has woken (drift); "
+    "a pipeline's own changes and its children's wake it at once."
 )
 FERRY_OPERATOR_JOB_TRACKING_URI = EnvSetting(
     "FERRY_OPERATOR_JOB_TRACKING_URI", None,

@@ -94,16 +94,22 @@ class KServe:
         self.plane = plane
         self.namespace = namespace
 
-    def ready(self, name: str, url: str, *, ready: bool = True) -> None:
+    def ready(self, name: str, url: str, *, ready: bool = True, reason: str = "", message: str = "") -> None:
+        """The status KServe writes once it has reconciled the spec as it now is (its
+        observedGeneration): Ready, or not (with the reason and message of the failing part)."""
         value = "True" if ready else "False"
         stamp = now()
+        isvc = self.plane.raw("GET", isvc_path(name, self.namespace))
+        why = {} if ready else {k: v for k, v in (("reason", reason), ("message", message)) if v}
+        predictor = (isvc.get("spec") or {}).get("predictor") or {}
+        canary = predictor.get("canaryTrafficPercent")
+        traffic = ([{"revisionName": f"{name}-predictor-{isvc['metadata']['generation']}", "percent": canary,
+                     "latestRevision": True, "tag": "latest"},
+                    {"revisionName": f"{name}-predictor-prev", "percent": 100 - canary, "tag": "prev"}]
+                   if canary else [{"revisionName": f"{name}-predictor-{isvc['metadata']['generation']}", "percent": 100,
+                                    "latestRevision": True}])
         self.plane.raw("PATCH", isvc_path(name, self.namespace) + "/status", {"status": {
-            "url": url, "conditions": [{"type": "PredictorReady", "status": value, "lastTransitionTime": stamp},
-                                       {"type": "Ready", "status": value, "lastTransitionTime": stamp}]}})
-
-
-# The digits job's conditions as the training operator words them: (type, reason, message).
-CREATED = ("Created", "PyTorchJobCreated", "PyTorchJob digits is created.")
-RUNNING = ("Running", "PyTorchJobRunning", "PyTorchJob digits is running.")
-SUCCEEDED = ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob digits is successfully completed.")
-FAILED = ("Failed", "PyTorchJobFailed", "PyTorchJob digits is failed because 1 Worker replica(s) failed.")
+            "url": url, "observedGeneration": isvc["metadata"]["generation"],
+            "components": {"predictor": {"traffic": traffic}},
+            "conditions": [{"type": "PredictorReady", "status": value, "lastTransitionTime": stamp, **why},
+                           {"type": "Ready", "status": value, "lastTransitionTime": stamp, **why}]}})

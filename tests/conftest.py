@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# the operator's harness (its namespace-per-test site, MLflow server and role), for every module
+pytest_plugins = ["tests._operator"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CRDS = REPO.parent / "shared" / "crds"  # the reference copy, beside a checkout (never needed)
 

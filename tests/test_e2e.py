@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests import _journey as j
+from tests._controllers import KServe
 from tests._controlplane import ApiError, ControlPlane
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -237,16 +238,18 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
         assert "canaryTrafficPercent" not in predictor
         status = p.status(name)
         assert (status["modelVersion"], status["jobName"], status["inferenceService"]) == ("1", f"{name}-g1", name)
+        KServe(p.plane, p.ns).ready(name, f"http://{name}.{p.ns}.example.com")  # its predictor Ready
+        j.wait_for(lambda: p.status(name).get("phase") == "Serving", "phase Serving", also=p.operator_log)
 
         # Generation 2: a hyperparameter changed in the file, applied again: it trains, passes
-        # the gate against version 1 and goes out as a canary beside it.
+        # the gate against version 1 and goes out as a canary beside it (version 1 keeps serving).
         edit(path, "      epochs: 4\n", "      epochs: 5\n")
         p.apply_file(path)
         train(p, f"{name}-g2")
         isvc = j.wait_for(lambda: p.isvc_serving(name, "2"), "the InferenceService of version 2", timeout=120,
                           also=p.operator_log)
-        j.wait_for(lambda: p.status(name).get("phase") == "Deploying" and p.status(name).get("modelVersion") == "2",
-                   "generation 2 deploying", also=p.operator_log)
+        j.wait_for(lambda: p.status(name).get("phase") == "Canary" and p.status(name).get("modelVersion") == "2",
+                   "generation 2 out as a canary", also=p.operator_log)
         predictor = isvc["spec"]["predictor"]
         assert predictor["canaryTrafficPercent"] == 20
         assert predictor["model"]["storageUri"] == client.get_model_version_download_uri(model, "2")
@@ -258,16 +261,17 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
         # kubectl get modelpipelines showed each phase on the way, with the columns that go with it
         # (a pass writes the phase it ends in: Evaluating and Promoting show only when a pass waits there).
         phases = " ".join(watch.phases(name))
-        one_generation = r"(Pending )?Training (Evaluating )?(Promoting )?Deploying"
-        assert re.fullmatch(f"{one_generation} {one_generation}", phases), phases
+        trained = r"(Pending )?Training (Evaluating )?(Promoting )?"
+        assert re.fullmatch(f"{trained}Deploying Serving {trained}Canary", phases), phases
         rows = watch.rows_of(name)
-        assert {(r["PHASE"], r["MODEL"], r["VERSION"], r["JOB"]) for r in rows if r["PHASE"] == "Deploying"} == {
-            ("Deploying", model, "1", f"{name}-g1"), ("Deploying", model, "2", f"{name}-g2")}, rows
+        assert {(r["PHASE"], r["MODEL"], r["VERSION"], r["TRAFFIC"], r["JOB"]) for r in rows
+                if r["PHASE"] in ("Serving", "Canary")} == {
+            ("Serving", model, "1", "v1=100%", f"{name}-g1"), ("Canary", model, "2", "v2=20%,v1=80%", f"{name}-g2")}, rows
         assert {r["VERSION"] for r in rows if r["PHASE"] == "Training" and r["JOB"] == f"{name}-g2"} == {""}, rows
     (now,) = j.kubectl_table(p.plane, "modelpipelines", "-n", p.ns)
-    assert list(now) == ["NAME", "PHASE", "MODEL", "VERSION", "JOB", "URL", "AGE"]
-    assert (now["NAME"], now["PHASE"], now["MODEL"], now["VERSION"], now["JOB"], now["URL"]) == (
-        name, "Deploying", model, "2", f"{name}-g2", ""), now
+    assert list(now) == ["NAME", "PHASE", "MODEL", "VERSION", "TRAFFIC", "JOB", "URL", "AGE"]
+    assert (now["NAME"], now["PHASE"], now["MODEL"], now["VERSION"], now["TRAFFIC"], now["JOB"], now["URL"]) == (
+        name, "Canary", model, "2", "v2=20%,v1=80%", f"{name}-g2", f"http://{name}.{p.ns}.example.com"), now
 
     # Deleted as a GitOps tool prunes it: the garbage collector removes its children.
     p.plane.kubectl("delete", "-f", str(path), "--wait=true")

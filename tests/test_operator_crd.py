@@ -82,9 +82,11 @@ def test_the_schema_is_structural() -> None:
     assert _structural_problems(version["schema"]["openAPIV3Schema"]) == []
     assert version["subresources"] == {"status": {}}
     assert crd["metadata"]["name"] == f"{crd['spec']['names']['plural']}.{crd['spec']['group']}"
-    assert {c["name"] for c in version["additionalPrinterColumns"]} == {"Phase", "Model", "Version", "Job", "URL", "Age"}
+    assert {c["name"] for c in version["additionalPrinterColumns"]} == {"Phase", "Model", "Version", "Traffic", "Job", "URL",
+                                                                          "Age"}
     phases = schema()["properties"]["status"]["properties"]["phase"]["enum"]
-    assert phases == ["Pending", "Training", "Evaluating", "Promoting", "Deploying", "Serving", "Failed", "Rejected"]
+    assert phases == ["Pending", "Training", "Evaluating", "Promoting", "Promoted", "Deploying", "Canary", "Serving",
+                      "Failed", "Rejected"]
 
 
 def test_every_field_of_the_spec_types_is_in_the_schema_but_those_the_pipeline_fills() -> None:

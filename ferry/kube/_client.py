@@ -166,14 +166,16 @@ class Cluster:
                                   "running, and is this the right kubeconfig/--context?")
 
     # ---- verbs --------------------------------------------------------------------------------
-    def apply(self, manifest: dict[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
-        """Server-side apply of ``manifest`` with field manager ``ferry``: creates it or updates
-        the fields Ferry owns. ``dry_run`` sends ``dryRun=All`` (the API server and its admission
-        judge the object, nothing is stored); ``force`` takes over fields another manager owns."""
+    def apply(self, manifest: dict[str, Any], *, dry_run: bool = False, force: bool = False,
+              field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply of ``manifest`` as ``field_manager`` (``ferry`` unless told): creates
+        it or updates the fields that manager owns. ``dry_run`` sends ``dryRun=All`` (the API
+        server and its admission judge the object, nothing is stored); ``force`` takes over fields
+        another manager owns."""
         kind = kind_of(manifest)
         name = manifest["metadata"]["name"]
         namespace = manifest["metadata"].get("namespace", self.namespace) if kind.namespaced else None
-        query: list[tuple[str, Any]] = [("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")]
+        query: list[tuple[str, Any]] = [("fieldManager", field_manager), ("force", "true" if force else "false")]
         if dry_run:
             query.append(("dryRun", "All"))
         return self.call("PATCH", kind.path(namespace, name), Action("patch", kind, namespace, name),

@@ -24,6 +24,7 @@ from ferry.kube._kinds import (
     CONFIGMAP,
     CREATED,
     FAILED,
+    FIELD_MANAGER,
     FINISHED,
     JOB_NAME_LABEL,
     MANAGED_BY,
@@ -177,7 +178,7 @@ def plan_submission(job: Any, submission: str | None = None) -> tuple[str, dict[
 def submit(cluster: Cluster, job: Any, manifest: dict[str, Any], submission: str, *, dry_run: bool = False,
            replace: bool = False, force_conflicts: bool = False, tracking_uri: str | None = None,
            say: Callable[[str], None] = lambda line: None, replace_timeout_s: float = 300,
-           poll_s: float = 1.0) -> Submitted:
+           poll_s: float = 1.0, field_manager: str = FIELD_MANAGER) -> Submitted:
     """Apply ``manifest`` (one submission of ``job``) and what it needs; see the module's
     docstring for what happens when the PyTorchJob already exists."""
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
@@ -202,7 +203,8 @@ def submit(cluster: Cluster, job: Any, manifest: dict[str, Any], submission: str
     # The API server judges every object first (RBAC, schema, admission, field ownership), so a
     # refusal changes nothing: a job being replaced is only deleted once its successor is accepted.
     for obj in objects:
-        cluster.apply(obj, dry_run=True, force=force_conflicts or (replaced is not None and obj is manifest))
+        cluster.apply(obj, dry_run=True, force=force_conflicts or (replaced is not None and obj is manifest),
+                      field_manager=field_manager)
     if dry_run:
         applied = [f"{obj['kind']} {namespace}/{obj['metadata']['name']}" for obj in objects]
         return Submitted(name, namespace, submission, applied, "server", replaced)
@@ -210,7 +212,7 @@ def submit(cluster: Cluster, job: Any, manifest: dict[str, Any], submission: str
         say(f"deleting PyTorchJob {namespace}/{name} (submission {replaced}, {replaced_phase}) to replace it")
         delete_job(cluster, name, namespace, wait=True, timeout_s=replace_timeout_s, poll_s=poll_s)
     for obj in objects:
-        cluster.apply(obj, force=force_conflicts)
+        cluster.apply(obj, force=force_conflicts, field_manager=field_manager)
         applied.append(f"{obj['kind']} {namespace}/{obj['metadata']['name']}")
     return Submitted(name, namespace, submission, applied, None, replaced)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ferry.errors import PromotionRefused, RegistryError
 from ferry.registry._actor import resolve_actor
+from ferry.registry._failures import is_missing, is_transient, registry_error
 from ferry.registry._history import (
     LOCK_PREFIX,
     EnvLock,
@@ -37,10 +38,14 @@ def _version(client: Any, name: str, version: str) -> Any:
     try:
         client.get_registered_model(name)
     except Exception as exc:
+        if is_transient(exc):
+            raise registry_error(exc, f"reading registered model {name!r}") from exc
         raise RegistryError(f"no registered model {name!r} ({_reason(exc)}); see `ferry models list`") from exc
     try:
         return client.get_model_version(name, str(version))
     except Exception as exc:
+        if is_transient(exc):
+            raise registry_error(exc, f"reading version {version} of {name}") from exc
         raise RegistryError(f"{name} has no version {version} ({_reason(exc)}); see `ferry models show {name}`") from exc
 
 
@@ -49,10 +54,14 @@ def _reason(exc: Exception) -> str:
 
 
 def alias_holder(client: Any, name: str, alias: str) -> str | None:
+    """The version holding ``alias``, or None when none does (or the model does not exist). Any
+    other failure (MLflow unreachable, a 5xx) raises: a gate must never read it as "no holder"."""
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except Exception:  # noqa: BLE001 - no such alias yet
-        return None
+    except Exception as exc:  # noqa: BLE001 - MlflowException, or the HTTP client's own errors
+        if is_missing(exc):
+            return None
+        raise registry_error(exc, f"reading which version of {name} holds {alias!r}") from exc
 
 
 def _metric(client: Any, mv: Any, metric: str) -> float | None:

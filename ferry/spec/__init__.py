@@ -1,6 +1,6 @@
 """What users write: typed, immutable, validated specs. Knows nothing of YAML."""
 
-from ferry.spec._deploy import Autoscaling, Deployment
+from ferry.spec._deploy import Autoscaling, Canary, Deployment
 from ferry.spec._job import RESERVED_ENV, TrainingJob
 from ferry.spec._loader import load_specs
 from ferry.spec._pod import (
@@ -22,6 +22,7 @@ from ferry.spec._tracking import Checkpointing, Tracking
 __all__ = [
     "RESERVED_ENV",
     "Autoscaling",
+    "Canary",
     "Deployment",
     "Checkpointing",
     "Choice",

@@ -11,7 +11,7 @@ from ferry import _k8s, settings
 from ferry.spec._base import Spec
 from ferry.spec._pod import Resources, Toleration
 
-__all__ = ["Autoscaling", "Deployment"]
+__all__ = ["Autoscaling", "Canary", "Deployment"]
 
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"  # kube-prometheus-stack's Service
 
@@ -68,6 +68,23 @@ class Autoscaling(Spec):
         return self
 
 
+class Canary(Spec):
+    """How a canary ends, where Ferry's operator rolls it out (a ModelPipeline): once the new
+    version has stayed Ready for ``step_seconds`` it takes all the traffic; if it turns unready,
+    or is not Ready within ``deadline_seconds`` of being applied, the version serving before
+    takes all the traffic back and the new one is rejected (its alias moved back too)."""
+
+    step_seconds: int = 300
+    deadline_seconds: int = 900
+
+    @field_validator("step_seconds", "deadline_seconds")
+    @classmethod
+    def _seconds(cls, v: int, info) -> int:  # type: ignore[no-untyped-def]
+        if v < 1:
+            raise ValueError(f"{info.field_name} must be >= 1 (got {v})")
+        return v
+
+
 class Deployment(Spec):
     """A model served as a KServe InferenceService on Ferry's runtime.
 
@@ -88,6 +105,7 @@ class Deployment(Spec):
     resources: Resources = Resources(cpu="1", memory="2Gi")
     autoscaling: Autoscaling = Autoscaling()
     canary_percent: int | None = None
+    canary: Canary = Canary()
     runtime: str = "ferry"
     protocol: Literal["rest", "grpc"] = "rest"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

@@ -19,7 +19,8 @@ from typing import Any
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR = "ferry.dev", "v1alpha1", "ModelPipeline", "modelpipelines", "modelpipeline"
 SHORT_NAMES = ["mp", "pipeline"]
-PHASES = ("Pending", "Training", "Evaluating", "Promoting", "Deploying", "Serving", "Failed", "Rejected")
+PHASES = ("Pending", "Training", "Evaluating", "Promoting", "Promoted", "Deploying", "Canary", "Serving", "Failed",
+          "Rejected")
 
 # fields of each section the pipeline fills itself (so a manifest cannot set them)
 OMITTED = {"job": ("name", "namespace"), "promotion": ("model", "deployment"), "deployment": ("model", "namespace")}
@@ -182,6 +183,25 @@ def status_schema() -> dict[str, Any]:
         "runLookups": {"type": "integer", "description": "How often the submission's run and model version have been "
                                                          "looked for in MLflow after the job succeeded (the pipeline "
                                                          "fails when they stay missing)."},
+        "jobDigest": {**text, "description": "The digest of spec.job the job was submitted for: training reruns "
+                                             "only when it changes."},
+        "jobOutcome": {**text, "enum": ["Succeeded", "Failed"], "description": "How the job ended (it is not read "
+                                                                              "again once this is set)."},
+        "attempt": {"type": "integer", "description": "Retries of the training (ferry.dev/retry)."},
+        "promotionDigest": {**text, "description": "The digest of spec.promotion, spec.environment and the version "
+                                                   "the gates were evaluated for."},
+        "deploymentDigest": {**text, "description": "The digest of spec.deployment and the version applied."},
+        "servingVersion": {**text, "description": "The version that takes all the traffic."},
+        "traffic": {**text, "description": "The traffic split, e.g. v2=20%,v1=80%."},
+        "canary": {"type": "object", "nullable": True, "description": "A canary under way.", "properties": {
+            "version": text, "previousVersion": text, "percent": {"type": "integer"}, "digest": text,
+            "appliedAt": {"type": "string", "format": "date-time"},
+            "readySince": {"type": "string", "format": "date-time"}}},
+        "retry": {**text, "description": "The last value of the ferry.dev/retry annotation acted on."},
+        "failedStage": {**text, "enum": ["Spec", "Training", "Evaluating", "Promoting", "Deploying", "Canary"],
+                        "description": "The stage that failed (phase Failed or Rejected)."},
+        "failedInputs": {**text, "description": "The digest of what the failed stage read: it is tried again when "
+                                                "this changes, or on ferry.dev/retry."},
     }}
 
 
@@ -203,8 +223,9 @@ def pipeline_crd() -> dict[str, Any]:
     if not spec["properties"]["deployment"]["required"]:
         del spec["properties"]["deployment"]["required"]
     columns = [("Phase", ".status.phase", "string"), ("Model", ".status.model", "string"),
-               ("Version", ".status.modelVersion", "string"), ("Job", ".status.jobName", "string"),
-               ("URL", ".status.url", "string"), ("Age", ".metadata.creationTimestamp", "date")]
+               ("Version", ".status.modelVersion", "string"), ("Traffic", ".status.traffic", "string"),
+               ("Job", ".status.jobName", "string"), ("URL", ".status.url", "string"),
+               ("Age", ".metadata.creationTimestamp", "date")]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -1,94 +1,122 @@
-"""kopf handlers: each event on a ModelPipeline runs one reconcile pass (``_reconcile``) and
-writes what it learned to the pipeline's status, posts its Events, and asks kopf to come back
-while something is still running (``TemporaryError(delay=)``). Invalid specs are refused once
-(``PermanentError``) with the reason on the status; a spec change (a new generation) is
-reconciled from the start.
+"""kopf's part: one daemon per ModelPipeline runs its worker (``_worker``); watches on the
+pipelines and on the PyTorchJobs and InferenceServices they own wake it.
 
-State lives on the pipeline itself: its status and kopf's progress annotations
-(``ferry.dev/kopf-*``); the PyTorchJob's status would prune anything foreign.
+    a pipeline changes (spec, annotations)     ─┐
+    its PyTorchJob changes (owner reference)   ─┼─> wake the pipeline's worker ─> one pass
+    its InferenceService changes               ─┤
+    nothing for resync_s (drift)               ─┘
+
+Level-triggered: a pass looks at the world as it is, so a missed or repeated wake-up changes
+nothing but when. Waiting is not an error: nothing is raised to kopf while a job trains or a
+service gets ready, and kopf stores nothing on the pipeline. No finalizer: a worker ends when
+its pipeline's deletion is seen (or its status can no longer be written), the children go with
+the pipeline through their owner references, and a pipeline deleted while no operator runs is
+gone at once (a namespace never hangs in Terminating for want of an operator). kopf stops the
+workers while another replica acts (peering).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from typing import Any
 
 import kopf
 
-from ferry.errors import SpecError
-from ferry_operator._crd import GROUP, PLURAL, VERSION
-from ferry_operator._pipeline import parse
-from ferry_operator._reconcile import Deps, reconcile, set_condition
+from ferry_operator._crd import GROUP, KIND, PLURAL, VERSION
+from ferry_operator._worker import Worker, plain
 
 registry = kopf.get_default_registry()  # so `kopf run -m ferry_operator` finds the handlers too
 RESOURCE = dict(group=GROUP, version=VERSION, plural=PLURAL)
-# a training can run for days: no timeout on waiting; a step that errors is retried with backoff
-HANDLER = dict(registry=registry, backoff=5, timeout=None, retries=None)
 
 
-def deps_of(memo: Any) -> Deps:
+class Wakers:
+    """The running workers' wake-up calls, by ``namespace/name`` of their pipeline."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, asyncio.Event] = {}
+        self.workers: dict[str, Worker] = {}
+
+    def wake(self, namespace: str | None, name: str, resource_version: str | None = None, *,
+             deleted: bool = False) -> None:
+        key = f"{namespace}/{name}"
+        worker = self.workers.get(key)
+        if worker is not None and deleted:
+            worker.gone = True
+        elif worker is not None and resource_version is not None and resource_version == worker.written:
+            return  # the watch echoing the worker's own status write
+        event = self.events.get(key)
+        if event is not None:
+            event.set()
+
+
+def wakers_of(memo: Any) -> Wakers:
+    """The operator's one Wakers (kopf gives each object a shallow copy of the operator's memo: the
+    startup handler puts it there first, so every copy shares it)."""
+    wakers = getattr(memo, "wakers", None)
+    if wakers is None:
+        raise RuntimeError("the operator's memo has no wakers: its startup handler did not run")
+    return wakers
+
+
+def owned_by_a_pipeline(meta: Any, **_: Any) -> bool:
+    return any(ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")
+               for ref in meta.get("ownerReferences") or [])
+
+
+@kopf.daemon(**RESOURCE, registry=registry, id="worker", cancellation_timeout=30)
+async def drive_pipeline(body: Any, meta: Any, memo: Any, stopped: Any, **_: Any) -> None:
+    """A pipeline's worker: a pass now, then whenever woken, and after resync_s at the latest."""
     deps = getattr(memo, "deps", None)
-    if deps is None:
-        raise kopf.TemporaryError("the operator is still connecting to the cluster and MLflow", delay=5)
-    return deps
-
-
-def _key(meta: Any) -> str:
-    return f"{meta.get('namespace')}/{meta['name']}"
-
-
-def _pass(body: Any, patch: Any, memo: Any) -> None:
-    obj = _plain({"metadata": body["metadata"], "spec": body.get("spec") or {}, "status": body.get("status") or {}})
-    metrics = getattr(memo, "metrics", None)
-    key = _key(obj["metadata"])
-    before = obj["status"].get("phase")
+    while deps is None and not stopped:  # `kopf run -m`: the startup handler is still connecting
+        await asyncio.sleep(1)
+        deps = getattr(memo, "deps", None)
+    wakers = wakers_of(memo)
+    key = f"{meta.get('namespace')}/{meta['name']}"
+    wake = wakers.events[key] = asyncio.Event()
+    worker = wakers.workers[key] = Worker(deps, plain(body), getattr(memo, "metrics", None))
     try:
-        pipeline = parse(obj)
-    except SpecError as exc:
-        if metrics is not None:
-            metrics.observe(key, before, "Failed", "invalid")
-        generation = int(obj["metadata"].get("generation") or 1)
-        message = str(exc)
-        patch.status["phase"] = "Failed"
-        patch.status["message"] = "invalid spec: " + message.replace("\n", "; ")
-        patch.status["observedGeneration"] = generation
-        patch.status["conditions"] = set_condition(list(obj["status"].get("conditions") or []), "Ready", False,
-                                                   "InvalidSpec", message, generation)
-        kopf.warn(body, reason="InvalidSpec", message=message)
-        raise kopf.PermanentError(f"invalid spec: {message}") from exc
-    step, wait = reconcile(deps_of(memo), obj, pipeline)
-    if metrics is not None:
-        metrics.observe(key, before, step.status.get("phase", before), "waiting" if wait is not None else "done")
-    for field, value in step.status.items():
-        patch.status[field] = value
-    for type_, reason, message in step.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
-    if wait is not None:
-        raise kopf.TemporaryError(str(wait), delay=wait.delay)
+        while not stopped and not worker.gone:
+            wake.clear()
+            delay = await asyncio.to_thread(worker.run_pass, plain(body))
+            woken = asyncio.ensure_future(wake.wait())
+            stopping = asyncio.ensure_future(stopped.wait())
+            try:
+                await asyncio.wait({woken, stopping}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                stopping.cancel()
+    finally:
+        if wakers.events.get(key) is wake:
+            del wakers.events[key]
+            del wakers.workers[key]
+        metrics = getattr(memo, "metrics", None)
+        if metrics is not None:  # deleted, or another replica acts now: this one no longer drives it
+            metrics.forget(key)
 
 
-def _plain(value: Any) -> Any:
-    """kopf's body views as plain dicts and lists."""
-    if hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+@kopf.on.event(**RESOURCE, registry=registry)
+async def pipeline_changed(type: str | None, meta: Any, memo: Any, **_: Any) -> None:  # noqa: A002 - kopf's name
+    wakers_of(memo).wake(meta.get("namespace"), meta["name"], meta.get("resourceVersion"), deleted=type == "DELETED")
 
 
-@kopf.on.create(**RESOURCE, **HANDLER)
-@kopf.on.update(**RESOURCE, field="spec", **HANDLER)
-@kopf.on.resume(**RESOURCE, **HANDLER)
-def reconcile_pipeline(body: Any, patch: Any, memo: Any, **_: Any) -> None:
-    """Drive one ModelPipeline towards Serving (or a final Failed/Rejected)."""
-    _pass(body, patch, memo)
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", registry=registry, when=owned_by_a_pipeline)
+@kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", registry=registry, when=owned_by_a_pipeline)
+async def child_changed(meta: Any, memo: Any, **_: Any) -> None:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            wakers_of(memo).wake(meta.get("namespace"), ref["name"])
 
 
-@kopf.on.delete(**RESOURCE, registry=registry, optional=True)  # optional: no finalizer; children go by owner references
-def forget_pipeline(body: Any, memo: Any, **_: Any) -> None:
-    """A deleted pipeline leaves the metrics."""
-    metrics = getattr(memo, "metrics", None)
-    if metrics is not None:
-        metrics.forget(_key(body["metadata"]))
+def _without_finalizer() -> None:
+    """kopf puts a finalizer on every object with a daemon, to stop the daemon before the object
+    goes; the workers stop themselves (above), so the pipeline's daemon asks for none."""
+    spawning = registry._spawning  # noqa: SLF001 - kopf has no public switch for it (pinned, and tested)
+    spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) if h.fn is drive_pipeline else h  # noqa: SLF001
+                          for h in spawning._handlers]  # noqa: SLF001
+
+
+_without_finalizer()
 
 
 @kopf.on.probe(id="connected", registry=registry)

@@ -7,18 +7,23 @@ Configuration (environment, as the Helm chart sets it):
   environment MLflow reads, filled from a Secret by the chart);
 - ``FERRY_OPERATOR_JOB_TRACKING_URI``: the URI written into each job's tracking ConfigMap
   (default: the operator's own; ``-`` leaves that ConfigMap to whoever installs the namespace);
-- ``FERRY_OPERATOR_POLL_S``: how often a training or deploying pipeline is looked at again;
+- ``FERRY_OPERATOR_RESYNC_S``: how often every pipeline is looked at again when nothing woke it
+  (its own changes and its children's wake it at once);
+- ``FERRY_OPERATOR_POLL_S``: how soon what sends no event is looked at again (MLflow registering a
+  model, a canary's clock), and the first wait after a transient error;
 - ``FERRY_ACTOR``: who the promotion history says promoted (default: the service account).
 
 High availability: replicas find each other through kopf's peering objects (the
 ``KopfPeering``/``ClusterKopfPeering`` CRDs, shipped in ``crds/``). Each replica starts with a
-random priority; kopf pauses every replica that sees a peer of higher priority, so exactly one
-acts, and another takes over when its heartbeat stops.
+random priority; kopf pauses every replica that sees a peer of higher priority (its pipelines'
+workers stop), so exactly one acts, and another takes over when its heartbeat stops. One replica
+runs ``--standalone``, and its Deployment is replaced, never rolled (``Recreate``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +32,7 @@ import kopf
 
 from ferry import settings
 from ferry.errors import ConfigError, FerryError
-from ferry_operator._handlers import registry
+from ferry_operator._handlers import Wakers, registry
 from ferry_operator._reconcile import Deps
 
 log = logging.getLogger("ferry.operator")
@@ -50,7 +55,7 @@ def connection_info(cluster: Any) -> kopf.ConnectionInfo:
 def build_deps() -> Deps:
     from mlflow import MlflowClient
 
-    from ferry.kube import Cluster
+    from ferry.kube import Cluster, Retry
     from ferry.registry import resolve_actor
 
     tracking = settings.MLFLOW_TRACKING_URI.get()
@@ -58,9 +63,26 @@ def build_deps() -> Deps:
         raise ConfigError("MLFLOW_TRACKING_URI is not set: the operator finds runs and promotes models there; set it "
                           "to the tracking server (e.g. http://ferry-mlflow.ferry:5000)")
     job_uri = settings.FERRY_OPERATOR_JOB_TRACKING_URI.get() or tracking
-    return Deps(cluster=Cluster.connect(), mlflow=MlflowClient(tracking_uri=tracking),
+    # MLflow's client retries a failed request for minutes by default; a pass must not block that
+    # long: the worker retries with its own backoff, and says so on the pipeline meanwhile.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    return Deps(cluster=Cluster.connect(retry=Retry(attempts=2)), mlflow=MlflowClient(tracking_uri=tracking),
                 tracking_uri=None if job_uri == "-" else job_uri,
-                poll_s=float(settings.FERRY_OPERATOR_POLL_S.get() or 15), actor=resolve_actor(None))
+                poll_s=_seconds(settings.FERRY_OPERATOR_POLL_S, 5), resync_s=_seconds(settings.FERRY_OPERATOR_RESYNC_S, 300),
+                actor=resolve_actor(None))
+
+
+def _seconds(setting: Any, default: float) -> float:
+    raw = setting.get() or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(f"{setting.name}={raw!r}: must be a number of seconds > 0 (default {default:g})")
+    return value
 
 
 @kopf.on.login(registry=registry)
@@ -72,10 +94,15 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup(registry=registry)
 def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    # kopf keeps nothing on a pipeline but the finalizer that stops its worker before it goes
+    settings.persistence.finalizer = "ferry.dev/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ferry.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ferry.dev",
                                                                            key="last-handled-configuration")
-    settings.posting.level = logging.INFO  # Events for each step, not only warnings
+    settings.posting.level = logging.WARNING  # the workers post their own Events; kopf only its troubles
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per child event handled
+    if getattr(memo, "wakers", None) is None:  # before any object's memo is copied from this one
+        memo.wakers = Wakers()
     if not settings.peering.priority:  # unless --priority chose one: replicas must never tie (a tie freezes all)
         settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.watching.server_timeout = 300
@@ -85,8 +112,8 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         except FerryError as exc:
             log.error("%s", exc)
             raise kopf.PermanentError(str(exc)) from exc
-    log.info("Ferry operator: MLflow at %s, polling every %.3g s, priority %d", memo.deps.mlflow.tracking_uri,
-             memo.deps.poll_s, settings.peering.priority)
+    log.info("Ferry operator: MLflow at %s, resync every %.3g s, poll %.3g s, priority %d",
+             memo.deps.mlflow.tracking_uri, memo.deps.resync_s, memo.deps.poll_s, settings.peering.priority)
 
 
 def run(*, namespaces: Sequence[str] = (), all_namespaces: bool = False, liveness: str | None = None,

@@ -1,81 +1,94 @@
-"""One pass over a ModelPipeline: where it stands and the next step, with Ferry's library doing
-every step (``ferry.kube`` submits and reads the job and applies the InferenceService,
-``ferry.registry`` evaluates the gates and moves the alias, ``ferry.render`` writes the
-InferenceService). No second code path.
+"""One pass over a ModelPipeline: the pipeline's state recomputed from the world (its status,
+its PyTorchJob, MLflow, its InferenceService) and the next step taken, with Ferry's library doing
+every step (``ferry.kube`` submits the job and applies the InferenceService, ``ferry.registry``
+evaluates the gates and moves the alias, ``ferry.render`` writes the InferenceService).
 
-    Pending → Training → Evaluating → Promoting → Deploying → Serving
-                  ↘ Failed      ↘ Failed   ↘ Rejected   (a spec change starts again)
+    Pending → Training → Evaluating → Promoting → Promoted                (no spec.deployment)
+                                                ↘ Deploying → Serving
+                                                ↘ Canary → Serving, or → Rejected (rolled back)
+    Failed / Rejected: until what the failed stage reads changes, or ``ferry.dev/retry`` does
 
-Each step is idempotent and keyed by what it leaves behind, so an operator restarted anywhere
-picks up where the last one stopped: the PyTorchJob is found by its name and submission label
-before one is created, the run and model version are found by the submission's tag (the job
-registered the version; the operator never registers one), a promotion of the version that
-already holds the alias changes nothing, and the InferenceService is applied server-side.
-Waiting states raise :class:`Wait`, which the kopf handler turns into
-``kopf.TemporaryError(delay=)``.
+Each stage has its own inputs, recorded in the status as a digest: training reruns only when
+``spec.job`` changes (``jobDigest``), the gates when ``spec.promotion`` or ``spec.environment``
+change (``promotionDigest``), the rollout when ``spec.deployment`` changes (``deploymentDigest``).
+Once a stage's outcome is in the status, what produced it is not read again (a finished job is
+never looked up twice). Every step is idempotent and keyed by what it leaves behind, so an
+operator restarted anywhere picks up where the last one stopped.
+
+A pass never sleeps and never raises to wait: it returns what it wrote and, when something it
+waits for sends no event (MLflow, a canary's clock), how soon it wants to look again. Errors are
+raised as they are; ``_worker`` classifies them (permanent or transient).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ferry.errors import FerryError, PromotionRefused
-from ferry.kube import (
-    INFERENCESERVICE,
-    PYTORCHJOB,
-    Cluster,
-    JobState,
-    ServiceState,
-    apply_manifests,
-    plan_submission,
-    submit,
-)
+from ferry.errors import PromotionRefused
+from ferry.kube import INFERENCESERVICE, PYTORCHJOB, Cluster, JobState, ServiceState, apply_manifests, plan_submission, submit
+from ferry.registry._failures import mlflow_errors
 from ferry.runtime import REGISTERED_TAG, SUBMISSION_TAG, submission_run
+from ferry.spec import alias_for
 from ferry_operator._crd import GROUP, KIND, VERSION
 from ferry_operator._pipeline import Pipeline, job_name
 
 log = logging.getLogger("ferry.operator")
-
-
-class Wait(Exception):
-    """Not done yet; look again in ``delay`` seconds."""
-
-    def __init__(self, message: str, delay: float):
-        super().__init__(message)
-        self.delay = delay
+RETRY_ANNOTATION = f"{GROUP}/retry"
+FINAL = ("Failed", "Rejected")
 
 
 @dataclass
 class Deps:
-    """What a reconcile pass talks to (made by ``_main.build_deps`` from the environment: the
-    cluster as kubectl or the pod's service account reaches it, and the MLflow server)."""
+    """What a pass talks to (made by ``_main.build_deps`` from the environment)."""
 
     cluster: Cluster
     mlflow: Any  # an MlflowClient
     tracking_uri: str | None = None  # written to the job's tracking ConfigMap when set
-    poll_s: float = 15.0
+    poll_s: float = 5.0  # how soon to look again at what sends no event (MLflow, a canary's clock)
+    resync_s: float = 300.0  # how soon to look again at a pipeline nothing has woken
     actor: str = "ferry-operator"
     run_lookup_retries: int = 20
+    clock: Any = time.time
 
 
 @dataclass
 class Step:
-    """What a pass learned: status fields to write, events to post."""
+    """What a pass learned: the whole status as it should now read, the Events to post, and how
+    soon to look again (None: when something changes, or at the next resync)."""
 
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any]
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    again_s: float | None = None
 
     def event(self, reason: str, message: str, type_: str = "Normal") -> None:
         self.events.append((type_, reason, message))
 
+    def again(self, seconds: float) -> None:
+        self.again_s = seconds if self.again_s is None else min(self.again_s, seconds)
 
-def submission_for(uid: str, generation: int) -> str:
-    """The submission id of one generation of one pipeline object: the same on every pass and
-    after a restart, different for a recreated pipeline of the same name."""
-    return f"{uid.replace('-', '')[:10].lower()}-g{generation}"
+
+def digest(*parts: Any) -> str:
+    """A short, stable digest of JSON-able values (the inputs of a stage)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def submission_for(uid: str, generation: int, attempt: int = 0) -> str:
+    """The submission id of one training of one pipeline object: the same on every pass and after
+    a restart, different for a recreated pipeline of the same name and for each retry."""
+    return f"{uid.replace('-', '')[:10].lower()}-g{generation}" + (f"-r{attempt}" if attempt else "")
+
+
+def field_manager(namespace: str, name: str) -> str:
+    """Each pipeline applies its children as a field manager of its own: two pipelines never
+    silently take over each other's fields."""
+    return f"ferry-pipeline/{namespace}/{name}"
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
@@ -84,235 +97,332 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def gate_results(gates: list[Any]) -> list[dict[str, Any]]:
-    """The registry's gate results as the status records them."""
-    return [{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in gates]
-
-
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str,
                   generation: int) -> list[dict[str, Any]]:
-    """``conditions`` with ``type_`` set (its transition time kept when its status is unchanged)."""
+    """``conditions`` with ``type_`` set (its transition time kept while its status is unchanged)."""
     value = "True" if status else "False"
     old = next((c for c in conditions if c.get("type") == type_), None)
     when = old["lastTransitionTime"] if old and old.get("status") == value and old.get("lastTransitionTime") else now()
     new = {"type": type_, "status": value, "reason": reason, "message": message[:32768], "lastTransitionTime": when,
            "observedGeneration": generation}
+    if old is not None and {k: old.get(k) for k in new} == new:
+        return conditions
     return [c for c in conditions if c.get("type") != type_] + [new]
 
 
+class Stop(Exception):
+    """The pass ends here: the status says why (a final phase, or waiting)."""
+
+
 class Reconciler:
-    """The steps of one pass; ``run`` returns the Step or raises Wait."""
+    """The stages of one pass; ``run`` returns the Step."""
 
     def __init__(self, deps: Deps, body: dict[str, Any], pipeline: Pipeline):
         self.deps, self.body, self.p = deps, body, pipeline
-        self.status: dict[str, Any] = dict(body.get("status") or {})
-        self.step = Step()
+        self.spec: dict[str, Any] = body.get("spec") or {}
+        self.step = Step(dict(body.get("status") or {}))
+        self.status = self.step.status
         self.uid = body["metadata"]["uid"]
-        self.was = self.status.get("phase")  # the phase this pass started from
+        self.stage = "Training"  # the stage running now: a permanent error fails this one
 
     # ---- status -------------------------------------------------------------------------------
     def put(self, **fields: Any) -> None:
-        self.status.update(fields)
-        self.step.status.update(fields)
+        for key, value in fields.items():
+            if value is None:
+                self.status.pop(key, None)
+            else:
+                self.status[key] = value
 
     def condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
-        conditions = set_condition(list(self.status.get("conditions") or []), type_, ok, reason, message,
-                                   self.p.generation)
-        self.put(conditions=conditions)
+        self.put(conditions=set_condition(list(self.status.get("conditions") or []), type_, ok, reason, message,
+                                          self.p.generation))
 
     def phase(self, phase: str, message: str) -> None:
-        if self.status.get("phase") != phase:
-            log.info("%s/%s: %s (%s)", self.p.namespace, self.p.name, phase, message)
         self.put(phase=phase, message=message)
+
+    def fail(self, phase: str, condition: str, reason: str, message: str, event: str | None = None) -> None:
+        """End in ``phase`` (Failed or Rejected) at the current stage, until its inputs or the retry
+        annotation change: the condition says ``reason``, a Warning Event ``event`` (or ``reason``)."""
+        self.phase(phase, message)
+        self.put(failedStage=self.stage, failedInputs=self.inputs(self.stage))
+        self.condition(condition, False, reason, message)
+        self.step.event(event or reason, message, "Warning")
+        raise Stop()
+
+    def inputs(self, stage: str) -> str:
+        """The digest of what ``stage`` and the stages before it read from the spec."""
+        parts: list[Any] = [self.spec.get("job")]
+        if stage in ("Promoting", "Deploying", "Canary"):
+            parts += [self.spec.get("promotion"), self.spec.get("environment")]
+        if stage in ("Deploying", "Canary"):
+            parts.append(self.spec.get("deployment"))
+        if stage == "Spec":
+            parts = [self.spec]
+        return digest(*parts)
 
     # ---- the pass -----------------------------------------------------------------------------
     def run(self) -> Step:
-        p = self.p
-        submission = submission_for(self.uid, p.generation)
-        if self.status.get("observedGeneration") != p.generation or self.status.get("submission") != submission:
-            self.start_generation(submission)
-        phase = self.status.get("phase")
-        if phase in ("Serving", "Failed", "Rejected") and self.status.get("observedGeneration") == p.generation:
-            if phase != "Serving":
+        self.put(observedGeneration=self.p.generation, model=self.p.model)
+        try:
+            self.retry()
+            if self.status.get("phase") in FINAL and self.status.get("failedStage"):
+                if self.status.get("failedInputs") == self.inputs(self.status["failedStage"]):
+                    self.keep_serving()
+                    return self.step
+                self.put(failedStage=None, failedInputs=None)  # what failed has changed: try again
+            self.train()
+            self.evaluate()
+            self.promote()
+            if self.p.deployment is None:
+                self.phase("Promoted", f"{self.p.model} v{self.status['modelVersion']} holds "
+                                       f"{alias_for(self.p.environment)!r} (no deployment)")
                 return self.step
-            return self.check_serving()
-        state = self.train(submission)
-        if state is None:
-            return self.step
-        _, version = self.find_run(submission)
-        if not self.promote(version):
-            return self.step
-        return self.deploy(version)
+            self.serve()
+        except Stop:
+            pass
+        return self.step
 
-    def start_generation(self, submission: str) -> None:
+    def retry(self) -> None:
+        """``ferry.dev/retry: <a new value>`` runs the failed stage again, the spec unchanged."""
+        value = ((self.body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION))
+        if value is None or value == self.status.get("retry"):
+            return
+        self.put(retry=value)
+        stage = self.status.get("failedStage")
+        if self.status.get("phase") not in FINAL or not stage or stage == "Spec":
+            return
+        self.step.event("Retrying", f"{RETRY_ANNOTATION}={value}: running {stage} again")
+        self.put(failedStage=None, failedInputs=None)
+        if stage == "Training":
+            self.put(jobDigest=None, attempt=int(self.status.get("attempt") or 0) + 1)
+        elif stage == "Evaluating":
+            self.put(runLookups=None)
+        elif stage == "Promoting":
+            self.put(promotionDigest=None)
+        else:
+            self.put(deploymentDigest=None, canary=None)
+
+    # ---- training -----------------------------------------------------------------------------
+    def train(self) -> None:
+        p, cluster = self.p, self.deps.cluster
+        self.stage = "Training"
+        wanted = digest(self.spec.get("job"))
+        if self.status.get("jobDigest") != wanted:
+            self.start_training(wanted)
+        if self.status.get("jobOutcome") == "Succeeded":
+            return
+        name, submission = self.status["jobName"], self.status["submission"]
+        existing = cluster.find(PYTORCHJOB, name, p.namespace)
+        if existing is None:
+            if self.status.get("phase") == "Training":
+                self.fail("Failed", "Trained", "JobDeleted", f"PyTorchJob {name} disappeared before it finished; "
+                          f"set the annotation {RETRY_ANNOTATION} to a new value to train again")
+            self.submit(name, submission)
+            raise Stop()  # the job's own events wake the pipeline
+        state = JobState.of(existing)
+        if state.submission != submission:
+            self.fail("Failed", "Trained", "JobConflict", f"PyTorchJob {name} exists but belongs to submission "
+                      f"{state.submission}, not {submission}; delete it, or rename the pipeline")
+        if not state.finished:
+            self.phase("Training", f"PyTorchJob {name}: {state.phase}" + (f" ({state.message})" if state.message else ""))
+            raise Stop()
+        if not state.succeeded:
+            why = state.message or state.reason or "no message"
+            self.put(jobOutcome="Failed")
+            self.fail("Failed", "Trained", state.reason or "JobFailed", f"PyTorchJob {name} failed: {why}",
+                      event="TrainingFailed")
+        self.put(jobOutcome="Succeeded")
+        self.condition("Trained", True, "Succeeded", f"PyTorchJob {name} succeeded")
+        self.step.event("Trained", f"PyTorchJob {name} succeeded")
+
+    def start_training(self, wanted: str) -> None:
         p = self.p
+        attempt = int(self.status.get("attempt") or 0)
+        name = job_name(p.name, p.generation) + (f"-r{attempt}" if attempt else "")
         previous = self.status.get("jobName")
-        self.put(observedGeneration=p.generation, submission=submission, jobName=job_name(p.name, p.generation),
-                 model=p.model, runId=None, modelVersion=None, gates=[], url=self.status.get("url"))
-        self.condition("Trained", False, "Pending", f"submission {submission} not started yet")
-        self.phase("Pending", f"generation {p.generation}: training submission {submission}")
-        if previous and previous != job_name(p.name, p.generation):
+        self.put(jobDigest=wanted, jobName=name, submission=submission_for(self.uid, p.generation, attempt),
+                 jobOutcome=None, runId=None, modelVersion=None, runLookups=None, gates=None, promotionDigest=None)
+        self.condition("Trained", False, "Pending", f"PyTorchJob {name} not submitted yet")
+        self.phase("Pending", f"training {name} (submission {self.status['submission']})")
+        if previous and previous != name:
             old = self.deps.cluster.find(PYTORCHJOB, previous, p.namespace)
             if old is not None and not JobState.of(old).finished:
                 self.deps.cluster.delete(PYTORCHJOB, previous, p.namespace)
-                self.step.event("Superseded", f"deleted PyTorchJob {previous}: the spec changed (generation {p.generation})")
+                self.step.event("Superseded", f"deleted PyTorchJob {previous}: spec.job changed (now {name})")
 
-    def train(self, submission: str) -> JobState | None:
-        """Create the job when it is missing; Wait while it runs; None (and phase Failed) when it failed."""
-        p, cluster = self.p, self.deps.cluster
-        name = job_name(p.name, p.generation)
-        existing = cluster.find(PYTORCHJOB, name, p.namespace)
-        if existing is None:
-            if self.status.get("phase") not in (None, "Pending"):
-                self.phase("Failed", f"PyTorchJob {name} disappeared before it finished; change the spec to train anew")
-                self.condition("Trained", False, "JobDeleted", self.status["message"])
-                self.step.event("JobDeleted", self.status["message"], "Warning")
-                return None
-            _, manifest = plan_submission(p.job, submission)
-            manifest["metadata"]["ownerReferences"] = [owner_reference(self.body)]
-            submit(cluster, p.job, manifest, submission, tracking_uri=self.deps.tracking_uri)
-            self.phase("Training", f"PyTorchJob {name} submitted (submission {submission})")
-            self.condition("Trained", False, "Submitted", f"PyTorchJob {name}, submission {submission}")
-            self.step.event("Submitted", f"PyTorchJob {name} created for submission {submission}")
-            raise Wait(f"PyTorchJob {name} submitted", self.deps.poll_s)
-        state = JobState.of(existing)
-        if state.submission != submission:
-            self.phase("Failed", f"PyTorchJob {name} exists but belongs to submission {state.submission}, not "
-                                 f"{submission}; delete it, or rename the pipeline")
-            self.condition("Trained", False, "JobConflict", self.status["message"])
-            self.step.event("JobConflict", self.status["message"], "Warning")
-            return None
-        if not state.finished:
-            self.phase("Training", f"PyTorchJob {name}: {state.phase}" + (f" ({state.message})" if state.message else ""))
-            raise Wait(f"PyTorchJob {name} is {state.phase}", self.deps.poll_s)
-        if not state.succeeded:
-            why = state.message or state.reason or "no message"
-            self.phase("Failed", f"PyTorchJob {name} failed: {why}")
-            self.condition("Trained", False, state.reason or "JobFailed", why)
-            self.step.event("TrainingFailed", f"PyTorchJob {name} failed: {why}", "Warning")
-            return None
-        if self.was in (None, "Pending", "Training"):
-            self.step.event("Trained", f"PyTorchJob {name} succeeded")
-        self.condition("Trained", True, "Succeeded", f"PyTorchJob {name} succeeded")
-        return state
-
-    def find_run(self, submission: str) -> tuple[str, str]:
-        """The submission's MLflow run and the model version it registered (the job's rank 0
-        logged both; a sidecar may flush them a moment after the job ends)."""
-        p, client = self.p, self.deps.mlflow
-        if self.status.get("runId") and self.status.get("modelVersion"):
-            return self.status["runId"], self.status["modelVersion"]
-        self.phase("Evaluating", f"looking up the run of submission {submission}")
-        run = submission_run(client, p.job.experiment, submission)
-        version = None
-        if run is not None:
-            name, _, version = run.data.tags.get(REGISTERED_TAG, "").rpartition("/")
-            if name != p.model:
-                found = client.search_model_versions(f"name = '{p.model}' and run_id = '{run.info.run_id}'")
-                version = str(max(int(v.version) for v in found)) if found else None
-        if run is None or not version:
-            what = (f"no MLflow run in experiment {p.job.experiment!r} carries {SUBMISSION_TAG}={submission}" if run is None
-                    else f"run {run.info.run_id} registered no version of {p.model!r}")
-            lookups = int(self.status.get("runLookups") or 0) + 1
-            if lookups > self.deps.run_lookup_retries:
-                self.phase("Failed", f"the job succeeded but {what}; does its script call log_model (tracking.registerAs "
-                                     f"{p.model!r})?")
-                self.condition("Evaluated", False, "NoModel", self.status["message"])
-                self.step.event("NoModel", self.status["message"], "Warning")
-                raise _Done()
-            self.put(runLookups=lookups)
-            raise Wait(what, self.deps.poll_s)
-        run_id = run.info.run_id
-        self.put(runId=run_id, modelVersion=str(version), runLookups=None)
-        self.step.event("Registered", f"run {run_id} registered {p.model} version {version}")
-        return run_id, str(version)
-
-    def promote(self, version: str) -> bool:
-        from ferry.registry import promote
-
+    def submit(self, name: str, submission: str) -> None:
         p = self.p
-        if self.was not in ("Deploying", "Serving"):
-            self.phase("Promoting", f"{p.model} v{version}: evaluating the gates for {p.environment}")
-        try:
-            result = promote(self.deps.mlflow, p.promotion, p.model, version, p.environment, actor=self.deps.actor)
-        except PromotionRefused as exc:
-            self.put(gates=gate_results(exc.gates))
-            self.phase("Rejected", str(exc).removesuffix(" (--force overrides, and is recorded)"))
-            self.condition("Promoted", False, "GatesFailed", self.status["message"])
-            self.step.event("Rejected", self.status["message"], "Warning")
-            return False
-        if result.gates:
-            self.put(gates=gate_results(result.gates))
-        detail = (f"{p.model} v{version} holds {result.alias!r} in {p.environment}"
-                  + (f" (was v{result.from_version})" if result.changed and result.from_version else ""))
-        if result.changed:
-            self.step.event("Promoted", detail)
-        self.condition("Promoted", True, "GatesPassed", detail)
-        return True
+        job = p.job.model_copy(update={"name": name})
+        _, manifest = plan_submission(job, submission)
+        manifest["metadata"]["ownerReferences"] = [owner_reference(self.body)]
+        submit(self.deps.cluster, job, manifest, submission, tracking_uri=self.deps.tracking_uri,
+               field_manager=field_manager(p.namespace, p.name))
+        self.phase("Training", f"PyTorchJob {name} submitted (submission {submission})")
+        self.condition("Trained", False, "Submitted", f"PyTorchJob {name}, submission {submission}")
+        self.step.event("Submitted", f"PyTorchJob {name} created for submission {submission}")
 
-    def deploy(self, version: str) -> Step:
+    # ---- evaluating ---------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        """The submission's MLflow run and the version it registered (the job's rank 0 logged both;
+        a sidecar may flush them a moment after the job ends: MLflow sends no event, so poll)."""
+        p, client = self.p, self.deps.mlflow
+        self.stage = "Evaluating"
+        if self.status.get("modelVersion"):
+            return
+        submission = self.status["submission"]
+        self.phase("Evaluating", f"looking up the run of submission {submission}")
+        with mlflow_errors(f"finding the MLflow run of submission {submission}"):
+            run = submission_run(client, p.job.experiment, submission)
+            version = None
+            if run is not None:
+                name, _, version = run.data.tags.get(REGISTERED_TAG, "").rpartition("/")
+                if name != p.model:
+                    found = client.search_model_versions(f"name = '{p.model}' and run_id = '{run.info.run_id}'")
+                    version = str(max(int(v.version) for v in found)) if found else None
+        if run is None or not version:
+            what = (f"no MLflow run in experiment {p.job.experiment!r} carries {SUBMISSION_TAG}={submission}"
+                    if run is None else f"run {run.info.run_id} registered no version of {p.model!r}")
+            lookups = int(self.status.get("runLookups") or 0) + 1
+            self.put(runLookups=lookups)
+            if lookups > self.deps.run_lookup_retries:
+                self.fail("Failed", "Evaluated", "NoModel", f"the job succeeded but {what}; does its script call "
+                          f"log_model (tracking.registerAs {p.model!r})?")
+            self.phase("Evaluating", f"{what} (lookup {lookups} of {self.deps.run_lookup_retries})")
+            self.step.again(self.deps.poll_s)
+            raise Stop()
+        self.put(runId=run.info.run_id, modelVersion=str(version), runLookups=None)
+        self.condition("Evaluated", True, "Registered", f"run {run.info.run_id} registered {p.model} v{version}")
+        self.step.event("Registered", f"run {run.info.run_id} registered {p.model} version {version}")
+
+    # ---- promoting ----------------------------------------------------------------------------
+    def promote(self) -> None:
+        from ferry.registry import evaluate_gates, promote
+
+        p, version = self.p, self.status["modelVersion"]
+        self.stage = "Promoting"
+        wanted = digest(self.spec.get("promotion"), self.spec.get("environment"), version)
+        if self.status.get("promotionDigest") == wanted:
+            return
+        alias = alias_for(p.environment)
+        self.phase("Promoting", f"{p.model} v{version}: evaluating the gates for {p.environment}")
+        try:
+            with mlflow_errors(f"promoting {p.model} v{version} to {p.environment}"):
+                result = promote(self.deps.mlflow, p.promotion, p.model, version, p.environment, actor=self.deps.actor)
+                gates = result.gates if result.changed else evaluate_gates(self.deps.mlflow, p.promotion, p.model,
+                                                                           version, p.environment)
+        except PromotionRefused as exc:
+            self.put(gates=[{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in exc.gates])
+            self.fail("Rejected", "Promoted", "GatesFailed", str(exc).removesuffix(" (--force overrides, and is recorded)"),
+                      event="Rejected")
+        self.put(gates=[{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in gates], promotionDigest=wanted)
+        failed = [g for g in gates if not g.passed]
+        if failed:  # it held the alias already (the gates changed since): say so, demote nothing
+            message = (f"{p.model} v{version} holds {alias!r} but no longer passes: "
+                       + "; ".join(f"{g.gate} gate failed: {g.detail}" for g in failed)
+                       + f" (`ferry models rollback {p.model} --env {p.environment}` demotes it)")
+            self.condition("Promoted", False, "GatesFailed", message)
+            self.step.event("GatesFailed", message, "Warning")
+            return
+        detail = (f"{p.model} v{version} holds {alias!r} in {p.environment}"
+                  + (f" (was v{result.from_version})" if result.changed and result.from_version else ""))
+        self.condition("Promoted", True, "GatesPassed", detail)
+        self.step.event("Promoted" if result.changed else "GatesPassed", detail)
+
+    # ---- serving ------------------------------------------------------------------------------
+    def isvc(self) -> dict[str, Any] | None:
+        """The pipeline's InferenceService; a permanent failure when another pipeline owns it."""
+        d = self.p.deployment
+        assert d is not None
+        existing = self.deps.cluster.find(INFERENCESERVICE, d.name, self.p.namespace)
+        if existing is None:
+            return None
+        owners = [r for r in existing["metadata"].get("ownerReferences") or [] if r.get("controller")]
+        if owners and owners[0].get("uid") != self.uid:
+            owner = owners[0]
+            self.fail("Failed", "Ready", "OwnedElsewhere", f"InferenceService {d.name} belongs to {owner.get('kind')} "
+                      f"{owner.get('name')} (uid {owner.get('uid')}); give spec.deployment.name another value")
+        return existing
+
+    def apply(self, version: str, canary: int | None) -> None:
         from ferry.registry import resolve_model
         from ferry.render import render_inferenceservice
 
-        p, cluster = self.p, self.deps.cluster
-        d = p.deployment
-        assert d is not None
-        existing = cluster.find(INFERENCESERVICE, d.name, p.namespace)
-        applied = ServiceState.of(existing).model_version if existing is not None else None  # the version it serves
-        serving_other = applied not in (None, version)
-        canary = (d.canary_percent or p.promotion.canary_percent) if serving_other and d.mode == "serverless" else None
-        pinned = d.model_copy(update={"model": f"models:/{p.model}/{version}", "canary_percent": canary})
-        doc = render_inferenceservice(pinned, resolve_model(pinned.model, self.deps.mlflow))
-        doc["metadata"]["ownerReferences"] = [owner_reference(self.body)]
-        if self.was != "Deploying" or applied != version:
-            apply_manifests(cluster, [doc])
-            how = f" as a {canary}% canary" if canary else ""
-            self.step.event("Deploying", f"InferenceService {d.name} serves {p.model} v{version}{how}")
-        self.put(inferenceService=d.name)
-        self.phase("Deploying", f"InferenceService {d.name}: waiting until it is ready")
-        return self.check_serving(wait=True)
-
-    def check_serving(self, wait: bool = False) -> Step:
         p, d = self.p, self.p.deployment
         assert d is not None
-        isvc = self.deps.cluster.find(INFERENCESERVICE, d.name, p.namespace)
-        if isvc is None:
-            if not wait:  # deleted while serving: deploy again
-                self.put(phase="Deploying")
-                return self.deploy(self.status["modelVersion"])
-            raise Wait(f"InferenceService {d.name} not found yet", self.deps.poll_s)
-        state = ServiceState.of(isvc)
-        if not state.ready:
-            why = next((c.message or c.reason for c in state.conditions if c.type == "Ready"), "")
-            self.condition("Ready", False, "NotReady", why or "waiting for the predictor")
-            raise Wait(f"InferenceService {d.name} not ready{': ' + why if why else ''}", self.deps.poll_s)
-        if self.status.get("phase") != "Serving":
-            self.step.event("Serving", f"{p.model} v{self.status.get('modelVersion')} serves at {state.url}")
-        self.put(url=state.url)
-        self.condition("Ready", True, "Serving", f"{p.model} v{self.status.get('modelVersion')} at {state.url}")
-        self.phase("Serving", f"{p.model} v{self.status.get('modelVersion')} serves at {state.url}")
-        return self.step
+        pinned = d.model_copy(update={"model": f"models:/{p.model}/{version}", "canary_percent": canary})
+        with mlflow_errors(f"resolving {pinned.model}"):
+            storage = resolve_model(pinned.model, self.deps.mlflow)
+        doc = render_inferenceservice(pinned, storage)
+        doc["metadata"]["ownerReferences"] = [owner_reference(self.body)]
+        apply_manifests(self.deps.cluster, [doc], field_manager=field_manager(p.namespace, p.name))
+
+    def serve(self) -> None:
+        p, d = self.p, self.p.deployment
+        assert d is not None
+        self.stage = "Deploying"
+        version = self.status["modelVersion"]
+        serving = self.status.get("servingVersion")
+        wanted = digest(self.spec.get("deployment"), version)
+        percent = d.canary_percent or p.promotion.canary_percent
+        if serving not in (None, version) and d.mode == "serverless" and percent:
+            return self.roll_out_canary(version, serving, percent, wanted)
+        existing = self.isvc()
+        applied = ServiceState.of(existing).model_version if existing is not None else None
+        stale = existing is not None and "canaryTrafficPercent" in (existing.get("spec") or {}).get("predictor", {})
+        if existing is None or applied != version or stale or self.status.get("deploymentDigest") != wanted:
+            self.apply(version, None)
+            if existing is None and serving == version:
+                self.step.event("Reapplied", f"InferenceService {d.name} was gone; applied {p.model} v{version} again",
+                                "Warning")
+            else:
+                self.step.event("Deploying", f"InferenceService {d.name} serves {p.model} v{version}")
+            self.put(deploymentDigest=wanted, inferenceService=d.name, canary=None)
+            existing = self.isvc()
+        self.watch_ready(existing, version)
+
+    def watch_ready(self, isvc: dict[str, Any] | None, version: str) -> None:
+        """Serving once KServe says Ready for the applied generation; Ready=False (KServe's reason)
+        whenever it is not."""
+        p, d = self.p, self.p.deployment
+        assert d is not None
+        state = ServiceState.of(isvc) if isvc is not None else None
+        if state is None or not state.current or not state.ready:
+            why = state.why_not_ready() if state is not None else "not created yet"
+            self.condition("Ready", False, state.ready_reason() if state is not None else "Pending", why)
+            if self.status.get("servingVersion") == version:  # it served, and no longer does
+                self.phase("Serving", f"{p.model} v{version}: InferenceService {d.name} is not ready: {why}")
+            else:
+                self.phase("Deploying", f"InferenceService {d.name}: waiting until it is ready ({why})")
+            raise Stop()
+        if self.status.get("phase") != "Serving" or self.status.get("servingVersion") != version:
+            self.step.event("Serving", f"{p.model} v{version} serves at {state.url}")
+        self.put(url=state.url, servingVersion=version, traffic=f"v{version}=100%")
+        self.condition("Ready", True, "Serving", f"{p.model} v{version} at {state.url}")
+        self.phase("Serving", f"{p.model} v{version} serves at {state.url}")
+
+    def keep_serving(self) -> None:
+        """A failed or rejected pipeline still keeps its serving version served (applied again if
+        its InferenceService is gone)."""
+        serving, d = self.status.get("servingVersion"), self.p.deployment
+        if not serving or d is None:
+            return
+        if self.deps.cluster.find(INFERENCESERVICE, d.name, self.p.namespace) is None:
+            self.apply(serving, None)
+            self.step.event("Reapplied", f"InferenceService {d.name} was gone; applied {self.p.model} v{serving} again",
+                            "Warning")
+
+    def roll_out_canary(self, version: str, serving: str, percent: int, wanted: str) -> None:
+        from ferry_operator._canary import Canary
+
+        self.stage = "Canary"
+        Canary(self, version, serving, percent, wanted).run()
 
 
-class _Done(Exception):
-    """The pass ended in a final phase; the status says why."""
-
-
-def reconcile(deps: Deps, body: dict[str, Any], pipeline: Pipeline) -> tuple[Step, Wait | None]:
-    """One pass: the Step (status to write, events) and the Wait it ended on, if any."""
-    reconciler = Reconciler(deps, body, pipeline)
-    try:
-        return reconciler.run(), None
-    except Wait as wait:
-        return reconciler.step, wait
-    except _Done:
-        return reconciler.step, None
-    except FerryError as exc:  # a cluster or registry error: say it, try again later
-        reconciler.condition("Ready", False, type(exc).__name__, str(exc).splitlines()[0])
-        reconciler.step.event("Retrying", str(exc).splitlines()[0], "Warning")
-        return reconciler.step, Wait(str(exc), deps.poll_s)
+def reconcile(deps: Deps, body: dict[str, Any], pipeline: Pipeline) -> Step:
+    """One pass: the Step (status, events, when to look again). Errors propagate."""
+    return Reconciler(deps, body, pipeline).run()
 
