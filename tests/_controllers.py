@@ -113,3 +113,10 @@ class KServe:
             "components": {"predictor": {"traffic": traffic}},
             "conditions": [{"type": "PredictorReady", "status": value, "lastTransitionTime": stamp, **why},
                            {"type": "Ready", "status": value, "lastTransitionTime": stamp, **why}]}})
+
+
+# The digits job's conditions as the training operator words them: (type, reason, message).
+CREATED = ("Created", "PyTorchJobCreated", "PyTorchJob digits is created.")
+RUNNING = ("Running", "PyTorchJobRunning", "PyTorchJob digits is running.")
+SUCCEEDED = ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob digits is successfully completed.")
+FAILED = ("Failed", "PyTorchJobFailed", "PyTorchJob digits is failed because 1 Worker replica(s) failed.")
