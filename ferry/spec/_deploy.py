@@ -149,6 +149,14 @@ class Deployment(Spec):
             raise ValueError(f"must be 1..99 (got {v}); leave it None to send all traffic to the new version")
         return v
 
+    @field_validator("canary", mode="before")
+    @classmethod
+    def _canary_settings(cls, v: object) -> object:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise ValueError(f"is how a canary ends (Canary(step_seconds=..., deadline_seconds=...)), not its share "
+                             f"of traffic (got {v}); did you mean 'canary_percent={v}'?")
+        return v
+
     @field_validator("max_batch_size")
     @classmethod
     def _batch(cls, v: int) -> int:
