@@ -106,7 +106,8 @@ BAD = [
     ("bad-model-uri", dict(model="digits-classifier:latest"), "is not a model URI"),
     ("name-too-long", dict(name="d" * 46), "at most 45 characters"),
     ("unknown-mode", dict(mode="raw"), "Deployment.mode"),
-    ("unknown-field", dict(canary=10), "did you mean 'canary_percent'"),
+    ("canary-as-a-percent", dict(canary=10), "did you mean 'canary_percent=10'"),
+    ("unknown-field", dict(canary_pct=10), "did you mean 'canary_percent'"),
     ("bad-prometheus", dict(autoscaling=dict(prometheus_url="prometheus:9090")), "http(s) URL"),
 ]
 
