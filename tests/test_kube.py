@@ -279,6 +279,20 @@ def test_a_field_another_manager_owns_is_a_conflict(kube, control_plane):
     assert [m["manager"] for m in cm["metadata"]["managedFields"]] == ["helm"]
 
 
+def test_a_resourcequota_refusal_is_named_as_the_quota_not_as_rbac(kube, control_plane):
+    """403 is also what the ResourceQuota admission answers: that says quota, not missing rights."""
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-training", "namespace": kube.ns},
+             "spec": {"hard": {"count/pytorchjobs.kubeflow.org": "0"}}}
+    control_plane.raw("POST", f"/api/v1/namespaces/{kube.ns}/resourcequotas", quota)
+    control_plane.wait_for(lambda: (control_plane.raw("GET", f"/api/v1/namespaces/{kube.ns}/resourcequotas/no-training")
+                                    .get("status") or {}).get("hard"), "the quota controller's first count")
+    result = ferry("submit", DIGITS, "--tracking-uri", "http://mlflow.ml:5000")
+    assert result.exit_code == 6, result.output
+    assert "ResourceQuota refused PyTorchJob 'digits'" in result.stderr and "no-training" in result.stderr
+    assert "ask a cluster admin for a Role" not in result.stderr
+    assert not kube.exists(job_path("digits", kube.ns))
+
+
 @pytest.mark.parametrize("spec,says", [
     # the CRD's schema (422 Invalid, its causes listed)
     ({"runPolicy": {"backoffLimit": 1}}, "spec.pytorchReplicaSpecs: Required value"),

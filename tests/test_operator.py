@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests._controlplane import ApiError, ControlPlane
-from tests._operator import PIPELINES, Operator, Site, changed, pipeline_doc, rbac_docs, train_as_rank0
+from tests._operator import PIPELINES, Operator, Prometheus, Site, changed, pipeline_doc, rbac_docs, train_as_rank0
 from tests._waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -170,11 +170,11 @@ def test_a_spec_change_trains_anew_and_supersedes_the_running_job(site: Site) ->
     assert site.job_creations() == ["change-g1", "change-g2"]
 
 
-def serve_v1_then_canary_v2(site: Site, name: str, model: str, step_seconds: int) -> None:
+def serve_v1_then_canary_v2(site: Site, name: str, model: str, step_seconds: int, **canary: Any) -> None:
     """v1 trained, gated and serving; then a new spec.job trains v2, which passes its gates and
     goes out as a canary of 20%."""
     doc = pipeline_doc(name, model)
-    doc["spec"]["deployment"]["canary"] = {"stepSeconds": step_seconds, "deadlineSeconds": 120}
+    doc["spec"]["deployment"]["canary"] = {"stepSeconds": step_seconds, "deadlineSeconds": 120, **canary}
     site.create_pipeline(doc)
     for generation, accuracy in ((1, 0.95), (2, 0.97)):
         job = wait_until(lambda: site.job(f"{name}-g{generation}"), f"job g{generation}")
@@ -230,6 +230,23 @@ def test_a_canary_that_turns_unready_is_rolled_back_and_rejected(site: Site) -> 
         wait_until(lambda: "CanaryRolledBack" in site.events("rollback"), "the CanaryRolledBack event")
     assert MlflowClient(tracking_uri=site.mlflow_url).get_model_version_by_alias("op-rollback", "staging").version == "1"
     assert site.job_creations() == ["rollback-g1", "rollback-g2"]
+
+
+def test_a_canary_whose_error_rate_exceeds_its_limit_is_rolled_back(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canary's revision's share of 5xx answers, as Prometheus has it from the model servers'
+    ferry_requests_total, above maxErrorRate: rolled back, though KServe says Ready."""
+    with Prometheus(value=0.2) as prometheus:
+        monkeypatch.setenv("FERRY_PROMETHEUS_URL", prometheus.url)
+        with Operator(site):
+            serve_v1_then_canary_v2(site, "errors", "op-errors", step_seconds=600, maxErrorRate=0.05)
+            site.serve_ready("errors")
+            wait_until(site.phase_is("errors", "Rejected"), "phase Rejected")
+    st = site.status("errors")
+    assert "v2's error rate 20.00% over the last minute exceeds maxErrorRate 5.00%" in st["message"], st["message"]
+    assert st["servingVersion"] == "1" and st["traffic"] == "v1=100%"
+    query = prometheus.queries[-1]
+    assert f'namespace="{site.ns}",inferenceservice="errors",revision="errors-predictor-' in query
+    assert 'code=~"5.."' in query and "[1m]" in query
 
 
 # What the schema cannot say (it is one object's shape; these need the Python types, or another

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests._operator import REPO, Operator, Site, pipeline_doc, train_as_rank0
+from tests._operator import ACCOUNT, REPO, Operator, Site, pipeline_doc, rbac_docs, train_as_rank0
 from tests._servers import MlflowServer
 from tests._waiting import wait_until
 
@@ -157,12 +157,40 @@ def test_an_mlflow_outage_while_evaluating_is_waited_out_with_one_warning(site: 
         server.stop()
 
 
+def withhold_serving(site: Site) -> None:
+    """The operator's role in the site's namespace, less the right to create or patch
+    InferenceServices (as a cluster admin might have trimmed it)."""
+    role = next(d for d in rbac_docs() if d["kind"] == "ClusterRole")
+    rules = [{**r, "verbs": [v for v in r["verbs"] if v not in ("create", "patch")]}
+             if "inferenceservices" in r["resources"] else r for r in role["rules"]]
+    name = f"{ACCOUNT}-{site.ns}"
+    site.cp.apply({**role, "metadata": {"name": name}, "rules": rules})
+    site.cleanups.append(lambda: site.cp.raw("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}"))
+    site.cp.raw("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}")
+    site.cp.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                   "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": site.ns}]})
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+        "user": site.user, "groups": ["system:serviceaccounts", "system:authenticated"],
+        "resourceAttributes": {"namespace": site.ns, "group": "serving.kserve.io", "resource": "inferenceservices",
+                               "verb": "patch"}}}
+    site.cp.wait_for(lambda: not site.cp.raw("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                                              review)["status"].get("allowed"), "the trimmed role in force")
+    site.expected_denials.append("inferenceservices")
+
+
 # Refusals: the pipeline fails once, with the reason, and is not retried until its spec changes.
-@pytest.mark.parametrize("case", ["tracking-from-a-secret", "service-of-another-pipeline"])
+@pytest.mark.parametrize("case", ["tracking-from-a-secret", "service-of-another-pipeline", "rights-missing-to-serve"])
 def test_a_refusal_fails_the_pipeline_once_and_is_not_retried(site: Site, case: str) -> None:
     doc = pipeline_doc("refused", "op-refused")
+    if case == "rights-missing-to-serve":
+        withhold_serving(site)
     with Operator(site):
-        if case == "tracking-from-a-secret":
+        if case == "rights-missing-to-serve":
+            site.create_pipeline(doc)
+            train(site, "refused", "op-refused", "refused-g1", 0.97)
+            reason, words = "Forbidden", "may not patch inferenceservices.serving.kserve.io in namespace"
+        elif case == "tracking-from-a-secret":
             doc["spec"]["job"]["tracking"]["uriFrom"] = {"kind": "secret", "name": "mlflow", "key": "uri"}
             site.create_pipeline(doc)
             reason, words = "Rejected", "reads its tracking URI from Secret 'mlflow'"

@@ -4,8 +4,9 @@ says what happened and what to do, in one line (plus one line per cause).
 What the API server sends (a ``Status`` object):
 - 403 ``Forbidden``: RBAC (``User "x" cannot patch resource "pytorchjobs" in API group
   "kubeflow.org" in the namespace "ml"``), or an admission denial: Pod Security
-  (``violates PodSecurity "restricted:latest": a (why), b (why)``) or a webhook
-  (``admission webhook "x" denied the request: ...``).
+  (``violates PodSecurity "restricted:latest": a (why), b (why)``), a webhook
+  (``admission webhook "x" denied the request: ...``) or a ResourceQuota
+  (``exceeded quota: q, requested: count/pytorchjobs.kubeflow.org=1, used: ..., limited: ...``).
 - 404: the object, its namespace (``details.kind == "namespaces"``), or the whole kind when its
   CRD is not installed (then the group/version's discovery document has no such resource).
 - 409 ``AlreadyExists`` or ``Conflict`` (server-side apply: ``details.causes`` whose ``reason``
@@ -115,6 +116,11 @@ def translate(exc: Any, action: Action, *, context: str | None = None,
                             status=code, reason="PodSecurity")
         if "admission webhook" in message:
             return Rejected(f"admission denied {action.target()}: {message}", status=code, reason="AdmissionDenied")
+        if "exceeded quota" in message:  # the ResourceQuota admission, not RBAC: it passes once usage drops
+            quota = message.split("exceeded quota: ", 1)[-1]
+            return Rejected(f"the namespace's ResourceQuota refused {action.target()}: exceeded quota {quota}; "
+                            "wait for other work there to finish, or ask for a larger quota (kubectl describe "
+                            "resourcequota)", status=code, reason="QuotaExceeded")
         user = re.search(r'User "([^"]+)"', message)
         who = f" as {user.group(1)}" if user else ""
         where = f"in namespace {action.namespace!r}" if action.namespace else "cluster-wide"

@@ -72,10 +72,21 @@ class Canary(Spec):
     """How a canary ends, where Ferry's operator rolls it out (a ModelPipeline): once the new
     version has stayed Ready for ``step_seconds`` it takes all the traffic; if it turns unready,
     or is not Ready within ``deadline_seconds`` of being applied, the version serving before
-    takes all the traffic back and the new one is rejected (its alias moved back too)."""
+    takes all the traffic back and the new one is rejected (its alias moved back too). With
+    ``max_error_rate`` (a fraction, 0.01 for 1 %), the new version's share of 5xx answers over the
+    last minute, read from Prometheus (the operator's ``FERRY_PROMETHEUS_URL``), must stay
+    at or under it the whole time, or it is rolled back the same way."""
 
     step_seconds: int = 300
     deadline_seconds: int = 900
+    max_error_rate: float | None = None
+
+    @field_validator("max_error_rate")
+    @classmethod
+    def _rate(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v < 1:
+            raise ValueError(f"must be a fraction in [0, 1) (got {v}); e.g. 0.01 for 1% of the answers")
+        return v
 
     @field_validator("step_seconds", "deadline_seconds")
     @classmethod

@@ -11,6 +11,7 @@ Configuration (environment, as the Helm chart sets it):
   (its own changes and its children's wake it at once);
 - ``FERRY_OPERATOR_POLL_S``: how soon what sends no event is looked at again (MLflow registering a
   model, a canary's clock), and the first wait after a transient error;
+- ``FERRY_PROMETHEUS_URL``: where a canary's error rate is read (``deployment.canary.maxErrorRate``), when set;
 - ``FERRY_ACTOR``: who the promotion history says promoted (default: the service account).
 
 High availability: replicas find each other through kopf's peering objects (the
@@ -71,7 +72,7 @@ def build_deps() -> Deps:
     return Deps(cluster=Cluster.connect(retry=Retry(attempts=2)), mlflow=MlflowClient(tracking_uri=tracking),
                 tracking_uri=None if job_uri == "-" else job_uri,
                 poll_s=_seconds(settings.FERRY_OPERATOR_POLL_S, 5), resync_s=_seconds(settings.FERRY_OPERATOR_RESYNC_S, 300),
-                actor=resolve_actor(None))
+                actor=resolve_actor(None), prometheus_url=settings.FERRY_PROMETHEUS_URL.get() if settings.FERRY_PROMETHEUS_URL.is_set() else None)
 
 
 def _seconds(setting: Any, default: float) -> float:
@@ -106,6 +107,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if not settings.peering.priority:  # unless --priority chose one: replicas must never tie (a tie freezes all)
         settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.watching.server_timeout = 300
+    settings.watching.inactivity_timeout = 330  # a quiet watch lasts until the server ends it, not 70 s
     if getattr(memo, "deps", None) is None:  # `kopf run -m ferry_operator`; `ferry operator run` connected already
         try:
             memo.deps = build_deps()

@@ -54,6 +54,7 @@ class Deps:
     resync_s: float = 300.0  # how soon to look again at a pipeline nothing has woken
     actor: str = "ferry-operator"
     run_lookup_retries: int = 20
+    prometheus_url: str | None = None  # where a canary's error rate is read (deployment.canary.maxErrorRate)
     clock: Any = time.time
 
 

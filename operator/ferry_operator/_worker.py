@@ -70,6 +70,8 @@ def classify(exc: BaseException) -> Failure:
             return Failure(True, type(exc).__name__, message)
         if isinstance(exc, Forbidden):
             return Failure(False, "Forbidden", message)
+        if isinstance(exc, Rejected) and getattr(exc, "reason", None) == "QuotaExceeded":
+            return Failure(True, "QuotaExceeded", message)  # it passes once other work there finishes
         if isinstance(exc, Rejected):
             return Failure(False, "Rejected", message)
         return Failure(True, "ClusterError", message)
@@ -77,6 +79,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure(True, "PromotionLocked", message)
     if isinstance(exc, RegistryError):
         return Failure(exc.transient, "MlflowUnavailable" if exc.transient else "RegistryRefused", message)
+    if isinstance(exc, FerryError) and getattr(exc, "transient", False):
+        return Failure(True, type(exc).__name__, message)
     if isinstance(exc, SpecError):
         return Failure(False, "InvalidSpec", message)
     if isinstance(exc, ConfigError):
