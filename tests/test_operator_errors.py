@@ -99,3 +99,16 @@ def test_a_missing_alias_is_no_holder_but_a_failure_to_ask_is_an_error() -> None
         alias_holder(Registry(mlflow_error("INTERNAL_ERROR", "API request failed with exception ConnectionError")),
                      "m", "x")
     assert caught.value.transient and "which version of m holds 'x'" in str(caught.value)
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"FERRY_OPERATOR_POLL_S": "abc"}, "FERRY_OPERATOR_POLL_S='abc': must be a number of seconds > 0 (default 5)"),
+    ({"FERRY_OPERATOR_RESYNC_S": "-3"}, "FERRY_OPERATOR_RESYNC_S='-3': must be a number of seconds > 0 (default 300)"),
+    ({"FERRY_OPERATOR_RESYNC_S": "0"}, "FERRY_OPERATOR_RESYNC_S='0': must be a number of seconds > 0"),
+    ({"MLFLOW_TRACKING_URI": ""}, "MLFLOW_TRACKING_URI is not set"),
+])
+def test_bad_operator_settings_are_named_before_anything_connects(ferry_cli, tmp_path, env, says) -> None:
+    result = ferry_cli("operator", "run", "-n", "ml", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+                                                           "KUBECONFIG": str(tmp_path / "none"), **env})
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and result.stderr.count("\n") == 1, result.stderr

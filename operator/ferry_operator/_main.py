@@ -69,10 +69,11 @@ def build_deps() -> Deps:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    poll_s, resync_s = _seconds(settings.FERRY_OPERATOR_POLL_S, 5), _seconds(settings.FERRY_OPERATOR_RESYNC_S, 300)
+    prometheus = settings.FERRY_PROMETHEUS_URL.get() if settings.FERRY_PROMETHEUS_URL.is_set() else None
     return Deps(cluster=Cluster.connect(retry=Retry(attempts=2)), mlflow=MlflowClient(tracking_uri=tracking),
-                tracking_uri=None if job_uri == "-" else job_uri,
-                poll_s=_seconds(settings.FERRY_OPERATOR_POLL_S, 5), resync_s=_seconds(settings.FERRY_OPERATOR_RESYNC_S, 300),
-                actor=resolve_actor(None), prometheus_url=settings.FERRY_PROMETHEUS_URL.get() if settings.FERRY_PROMETHEUS_URL.is_set() else None)
+                tracking_uri=None if job_uri == "-" else job_uri, poll_s=poll_s, resync_s=resync_s,
+                actor=resolve_actor(None), prometheus_url=prometheus)
 
 
 def _seconds(setting: Any, default: float) -> float:
