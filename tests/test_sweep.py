@@ -86,6 +86,18 @@ def test_render_writes_a_valid_labelled_pytorchjob_per_trial_the_same_every_time
 
 
 # ---- here: real sweeps -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sweep_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One real ``mlflow server`` for this module's sweeps (starting one costs seconds of imports):
+    every sweep here has its own name, and each test reads only its own sweep's runs."""
+    from tests._servers import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("sweep-mlflow"))
+    server.start()
+    yield server
+    server.stop()
+
+
 def _sweep_env(tmp_path: Path, server: Any) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": server.url, "FERRY_HOME": str(tmp_path / "home"), "FERRY_POLL_INTERVAL_S": "0.2"}
 
@@ -99,7 +111,7 @@ def _runs(server: Any, experiment: str) -> list[Any]:
 
 
 @pytest.mark.integration
-def test_a_digits_sweep_nests_its_trials_and_registers_only_the_best(ferry_cli: Any, mlflow_server: Any,
+def test_a_digits_sweep_nests_its_trials_and_registers_only_the_best(ferry_cli: Any, sweep_mlflow: Any,
                                                                        tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
@@ -112,9 +124,9 @@ def test_a_digits_sweep_nests_its_trials_and_registers_only_the_best(ferry_cli: 
                       space={"lr": LogUniform(0.001, 0.01), "batch_size": Choice([32, 64])},
                       objective=Objective(metric="test_accuracy"), trials=3, sampler="random", seed=3)
     '''))
-    result = ferry_cli("sweep", str(sweep_file), "--register", "best", env=_sweep_env(tmp_path, mlflow_server))
+    result = ferry_cli("sweep", str(sweep_file), "--register", "best", env=_sweep_env(tmp_path, sweep_mlflow))
     assert result.returncode == 0, result.stdout + result.stderr
-    runs = _runs(mlflow_server, "digits")
+    runs = _runs(sweep_mlflow, "digits")
     (parent,) = [r for r in runs if r.data.tags.get("ferry.sweep.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
@@ -126,7 +138,7 @@ def test_a_digits_sweep_nests_its_trials_and_registers_only_the_best(ferry_cli: 
     assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
     assert parent.data.params["best.lr"] == best.data.params["lr"]
     assert json.loads(parent.data.params["sweep.space"])["lr"]["kind"] == "loguniform"
-    client = MlflowClient(tracking_uri=mlflow_server.url)
+    client = MlflowClient(tracking_uri=sweep_mlflow.url)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert artifacts == {"comparison/comparison.md", "comparison/metric_per_trial.png", "comparison/parallel_coordinates.png"}
     (version,) = client.search_model_versions("name = 'digits-classifier'")
@@ -135,7 +147,7 @@ def test_a_digits_sweep_nests_its_trials_and_registers_only_the_best(ferry_cli: 
 
 
 @pytest.mark.integration
-def test_the_median_rule_prunes_a_trial_that_falls_behind(ferry_cli: Any, mlflow_server: Any, tmp_path: Path) -> None:
+def test_the_median_rule_prunes_a_trial_that_falls_behind(ferry_cli: Any, sweep_mlflow: Any, tmp_path: Path) -> None:
     from ferry.sweep._render import planned_trials
 
     # a seed whose grid runs the good trial first, so the bad one has a median to fall behind
@@ -149,9 +161,9 @@ def test_the_median_rule_prunes_a_trial_that_falls_behind(ferry_cli: Any, mlflow
                           f"{{'quality': 1.0, 'steps': 40, 'pause': 0.25}}}}), space={{'quality': Choice([1.0, 0.05])}}, "
                           f"objective=Objective(metric='score'), trials=2, sampler='grid', seed={seed}, "
                           f"pruning=MedianPruning(startup_trials=1, warmup_steps=1))\n")
-    result = ferry_cli("sweep", str(sweep_file), env=_sweep_env(tmp_path, mlflow_server))
+    result = ferry_cli("sweep", str(sweep_file), env=_sweep_env(tmp_path, sweep_mlflow))
     assert result.returncode == 0, result.stdout + result.stderr
-    children = [r for r in _runs(mlflow_server, "scored") if r.data.tags.get("ferry.sweep") == "scored-prune"
+    children = [r for r in _runs(sweep_mlflow, "scored") if r.data.tags.get("ferry.sweep") == "scored-prune"
                 and "ferry.trial" in r.data.tags]
     by_quality = {float(c.data.params["quality"]): c for c in children}
     assert set(by_quality) == {1.0, 0.05}
@@ -175,8 +187,9 @@ def _scored_job() -> TrainingJob:
 
 
 @pytest.mark.integration
-def test_ctrl_c_keeps_finished_trials_and_a_rerun_continues_the_sweep(mlflow_server: Any, tmp_path: Path) -> None:
-    env = {**os.environ, **_sweep_env(tmp_path, mlflow_server)}
+def test_ctrl_c_keeps_finished_trials_and_a_rerun_continues_the_sweep(sweep_mlflow: Any, tmp_path: Path) -> None:
+    env = {**os.environ, **_sweep_env(tmp_path, sweep_mlflow)}
+    earlier = {r.info.run_id for r in _runs(sweep_mlflow, "scored")}  # the other sweeps on this module's server
     sweep_file = tmp_path / "grid.py"
     sweep_file.write_text("from tests.jobs.scored_sweep import grid as sweep\n")
     exe = str(Path(sys.executable).with_name("ferry"))
@@ -205,11 +218,12 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_continues_the_sweep(mlflow_ser
     out, err = "".join(streams["out"]), "".join(streams["err"])
     assert proc.returncode == 130, out + err
     assert "interrupted" in err and "run the same command again to continue" in err
-    finished_before = [r for r in _runs(mlflow_server, "scored") if "ferry.trial" in r.data.tags and r.info.status == "FINISHED"]
+    finished_before = [r for r in _runs(sweep_mlflow, "scored") if r.info.run_id not in earlier
+                       and "ferry.trial" in r.data.tags and r.info.status == "FINISHED"]
     assert len(finished_before) >= 1
     again = subprocess.run([exe, "sweep", str(sweep_file)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    runs = _runs(mlflow_server, "scored")
+    runs = [r for r in _runs(sweep_mlflow, "scored") if r.info.run_id not in earlier]
     parents = [r for r in runs if r.data.tags.get("ferry.sweep.role") == "parent"]
     assert len(parents) == 1  # the same sweep, continued
     finished = [r for r in runs if "ferry.trial" in r.data.tags and r.info.status == "FINISHED"]
@@ -218,23 +232,23 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_continues_the_sweep(mlflow_ser
 
 
 @pytest.mark.integration
-def test_a_metric_the_job_never_logs_stops_the_sweep_after_one_trial(ferry_cli: Any, mlflow_server: Any,
+def test_a_metric_the_job_never_logs_stops_the_sweep_after_one_trial(ferry_cli: Any, sweep_mlflow: Any,
                                                                       tmp_path: Path) -> None:
     sweep_file = tmp_path / "nometric.py"
     sweep_file.write_text("from ferry import Choice, Objective, Sweep\nfrom tests.jobs.scored_sweep import job\n"
                           "sweep = Sweep(name='no-metric', job=job.model_copy(update={'hyperparameters': {'quality': 1.0, "
                           "'steps': 1, 'pause': 0.0}}), space={'quality': Choice([0.1, 0.2, 0.3])}, "
                           "objective=Objective(metric='accuracy'), trials=3, sampler='grid')\n")
-    result = ferry_cli("sweep", str(sweep_file), env=_sweep_env(tmp_path, mlflow_server))
+    result = ferry_cli("sweep", str(sweep_file), env=_sweep_env(tmp_path, sweep_mlflow))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "its run has no metric 'accuracy'" in result.stderr and "Traceback" not in result.stderr
-    assert len([r for r in _runs(mlflow_server, "scored") if r.data.tags.get("ferry.sweep") == "no-metric"
+    assert len([r for r in _runs(sweep_mlflow, "scored") if r.data.tags.get("ferry.sweep") == "no-metric"
                 and "ferry.trial" in r.data.tags]) == 1
 
 
 # ---- on a cluster: ferry submit of a Sweep -----------------------------------------------------------
 @pytest.mark.integration
-def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_once(mlflow_server: Any,
+def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_once(sweep_mlflow: Any,
                                                                                     tmp_path: Path, control_plane: Any,
                                                                                     namespace: str) -> None:
     """On the real control plane; the test plays the training operator and each trial's rank 0."""
@@ -278,14 +292,14 @@ def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_on
                        j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
                 quality = json.loads(env["FERRY_HYPERPARAMETERS"])["quality"]
                 seen[name] = quality
-                _log_trial(mlflow_server.url, j["metadata"]["labels"]["ferry.dev/submission"], env, quality)
+                _log_trial(sweep_mlflow.url, j["metadata"]["labels"]["ferry.dev/submission"], env, quality)
                 trainer.set_status(name, conditions=[("Created", "Created", "created"),
                                                      ("Succeeded", "Succeeded", "done")])
             time.sleep(0.2)
 
     worker = threading.Thread(target=training_operator_and_rank0, daemon=True)
     worker.start()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MLFLOW_TRACKING_URI": mlflow_server.url,
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MLFLOW_TRACKING_URI": sweep_mlflow.url,
            "FERRY_HOME": str(tmp_path / "home"), "FERRY_POLL_INTERVAL_S": "0.2"}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("ferry")), "submit", str(sweep_file), "-n", namespace],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -302,7 +316,7 @@ def test_submit_of_a_sweep_runs_its_trials_as_pytorchjobs_at_most_parallel_at_on
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert sorted(seen.values()) == [0.1, 0.3, 0.6, 0.9]
     assert 1 <= most_at_once <= 2
-    runs = _runs(mlflow_server, "scored")
+    runs = _runs(sweep_mlflow, "scored")
     (parent,) = [r for r in runs if r.data.tags.get("ferry.sweep") == "scored-cluster" and r.data.tags.get("ferry.sweep.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 4
