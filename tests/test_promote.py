@@ -179,7 +179,7 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
 
 
-def test_gitops_promotion_and_unreachable_server(registry, tmp_path, ferry_cli):
+def test_gitops_promotion(registry, tmp_path, ferry_cli):
     uri, client, name = registry
     gitops = tmp_path / "gitops"
     gitops.mkdir()
@@ -210,5 +210,10 @@ def test_gitops_promotion_and_unreachable_server(registry, tmp_path, ferry_cli):
     assert [e.actor for e in read_history(client, name, "staging")] == ["ci@ferry.test", "release-bot", "oncall@acme.io"]
     shown = ferry_cli("models", "show", name, env=env)
     assert shown.returncode == 0 and "staging" in shown.stdout and "0.9500" in shown.stdout
+
+
+def test_promote_to_an_unreachable_server_is_a_clear_error(ferry_cli):
+    """No registry answers, so no backend to run it on: once, not once per registry."""
+    name = f"digits-{uuid.uuid4().hex[:6]}"
     down = ferry_cli("promote", name, "--version", "2", "--env", "production", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert down.returncode == 2 and "tracking server http://127.0.0.1:9 is unreachable" in down.stderr
