@@ -46,14 +46,46 @@ def steps_of(client, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_ddp_run_logs_one_run_and_registers(tmp_path, mlflow_server):
-    result = ferry_run("jobs/digits/job.py", env={"FERRY_HOME": str(tmp_path / ".ferry"), "MLFLOW_TRACKING_URI": mlflow_server.url})
+@pytest.fixture(scope="module")
+def shared_mlflow(tmp_path_factory):
+    """One real ``mlflow server`` (SQLite store) for this module: starting one costs seconds of imports."""
+    from tests._servers import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("local-run-mlflow"))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Tracking:
+    """The module's server as one test sees it: the digits runs and model versions made since
+    the test began, as a server of its own would hold."""
+
+    def __init__(self, server):
+        self.server, self.url, self.client = server, server.url, client_for(server.url)
+        self.runs_before = {r.info.run_id for r in runs_of(self.client, "digits")}
+        self.versions_before = {v.version for v in self.client.search_model_versions("name='digits-classifier'")}
+
+    def runs(self) -> list:
+        return [r for r in runs_of(self.client, "digits") if r.info.run_id not in self.runs_before]
+
+    def versions(self) -> list:
+        return [v for v in self.client.search_model_versions("name='digits-classifier'") if v.version not in self.versions_before]
+
+
+@pytest.fixture
+def tracking(shared_mlflow) -> Tracking:
+    return Tracking(shared_mlflow)
+
+
+def test_ddp_run_logs_one_run_and_registers(tmp_path, tracking):
+    result = ferry_run("jobs/digits/job.py", env={"FERRY_HOME": str(tmp_path / ".ferry"), "MLFLOW_TRACKING_URI": tracking.url})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[master-0]" in result.stdout
     (run_dir,) = (tmp_path / ".ferry" / "runs" / "digits").iterdir()
     assert sorted(p.name for p in run_dir.glob("*.log")) == ["master-0.log", "worker-0.log"]
-    client = client_for(mlflow_server.url)
-    (run,) = runs_of(client, "digits")  # exactly one run for a 2-process job
+    client = tracking.client
+    (run,) = tracking.runs()  # exactly one run for a 2-process job
     assert run.data.metrics["test_accuracy"] >= 0.95
     assert run.data.params["world_size"] == "2" and run.data.params["epochs"] == "15"
     assert run.data.tags["ferry.job"] == "digits" and "mlflow.source.git.commit" in run.data.tags
@@ -61,7 +93,7 @@ def test_ddp_run_logs_one_run_and_registers(tmp_path, mlflow_server):
     final = int(run.data.tags["ferry.final_step"])
     assert steps_of(client, run.info.run_id, "loss") == list(range(1, final + 1))  # every step, from rank 0 only
     assert any(k.startswith("system/") for k in run.data.metrics)  # MLflow system metrics
-    (version,) = client.search_model_versions("name='digits-classifier'")
+    (version,) = tracking.versions()
     assert version.run_id == run.info.run_id
     assert "succeeded: digits" in result.stdout and run.info.run_id in result.stdout
     # provenance: the run is named after its submission, and says what produced it
@@ -101,18 +133,18 @@ def test_two_submissions_never_share_weights(tmp_path):
     assert all((Path(f) / "finished").is_file() and (Path(f) / "latest").is_file() for f in folders)
 
 
-def test_explicit_resume_records_its_lineage(tmp_path, mlflow_server):
+def test_explicit_resume_records_its_lineage(tmp_path, tracking):
     home = tmp_path / ".ferry"
-    env = {"FERRY_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_server.url}
+    env = {"FERRY_HOME": str(home), "MLFLOW_TRACKING_URI": tracking.url}
     first = ferry_run("jobs/digits/job.py", "--set", "epochs=2", env=env)
     assert first.returncode == 0, first.stdout[-3000:]
-    client = client_for(mlflow_server.url)
-    (source,) = runs_of(client, "digits")
+    client = tracking.client
+    (source,) = tracking.runs()
     final = int(source.data.tags["ferry.final_step"])
     resumed = ferry_run("jobs/digits/job.py", "--set", "epochs=3", "--resume-from", f"runs:/{source.info.run_id}", env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert f"resumed from checkpoint at step {final} ({source.data.tags['ferry.checkpoint_dir']})" in resumed.stdout
-    (run,) = [r for r in runs_of(client, "digits") if r.info.run_id != source.info.run_id]
+    (run,) = [r for r in tracking.runs() if r.info.run_id != source.info.run_id]
     tags = run.data.tags
     assert tags["ferry.resume_from"] == f"runs:/{source.info.run_id}" and tags["ferry.resume_from.run_id"] == source.info.run_id
     assert tags["ferry.resume_from.checkpoint_dir"] == source.data.tags["ferry.checkpoint_dir"] != tags["ferry.checkpoint_dir"]
@@ -122,7 +154,7 @@ def test_explicit_resume_records_its_lineage(tmp_path, mlflow_server):
     assert by_id.returncode == 0 and f"resumed from checkpoint at step {final}" in by_id.stdout
     nothing = ferry_run("jobs/digits/job.py", "--resume-from", "runs:/" + "0" * 32, env=env, timeout=60)
     assert nothing.returncode == 2 and "no such MLflow run" in nothing.stderr and "Traceback" not in nothing.stderr
-    assert len(runs_of(client, "digits")) == 3
+    assert len(tracking.runs()) == 3
 
 
 def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
@@ -157,25 +189,27 @@ def test_sigkill_a_worker_resumes_from_checkpoint(tmp_path):
     assert set(steps_of(client, run.info.run_id, "loss")) == set(range(1, final + 1))
 
 
-def test_tracking_outage_loses_no_metric(tmp_path, mlflow_server):
+def test_tracking_outage_loses_no_metric(tmp_path, tracking):
 
     proc = subprocess.Popen([FERRY, "run", "jobs/digits/job.py", "--set", "epochs=60"], cwd=REPO,
-                            env=clean_env(FERRY_HOME=str(tmp_path / ".ferry"), MLFLOW_TRACKING_URI=mlflow_server.url),
+                            env=clean_env(FERRY_HOME=str(tmp_path / ".ferry"), MLFLOW_TRACKING_URI=tracking.url),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = client_for(mlflow_server.url)
+    client = tracking.client
     try:
-        run_id = wait_until(lambda: next((r.info.run_id for r in runs_of(client, "digits") if "loss" in r.data.metrics), None),
+        run_id = wait_until(lambda: next((r.info.run_id for r in tracking.runs() if "loss" in r.data.metrics), None),
                             "the run logged a loss", 120)
-        mlflow_server.stop()
+        tracking.server.stop()
         time.sleep(6)
-        mlflow_server.start()  # same port, same database
+        tracking.server.start()  # same port, same database
         output, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+        if tracking.server.proc is None:  # failed while it was down: up again for the module's other tests
+            tracking.server.start()
     assert proc.returncode == 0, output[-4000:]
     assert "unreachable" in output and "reachable again" in output
-    (run,) = runs_of(client, "digits")
+    (run,) = tracking.runs()
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     final = int(run.data.tags["ferry.final_step"])
     assert steps_of(client, run_id, "loss") == list(range(1, final + 1))
