@@ -8,8 +8,8 @@ import pytest
 
 SURFACE = {
     "ferry": [
-        "Autoscaling", "Checkpointing", "Choice", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume", "Deployment",
-        "Elastic", "EmptyDirVolume", "FerryError", "GangScheduling", "IntUniform", "JobFileError", "LogUniform",
+        "Autoscaling", "Canary", "Checkpointing", "Choice", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume",
+        "Deployment", "Elastic", "EmptyDirVolume", "FerryError", "GangScheduling", "IntUniform", "JobFileError", "LogUniform",
         "ManifestInvalid", "MedianPruning", "Objective", "PVCVolume", "Promotion", "Resources", "RunPolicy",
         "SecretRef", "SecretVolume", "SpecError", "Sweep", "Toleration", "Tracking", "TrainingJob", "Uniform",
         "__version__",
