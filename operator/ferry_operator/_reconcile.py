@@ -92,6 +92,11 @@ def field_manager(namespace: str, name: str) -> str:
     return f"ferry-pipeline/{namespace}/{name}"
 
 
+def gate_results(gates: list[Any]) -> list[dict[str, Any]]:
+    """The registry's gate results as the status records them."""
+    return [{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in gates]
+
+
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"], "uid": meta["uid"],
@@ -316,10 +321,10 @@ class Reconciler:
                 gates = result.gates if result.changed else evaluate_gates(self.deps.mlflow, p.promotion, p.model,
                                                                            version, p.environment)
         except PromotionRefused as exc:
-            self.put(gates=[{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in exc.gates])
+            self.put(gates=gate_results(exc.gates))
             self.fail("Rejected", "Promoted", "GatesFailed", str(exc).removesuffix(" (--force overrides, and is recorded)"),
                       event="Rejected")
-        self.put(gates=[{"name": g.gate, "passed": g.passed, "detail": g.detail} for g in gates], promotionDigest=wanted)
+        self.put(gates=gate_results(gates), promotionDigest=wanted)
         failed = [g for g in gates if not g.passed]
         if failed:  # it held the alias already (the gates changed since): say so, demote nothing
             message = (f"{p.model} v{version} holds {alias!r} but no longer passes: "
@@ -375,11 +380,10 @@ class Reconciler:
         applied = ServiceState.of(existing).model_version if existing is not None else None
         stale = existing is not None and "canaryTrafficPercent" in (existing.get("spec") or {}).get("predictor", {})
         if existing is None or applied != version or stale or self.status.get("deploymentDigest") != wanted:
-            self.apply(version, None)
             if existing is None and serving == version:
-                self.step.event("Reapplied", f"InferenceService {d.name} was gone; applied {p.model} v{version} again",
-                                "Warning")
+                self.reapply(version)
             else:
+                self.apply(version, None)
                 self.step.event("Deploying", f"InferenceService {d.name} serves {p.model} v{version}")
             self.put(deploymentDigest=wanted, inferenceService=d.name, canary=None)
             existing = self.isvc()
@@ -412,9 +416,15 @@ class Reconciler:
         if not serving or d is None:
             return
         if self.deps.cluster.find(INFERENCESERVICE, d.name, self.p.namespace) is None:
-            self.apply(serving, None)
-            self.step.event("Reapplied", f"InferenceService {d.name} was gone; applied {self.p.model} v{serving} again",
-                            "Warning")
+            self.reapply(serving)
+
+    def reapply(self, version: str) -> None:
+        """The InferenceService serving ``version`` was deleted: apply it again, and say so."""
+        d = self.p.deployment
+        assert d is not None
+        self.apply(version, None)
+        self.step.event("Reapplied", f"InferenceService {d.name} was gone; applied {self.p.model} v{version} again",
+                        "Warning")
 
     def roll_out_canary(self, version: str, serving: str, percent: int, wanted: str) -> None:
         from ferry_operator._canary import Canary
