@@ -126,7 +126,8 @@ def test_resolve_pins_alias_to_version(registry):
     uri, client = registry
     resolved = resolve_model("models:/tiny@champion", client)
     assert (resolved.name, resolved.version, resolved.model_format) == ("tiny", "2", "pytorch")
-    assert resolved.storage_uri == client.get_model_version_download_uri("tiny", "2")
+    assert resolved.storage_uri == "models:/tiny/2"  # what KServe's storage initializer (ferry fetch) is given
+    assert resolved.source == client.get_model_version_download_uri("tiny", "2")
     assert resolve_model("models:/tiny/1", client).version == "1"
 
 

@@ -190,7 +190,7 @@ def test_gitops_promotion(registry, tmp_path, ferry_cli):
     assert result.returncode == 0, result.stderr
     isvc = yaml.safe_load((gitops / "staging" / name / "inferenceservice.yaml").read_text())
     storage = isvc["spec"]["predictor"]["model"]["storageUri"]
-    assert storage == client.get_model_version_download_uri(name, "2") and "@" not in storage
+    assert storage == f"models:/{name}/2"  # pinned: the version, never the alias
     assert isvc["metadata"]["namespace"] == "staging" and isvc["metadata"]["annotations"]["ferry.dev/model-version"] == "2"
     assert yaml.safe_load((gitops / "staging" / name / "kustomization.yaml").read_text())["resources"] == ["inferenceservice.yaml"]
     message = _git(gitops, "log", "-1", "--format=%B")

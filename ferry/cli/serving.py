@@ -1,10 +1,12 @@
-"""``ferry serve`` and ``ferry deploy``: a model behind the Open Inference Protocol, here or as
-a KServe InferenceService on a cluster."""
+"""``ferry serve``, ``ferry deploy``, ``ferry fetch`` and ``ferry runtime``: a model behind the
+Open Inference Protocol, here or as a KServe InferenceService on a cluster, and what KServe
+needs of Ferry to run it (the serving runtime and the storage initializer)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlparse
 
 import typer
 
@@ -46,6 +48,71 @@ def serve(
                device=device, dtype=dtype, workers=workers)
 
 
+@serving_app.command()
+def fetch(
+    pairs: Annotated[list[str], typer.Argument(metavar="URI DEST [URI DEST]...", help="A model (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH, mlflow-artifacts:/PATH) and the folder to put it in; pairs of them, as KServe passes them.")],
+    attempts: Annotated[int, typer.Option(min=1, help="Tries when MLflow is unreachable or answers 5xx (back-off 1 s, doubling).")] = 5,
+) -> None:
+    """Download a model through MLflow into a folder: Ferry's storage initializer for KServe.
+
+    KServe runs it as the predictor pod's init container (ClusterStorageContainer ``ferry``)
+    with the InferenceService's storageUri and /mnt/models. MLFLOW_TRACKING_URI and MLflow's
+    credentials come from the environment. The model is checked (an MLmodel with a flavour
+    Ferry serves) before it appears in DEST; nothing is left half-written. Exit 0 when every
+    model is in place, 2 with one line saying why when not, 143 when stopped."""
+    import logging
+    import os
+
+    if len(pairs) % 2:
+        _stderr().print("[bold red]error:[/] give URI DEST pairs (KServe passes the storageUri and /mnt/models)")
+        raise typer.Exit(2)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.basicConfig(level=logging.WARNING, format="ferry fetch: %(message)s")
+    from ferry.errors import FerryError
+    from ferry.registry import fetch_model
+
+    for uri, dest in zip(pairs[::2], pairs[1::2]):
+        try:
+            done = fetch_model(uri, Path(dest), attempts=attempts)
+        except FerryError as exc:
+            _stderr().print(f"ferry fetch: error: {' '.join(str(exc).split())}", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _stderr().print(f"ferry fetch: stopped while fetching {uri}; nothing was left in {dest}", markup=False)
+            raise typer.Exit(143) from None
+        _stdout().print(done.line(), markup=False)
+
+
+@serving_app.command(epilog=EXIT_CODES)
+@fail_cleanly
+def runtime(
+    image: Annotated[str | None, typer.Option(help="Image of Ferry's serving runtime and storage initializer.")] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Apply to the cluster (server-side, field manager 'ferry') instead of printing.")] = False,
+    context: ContextOption = None,
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Print (or --apply) what KServe needs of Ferry, for clusters without Ferry's Helm chart:
+    the ClusterServingRuntime ``ferry`` (``ferry serve``) and the ClusterStorageContainer
+    ``ferry`` (``ferry fetch``, KServe's storage initializer for models:/, runs:/ and
+    mlflow-artifacts:/). Both are cluster-scoped: applying them needs cluster-wide rights.
+
+        ferry runtime | kubectl apply --server-side -f -"""
+    from ferry.render import dump_yaml, render_serving_runtime, render_storage_container
+
+    docs = [render_serving_runtime(image), render_storage_container(image)]
+    if not apply:
+        _stdout().out(dump_yaml(docs), end="")
+        return
+    from ferry.kube import apply_manifests
+
+    with connect(kubeconfig, context, None) as cluster:
+        for item in apply_manifests(cluster, docs):
+            _stderr().print(f"applied: {item}")
+
+
 def _show_service(name: str, namespace: str | None, context: str | None, kubeconfig: Path | None) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -72,13 +139,13 @@ def _show_service(name: str, namespace: str | None, context: str | None, kubecon
 @fail_cleanly
 def deploy(
     deploy_files: Annotated[list[Path] | None, typer.Argument(help="Python files defining Deployment objects.")] = None,
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/inferenceservice.yaml and OUT/clusterservingruntime.yaml; default: stdout.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/inferenceservice.yaml, OUT/clusterservingruntime.yaml and OUT/clusterstoragecontainer.yaml; default: stdout.")] = None,
     crd_dir: CrdDirOption = None,
     image: Annotated[str | None, typer.Option(help="Image of Ferry's serving runtime.")] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Apply to the cluster (server-side, field manager 'ferry') instead of printing.")] = False,
     dry_run: Annotated[str | None, typer.Option("--dry-run", help="With --apply: 'server' lets the API server judge it without storing it.")] = None,
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="With --apply: take over fields another field manager owns.")] = False,
-    runtime: Annotated[bool, typer.Option("--runtime/--no-runtime", help="Include Ferry's ClusterServingRuntime (--no-runtime when the Helm chart manages it: applying it needs cluster-wide rights).")] = True,
+    runtime: Annotated[bool, typer.Option("--runtime/--no-runtime", help="Include Ferry's ClusterServingRuntime and ClusterStorageContainer (--no-runtime when the Helm chart manages them: applying them needs cluster-wide rights).")] = True,
     status: Annotated[str | None, typer.Option("--status", help="Show this InferenceService's conditions, URL and traffic (no files needed).")] = None,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
@@ -86,8 +153,10 @@ def deploy(
 ) -> None:
     """Render (or --apply) each Deployment as an InferenceService pinned to a model version.
 
-    The model reference is resolved to a version in the registry; Ferry's ClusterServingRuntime
-    comes with it. --apply sends both to the cluster; --status NAME shows how one is doing."""
+    The model reference is pinned to a version in the registry (storageUri models:/NAME/VERSION);
+    Ferry's ClusterServingRuntime and ClusterStorageContainer (the storage initializer that
+    fetches models:/ URIs) come with it. --apply sends them to the cluster, and refuses a model
+    no installed storage container would fetch; --status NAME shows how one is doing."""
     if status is not None:
         _show_service(status, namespace, context, kubeconfig)
         return
@@ -100,7 +169,7 @@ def deploy(
         raise typer.BadParameter("needs --apply", param_hint="--dry-run")
     from ferry.cli.models import registry_client
     from ferry.registry import resolve_model
-    from ferry.render import Rendered, render_serving_runtime, render_spec
+    from ferry.render import Rendered, render_serving_runtime, render_spec, render_storage_container
     from ferry.spec import Deployment, load_specs
 
     specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
@@ -111,20 +180,25 @@ def deploy(
     rendered = []
     for spec in specs:
         resolved = resolve_model(spec.model, client)
-        if resolved.storage_uri.startswith("file:"):
-            _stderr().print(f"[yellow]warning:[/] {spec.name}: {resolved.storage_uri} is a local path a cluster cannot "
-                            "fetch; track to a server with an S3 artifact store for cluster deployments")
+        source = resolved.source or resolved.storage_uri
+        if urlparse(source).scheme in ("", "file"):
+            _stderr().print(f"[yellow]warning:[/] {spec.name}: the registry keeps {resolved.storage_uri} at {source}, a "
+                            "local path a cluster cannot fetch; track to a server that serves artifacts "
+                            "(mlflow server --serve-artifacts) or stores them on S3 for cluster deployments")
         rendered += render_spec(spec, resolved)
     if runtime:
         rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image)))
+        rendered.append(Rendered("clusterstoragecontainer.yaml", render_storage_container(image)))
     if cluster is None:
         validate_and_emit(rendered, out, crd_dir)
         return
-    from ferry.kube import apply_manifests
+    from ferry.kube import apply_manifests, check_storage_containers
     from ferry.validate import find_crd_dir, validate_manifests
 
     validate_manifests([(item.relpath, item.doc) for item in rendered], crd_dir or find_crd_dir())
     with cluster:
+        for warning in check_storage_containers(cluster, [item.doc for item in rendered]):
+            _stderr().print(f"[yellow]warning:[/] {warning}")
         applied = apply_manifests(cluster, [item.doc for item in rendered], dry_run=dry_run == "server",
                                   force=force_conflicts)
     err = _stderr()

@@ -33,6 +33,7 @@ from ferry.kube._jobs import (
 )
 from ferry.kube._kinds import (
     CLUSTERSERVINGRUNTIME,
+    CLUSTERSTORAGECONTAINER,
     CONFIGMAP,
     INFERENCESERVICE,
     POD,
@@ -40,10 +41,18 @@ from ferry.kube._kinds import (
     SCALEDOBJECT,
     Kind,
 )
-from ferry.kube._serving import Condition, ServiceState, apply_manifests, service_state
+from ferry.kube._serving import (
+    Condition,
+    ServiceState,
+    apply_manifests,
+    check_storage_containers,
+    serves_uri,
+    service_state,
+)
 
 __all__ = [
     "CLUSTERSERVINGRUNTIME",
+    "CLUSTERSTORAGECONTAINER",
     "CONFIGMAP",
     "INFERENCESERVICE",
     "POD",
@@ -58,6 +67,7 @@ __all__ = [
     "ServiceState",
     "Submitted",
     "apply_manifests",
+    "check_storage_containers",
     "delete_job",
     "failed_replica_logs",
     "follow_logs",
@@ -67,6 +77,7 @@ __all__ = [
     "plan_submission",
     "pod_restarts",
     "replica_name",
+    "serves_uri",
     "service_state",
     "submit",
     "tracking_configmap",

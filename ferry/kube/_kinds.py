@@ -66,14 +66,16 @@ PYTORCHJOB = Kind("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", installed_b
 INFERENCESERVICE = Kind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices", installed_by=_KSERVE)
 CLUSTERSERVINGRUNTIME = Kind("ClusterServingRuntime", "serving.kserve.io", "v1alpha1", "clusterservingruntimes",
                              namespaced=False, installed_by=_KSERVE)
+CLUSTERSTORAGECONTAINER = Kind("ClusterStorageContainer", "serving.kserve.io", "v1alpha1", "clusterstoragecontainers",
+                               namespaced=False, installed_by=_KSERVE)
 SCALEDOBJECT = Kind("ScaledObject", "keda.sh", "v1alpha1", "scaledobjects",
                     installed_by="install KEDA (https://keda.sh/docs/latest/deploy/)")
 CONFIGMAP = Kind("ConfigMap", "", "v1", "configmaps")
 SECRET = Kind("Secret", "", "v1", "secrets")
 POD = Kind("Pod", "", "v1", "pods")
 
-KINDS = {k.kind: k for k in (PYTORCHJOB, INFERENCESERVICE, CLUSTERSERVINGRUNTIME, SCALEDOBJECT, CONFIGMAP, SECRET,
-                             POD)}
+KINDS = {k.kind: k for k in (PYTORCHJOB, INFERENCESERVICE, CLUSTERSERVINGRUNTIME, CLUSTERSTORAGECONTAINER,
+                             SCALEDOBJECT, CONFIGMAP, SECRET, POD)}
 
 
 def kind_of(manifest: dict) -> Kind:

@@ -3,11 +3,14 @@ an InferenceService's conditions and URL."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from ferry.errors import Forbidden, NotFound, NotInstalled
 from ferry.kube._client import Cluster
-from ferry.kube._kinds import FIELD_MANAGER, INFERENCESERVICE, kind_of
+from ferry.kube._kinds import CLUSTERSTORAGECONTAINER, FIELD_MANAGER, INFERENCESERVICE, kind_of
+from ferry.render import STORAGE_URI_PREFIXES
 
 
 def apply_manifests(cluster: Cluster, docs: list[dict[str, Any]], *, dry_run: bool = False,
@@ -24,6 +27,45 @@ def apply_manifests(cluster: Cluster, docs: list[dict[str, Any]], *, dry_run: bo
         cluster.apply(doc, dry_run=dry_run, force=force, field_manager=field_manager)
         applied.append(f"{kind.kind} {meta['namespace'] + '/' if kind.namespaced else ''}{meta['name']}")
     return applied
+
+
+def serves_uri(storage_container: dict[str, Any], uri: str) -> bool:
+    """Whether KServe would run this ClusterStorageContainer for ``uri``: an init-container
+    one whose ``supportedUriFormats`` match it by prefix or by regex (searched, as Go's
+    ``regexp.MatchString``)."""
+    spec = storage_container.get("spec") or {}
+    if spec.get("workloadType", "initContainer") != "initContainer":
+        return False
+    return any(("prefix" in fmt and uri.startswith(fmt["prefix"])) or ("regex" in fmt and re.search(fmt["regex"], uri))
+               for fmt in spec.get("supportedUriFormats") or [])
+
+
+def check_storage_containers(cluster: Cluster, docs: list[dict[str, Any]]) -> list[str]:
+    """Refuse InferenceServices whose model URI (``models:/``, ``runs:/``, ``mlflow-artifacts:/``)
+    no ClusterStorageContainer fetches, installed or among ``docs``: KServe's default storage
+    initializer would take it, and the predictor pod would fail before the model server starts.
+    Other URIs (s3://, gs://, https://) are the default initializer's. Returns warnings: a user
+    who may not list ClusterStorageContainers (cluster-scoped) is told what could not be checked."""
+    uris = {doc["metadata"]["name"]: doc["spec"]["predictor"]["model"]["storageUri"] for doc in docs
+            if doc.get("kind") == INFERENCESERVICE.kind
+            and str(doc["spec"]["predictor"].get("model", {}).get("storageUri", "")).startswith(STORAGE_URI_PREFIXES)}
+    if not uris:
+        return []
+    shipped = [doc for doc in docs if doc.get("kind") == CLUSTERSTORAGECONTAINER.kind]
+    try:
+        installed = cluster.list(CLUSTERSTORAGECONTAINER)
+    except Forbidden:
+        return [f"cannot list ClusterStorageContainers (cluster-scoped; RBAC allows it not): make sure Ferry's is "
+                f"installed, or {', '.join(sorted(uris))} will not get its model"]
+    except (NotInstalled, NotFound):
+        installed = []
+    for name, uri in sorted(uris.items()):
+        if not any(serves_uri(c, uri) for c in [*shipped, *installed]):
+            raise NotInstalled(
+                f"InferenceService {name}: no ClusterStorageContainer fetches {uri}, so KServe's predictor pod could "
+                "not get the model: install Ferry's storage initializer (the Helm chart's storageContainer.enabled, "
+                "or `ferry runtime | kubectl apply --server-side -f -`), or deploy with --runtime, which applies it")
+    return []
 
 
 @dataclass(frozen=True)

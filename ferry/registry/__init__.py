@@ -2,6 +2,7 @@
 through gates with an append-only history, rollback."""
 
 from ferry.registry._actor import resolve_actor
+from ferry.registry._fetch import Fetched, fetch_model
 from ferry.registry._history import GateResult, HistoryEntry, read_history
 from ferry.registry._promote import (
     PromotionResult,
@@ -15,11 +16,13 @@ from ferry.registry._promote import (
 from ferry.registry._resolve import resolve_model
 
 __all__ = [
+    "Fetched",
     "GateResult",
     "HistoryEntry",
     "PromotionResult",
     "alias_holder",
     "evaluate_gates",
+    "fetch_model",
     "list_models",
     "model_versions",
     "promote",

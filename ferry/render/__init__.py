@@ -1,11 +1,20 @@
 """Specs → Kubernetes objects. One function per kind builds the wire object with the field's
 own client models (kubeflow-training, kubernetes); output is deterministic YAML."""
 
-from ferry.render._inferenceservice import ResolvedModel, render_inferenceservice, render_serving_runtime
+from ferry.render._inferenceservice import (
+    CREDENTIALS_SECRET,
+    STORAGE_URI_PREFIXES,
+    ResolvedModel,
+    render_inferenceservice,
+    render_serving_runtime,
+    render_storage_container,
+)
 from ferry.render._output import Rendered, dump_yaml, render_spec, write_rendered
 from ferry.render._pytorchjob import build_pytorchjob, ferry_env, render_pytorchjob
 
 __all__ = [
+    "CREDENTIALS_SECRET",
+    "STORAGE_URI_PREFIXES",
     "Rendered",
     "ResolvedModel",
     "build_pytorchjob",
@@ -15,5 +24,6 @@ __all__ = [
     "render_pytorchjob",
     "render_serving_runtime",
     "render_spec",
+    "render_storage_container",
     "write_rendered",
 ]

@@ -16,7 +16,7 @@ from kubernetes import client as k8s
 
 from ferry.render import _pod
 from ferry import images
-from ferry.spec import Deployment
+from ferry.spec import CREDENTIALS_SECRET, Deployment
 
 API_VERSION = "serving.kserve.io/v1beta1"
 RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
@@ -24,16 +24,25 @@ DEPLOYMENT_LABEL = "ferry.dev/deployment"
 SERVE_PORT = 8080
 GRPC_PORT = 8081
 RUNTIME_UID = 1000
+STORAGE_API_VERSION = "serving.kserve.io/v1alpha1"
+# The URIs Ferry's storage initializer (`ferry fetch`) fetches through MLflow; KServe's default
+# one knows none of them. An InferenceService Ferry renders names its model models:/NAME/VERSION.
+STORAGE_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model pinned to one immutable version: what a manifest may point at."""
+    """A model pinned to one immutable version: what a manifest may point at.
+
+    ``storage_uri`` is what the InferenceService names (``models:/NAME/VERSION`` for a
+    registered model, fetched by Ferry's storage initializer); ``source`` is where the files
+    are (the registry's download URI: ``mlflow-artifacts:/…``, ``s3://…``), for checks only."""
 
     storage_uri: str
     model_format: str  # "pytorch" | "onnx"
     name: str | None = None
     version: str | None = None
+    source: str | None = None
 
 
 def _resources(d: Deployment) -> dict[str, Any]:
@@ -122,6 +131,42 @@ def render_inferenceservice(d: Deployment, model: ResolvedModel) -> dict[str, An
         "metadata": {"name": d.name, "namespace": d.namespace, "labels": _pod.common_labels(DEPLOYMENT_LABEL, d.name, d.labels),
                      "annotations": annotations},
         "spec": {"predictor": {k: v for k, v in predictor.items() if v is not None}},
+    }
+
+
+def render_storage_container(image: str | None = None, name: str = "ferry", *,
+                             tracking: tuple[str, str] = ("ferry-mlflow", "tracking-uri"),
+                             credentials_secret: str = CREDENTIALS_SECRET) -> dict[str, Any]:
+    """Ferry's ClusterStorageContainer: KServe's storage initializer for ``models:/``, ``runs:/``
+    and ``mlflow-artifacts:/`` URIs. KServe runs its container as the predictor pod's init
+    container with the arguments ``URI DEST`` (pairs of them for several models), so the
+    container names the command and no args: ``ferry fetch`` from Ferry's serving image. The
+    tracking URI comes from the tracking ConfigMap (``tracking``: name, key) of the
+    InferenceService's namespace, credentials from the optional Secret ``credentials_secret``
+    there (MLflow's, and AWS_* and MLFLOW_S3_ENDPOINT_URL where the server does not proxy
+    artifacts); Pod Security "restricted"."""
+    security = _pod.container_security_context()
+    security.run_as_user = RUNTIME_UID
+    container = k8s.V1Container(
+        name="storage-initializer",  # the name KServe recognises its init container by
+        image=image or images.image("serve"),
+        command=["ferry", "fetch"],
+        env=[k8s.V1EnvVar(name="MLFLOW_TRACKING_URI", value_from=k8s.V1EnvVarSource(
+            config_map_key_ref=k8s.V1ConfigMapKeySelector(name=tracking[0], key=tracking[1])))],
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=credentials_secret, optional=True))],
+        resources=k8s.V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
+        security_context=security,
+    )
+    return {
+        "apiVersion": STORAGE_API_VERSION,
+        "kind": "ClusterStorageContainer",
+        "metadata": {"name": name, "labels": dict(_pod.MANAGED_BY)},
+        "spec": {
+            "container": _pod.to_dict(container),
+            "supportedUriFormats": [{"prefix": prefix} for prefix in STORAGE_URI_PREFIXES],
+            "workloadType": "initContainer",
+            "supportsMultiModelDownload": True,
+        },
     }
 
 

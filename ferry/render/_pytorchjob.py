@@ -90,6 +90,8 @@ def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
         command=job.entrypoint(),
         ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=job.port, protocol="TCP")],
         env=_env(job),
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=job.tracking.credentials_secret, optional=True))]
+        if job.tracking is not None and job.tracking.credentials_secret else None,
         resources=_resources(job),
         volume_mounts=[shm_mount] + [
             k8s.V1VolumeMount(name=v.volume_name(), mount_path=v.mount_path, read_only=v.read_only or None)

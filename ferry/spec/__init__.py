@@ -17,9 +17,10 @@ from ferry.spec._pod import (
 from ferry.spec._promotion import Promotion, alias_for
 from ferry.spec._sweep import Choice, IntUniform, LogUniform, MedianPruning, Objective, Sweep, Uniform
 from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
-from ferry.spec._tracking import Checkpointing, Tracking
+from ferry.spec._tracking import CREDENTIALS_SECRET, Checkpointing, Tracking
 
 __all__ = [
+    "CREDENTIALS_SECRET",
     "RESERVED_ENV",
     "Autoscaling",
     "Canary",

@@ -8,9 +8,15 @@ from urllib.parse import urlparse
 from pydantic import field_validator
 
 from ferry.spec._base import Spec
-from ferry.spec._pod import ConfigMapKeyRef, SecretRef
+from ferry.spec._pod import ConfigMapKeyRef, ObjectName, SecretRef
 
 __all__ = ["Checkpointing", "Tracking"]
+
+# The Secret, in a workload's own namespace, whose keys a Ferry workload (a training job, the
+# storage initializer) gets as environment variables: MLflow's credentials
+# (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN). Optional:
+# a server without authentication needs none.
+CREDENTIALS_SECRET = "ferry-mlflow-credentials"
 
 _CALLABLE_REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
@@ -21,6 +27,10 @@ class Tracking(Spec):
     ``experiment`` defaults to the job's name. ``uri_from`` says where the pod finds
     ``MLFLOW_TRACKING_URI``: a ConfigMap key (the Helm chart creates ``ferry-mlflow``) or, when
     the URI carries credentials, a Secret key. On a laptop the local executor sets it instead.
+    ``credentials_secret`` names a Secret of the job's namespace whose keys the pods get as
+    environment variables, read only if it exists: MLflow's credentials for a server behind
+    authentication (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` or
+    ``MLFLOW_TRACKING_TOKEN``); None for no such reference.
     ``register_as`` registers the final model under that name in the MLflow registry.
     ``eval_data`` names the job's held-out split as ``"module:function"`` (the function returns
     ``(inputs, labels)``); it is recorded on the run, so ``ferry optimize`` evaluates every
@@ -31,6 +41,7 @@ class Tracking(Spec):
     register_as: str | None = None
     eval_data: str | None = None
     uri_from: ConfigMapKeyRef | SecretRef = ConfigMapKeyRef(name="ferry-mlflow", key="tracking-uri")
+    credentials_secret: ObjectName | None = CREDENTIALS_SECRET
 
     @field_validator("experiment", "register_as")
     @classmethod
