@@ -77,7 +77,12 @@ def _migrated_store() -> Path:
 
 
 class MlflowServer(LocalServer):
-    def __init__(self, workdir: Path, backend_uri: str | None = None, port: int | None = None):
+    """``mlflow server`` proxying artifacts (``--artifacts-destination``: a folder of ``workdir``
+    unless ``artifacts`` names another, e.g. ``s3://bucket/prefix`` with ``env`` giving the
+    server its AWS settings)."""
+
+    def __init__(self, workdir: Path, backend_uri: str | None = None, port: int | None = None, *,
+                 artifacts: str | None = None, env: dict[str, str] | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if backend_uri is None and not (workdir / "mlflow.db").exists():
@@ -86,12 +91,12 @@ class MlflowServer(LocalServer):
             shutil.copyfile(_migrated_store(), workdir / "mlflow.db")
         backend_uri = backend_uri or f"sqlite:///{workdir / 'mlflow.db'}"
         argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--backend-store-uri", backend_uri, "--artifacts-destination", (workdir / "artifacts").as_uri(),
+                "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts or (workdir / "artifacts").as_uri(),
                 "--workers", "1"]
         # MLflow 3's server also starts a job runner and its queue consumers (for its GenAI jobs,
         # which Ferry does not use): several processes per server, and their start-up CPU, saved
         super().__init__(argv, f"{self.url}/health", workdir / "mlflow-server.log",
-                         env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                         env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
 
 
 class MotoServer(LocalServer):

@@ -10,7 +10,7 @@ artifacts).
 
 Nothing half-written reaches DEST: the files land in a hidden folder inside DEST (the same
 file system, so the moves are renames), are checked (an MLmodel whose flavour Ferry serves), and
-only then move up, ``MLmodel`` last. A failed or interrupted fetch (SIGTERM included) removes
+only then move up, ``MLmodel`` last (:func:`verify_model` says what "checked" means). A failed or interrupted fetch (SIGTERM included) removes
 its folder; one killed outright leaves only that hidden folder, which the next attempt removes.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry._modeluri import PREFIX, parse_models_uri
-from ferry.errors import ConfigError, FerryError
+from ferry.errors import ConfigError, FerryError, RegistryError
 from ferry.registry._failures import mlflow_errors
 from ferry.registry._resolve import served_format
 from ferry.render import STORAGE_URI_PREFIXES
@@ -95,12 +95,41 @@ def _download(uri: str, into: Path, attempts: int, backoff_s: float) -> Path:
             with mlflow_errors(f"cannot fetch {uri}"):
                 return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
         except FerryError as exc:
-            if not getattr(exc, "transient", False) or attempt == attempts:
+            if not getattr(exc, "transient", False):
                 raise
+            if attempt == attempts:
+                reason = str(exc).split("; MLflow may be down")[0]
+                raise RegistryError(f"{reason} (tried {attempts} times): is MLflow at {os.environ['MLFLOW_TRACKING_URI']} "
+                                    "running and reachable from here?", transient=True) from exc
             wait = backoff_s * 2 ** (attempt - 1)
             log.warning("attempt %d of %d: %s; again in %.0f s", attempt, attempts, exc, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+def verify_model(root: Path, uri: str) -> str:
+    """The format Ferry serves the model in ``root`` as, once it is whole: an MLmodel with a
+    flavour Ferry serves, that flavour's files there, and at least the bytes MLflow counted when
+    it saved the model (``model_size_bytes``, taken before it wrote MLmodel and the environment
+    files). A store that lost a file lists the folder without it, and MLflow's download then
+    succeeds with less: these checks are what catch it."""
+    import yaml
+
+    if not root.is_dir() or not (root / "MLmodel").is_file():
+        raise ConfigError(f"{uri} is not an MLflow model: it has no MLmodel file")
+    model_format = served_format(root / "MLmodel", uri)
+    mlmodel = yaml.safe_load((root / "MLmodel").read_text()) or {}
+    flavor = mlmodel["flavors"][model_format]
+    data = root / str(flavor.get("model_data", "data") if model_format == "pytorch" else flavor.get("data", ""))
+    if not (data.is_file() or (data.is_dir() and any(p.is_file() for p in data.rglob("*")))) or data == root:
+        raise ConfigError(f"{uri} is incomplete: its {model_format} files ({data.relative_to(root)}) did not arrive; "
+                          "the artifact store may have lost them")
+    expected = mlmodel.get("model_size_bytes")
+    arrived = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != "MLmodel")
+    if isinstance(expected, int) and arrived < expected:
+        raise ConfigError(f"{uri} is incomplete: {arrived} bytes arrived of the {expected} it had when saved; "
+                          "the artifact store may have lost files")
+    return model_format
 
 
 def _publish(root: Path, dest: Path) -> tuple[int, int]:
@@ -127,15 +156,13 @@ def fetch_model(uri: str, dest: Path, *, attempts: int = 5, backoff_s: float = 1
     present = sorted(p.name for p in dest.iterdir())
     if present:
         if "MLmodel" in present:  # the pod restarted after a fetch that finished: MLmodel moves last
-            return Fetched(uri, dest, served_format(dest / "MLmodel", str(dest)), len(present), 0, 0.0, already_there=True)
+            return Fetched(uri, dest, verify_model(dest, uri), len(present), 0, 0.0, already_there=True)
         raise ConfigError(f"{dest} already holds {', '.join(present[:5])}: fetch into an empty folder")
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest))
     try:
         with _terminated_as_interrupt():
             root = _download(uri, staging / "download", attempts, backoff_s)
-            if not root.is_dir() or not (root / "MLmodel").is_file():
-                raise ConfigError(f"{uri} is not an MLflow model: it has no MLmodel file")
-            model_format = served_format(root / "MLmodel", uri)
+            model_format = verify_model(root, uri)
             files, size = _publish(root, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
