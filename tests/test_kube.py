@@ -7,7 +7,9 @@ pods that never run) is in tests/test_kube_emulated.py."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,9 +226,11 @@ def test_deploy_apply_and_status(kube, control_plane, registry, monkeypatch):
         result = ferry("deploy", str(tiny), "--apply")
         assert result.exit_code == 0, result.output
     assert "applied: ClusterServingRuntime ferry" in result.stderr
+    assert "applied: ClusterStorageContainer ferry" in result.stderr
     assert f"applied: InferenceService {kube.ns}/tiny" in result.stderr
     isvc = kube.get(isvc_path("tiny", kube.ns))
     assert isvc["metadata"]["annotations"]["ferry.dev/model-version"] == "2"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "models:/tiny/2"  # pinned, never the alias
     KServe(control_plane, kube.ns).ready("tiny", f"http://tiny.{kube.ns}.example.com")
     status = ferry("deploy", "--status", "tiny")
     assert status.exit_code == 0, status.output
@@ -240,6 +244,71 @@ def test_deploy_apply_and_status(kube, control_plane, registry, monkeypatch):
         assert not kube.exists(isvc_path("tiny", other))
     finally:
         control_plane.delete_namespace(other)
+
+
+STORAGE_CONTAINERS = "/apis/serving.kserve.io/v1alpha1/clusterstoragecontainers"
+
+
+# KServe's own default storage initializer (config/storagecontainers/default.yaml, v0.20.0): the
+# formats it fetches, none of them models:/.
+KSERVE_DEFAULT_STORAGE_CONTAINER = {
+    "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ClusterStorageContainer", "metadata": {"name": "default"},
+    "spec": {"container": {"name": "storage-initializer", "image": "kserve/storage-initializer:v0.20.0"},
+             "supportedUriFormats": [{"prefix": p} for p in ("gs://", "s3://", "hdfs://", "hf://", "webhdfs://")]
+             + [{"regex": r} for r in ("https://(.+?).blob.core.windows.net/(.+)", "https://(.+?).file.core.windows.net/(.+)",
+                                       "https?://(.+)/(.+)")],
+             "workloadType": "initContainer", "supportsMultiModelDownload": True}}
+
+
+@contextlib.contextmanager
+def no_storage_container_for_models(plane: ControlPlane) -> Iterator[None]:
+    """The cluster as KServe installs it, without Ferry's storage initializer: every
+    ClusterStorageContainer that fetches models:/ removed for the block, KServe's default one
+    there; afterwards the cluster's own put back as they were."""
+    from ferry.kube import serves_uri
+
+    def fetching_models() -> list[dict]:
+        return [c for c in plane.raw("GET", STORAGE_CONTAINERS)["items"] if serves_uri(c, "models:/x/1")]
+
+    removed = fetching_models()
+    for container in removed:
+        plane.raw("DELETE", f"{STORAGE_CONTAINERS}/{container['metadata']['name']}")
+    plane.raw("POST", STORAGE_CONTAINERS, KSERVE_DEFAULT_STORAGE_CONTAINER)
+    try:
+        yield
+    finally:
+        for container in [*fetching_models(), KSERVE_DEFAULT_STORAGE_CONTAINER]:
+            plane.raw("DELETE", f"{STORAGE_CONTAINERS}/{container['metadata']['name']}")
+        for container in removed:
+            plane.raw("POST", STORAGE_CONTAINERS, {key: container[key] for key in ("apiVersion", "kind", "spec")} | {
+                "metadata": {"name": container["metadata"]["name"], "labels": container["metadata"].get("labels") or {}}})
+
+
+def test_deploy_refuses_a_model_no_storage_container_fetches_and_takes_it_once_one_does(kube, control_plane, registry,
+                                                                                       monkeypatch):
+    """KServe's default storage initializer does not know models:/: without Ferry's storage
+    container the predictor pod would fail in its init container, after the apply succeeded.
+    Deploy refuses before anything is written, naming the fix; once the storage container is
+    installed (as a cluster without the chart installs it: `ferry runtime | kubectl apply`),
+    the same command goes through."""
+    uri, _ = registry
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tiny = kube.tmp / "deploy.py"
+    tiny.write_text("from ferry import Deployment\nd = Deployment(name='tiny', model='models:/tiny@champion')\n")
+    with no_storage_container_for_models(control_plane):
+        refused = ferry("deploy", str(tiny), "--apply", "--no-runtime")
+        assert refused.exit_code == 7, refused.output
+        assert "no ClusterStorageContainer fetches models:/tiny/2" in refused.stderr
+        assert "ferry runtime | kubectl apply --server-side -f -" in " ".join(refused.stderr.split())
+        assert not kube.exists(isvc_path("tiny", kube.ns))  # nothing half-done
+
+        printed = ferry("runtime")
+        assert printed.exit_code == 0, printed.output
+        control_plane.kubectl("apply", "--server-side", "-f", "-", input=printed.stdout)
+        accepted = ferry("deploy", str(tiny), "--apply", "--no-runtime")
+        assert accepted.exit_code == 0, accepted.output
+        isvc = kube.get(isvc_path("tiny", kube.ns))
+        assert isvc["spec"]["predictor"]["model"]["storageUri"] == "models:/tiny/2"
 
 
 # ---- errors as the API server gives them --------------------------------------------------------
