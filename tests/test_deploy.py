@@ -10,13 +10,14 @@ import pytest
 import yaml
 
 from ferry import Autoscaling, Deployment, Resources, SpecError
-from ferry.render import ResolvedModel, dump_yaml, render_inferenceservice, render_serving_runtime
+from ferry.render import ResolvedModel, dump_yaml, render_inferenceservice, render_serving_runtime, render_storage_container
 from ferry.validate import manifest_issues
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "manifests" / "examples" / "deploy"
 UPDATE = os.environ.get("FERRY_UPDATE_GOLDEN") == "1" and not os.environ.get("CI")
-PINNED = ResolvedModel("s3://ferry-models/digits/m-1234/artifacts", "pytorch", "digits-classifier", "7")
+PINNED = ResolvedModel("models:/digits-classifier/7", "pytorch", "digits-classifier", "7",
+                       source="s3://ferry-models/digits/m-1234/artifacts")
 MODEL = "models:/digits-classifier@champion"
 
 VARIANTS = {
@@ -36,10 +37,11 @@ VARIANTS = {
 def _docs():
     docs = {name: render_inferenceservice(d, PINNED) for name, d in VARIANTS.items()}
     docs["clusterservingruntime"] = render_serving_runtime()
+    docs["clusterstoragecontainer"] = render_storage_container()
     return docs
 
 
-@pytest.mark.parametrize("name", [*VARIANTS, "clusterservingruntime"])
+@pytest.mark.parametrize("name", [*VARIANTS, "clusterservingruntime", "clusterstoragecontainer"])
 def test_variant_validates_and_matches_golden(name, crd_dir):
     doc = _docs()[name]
     assert manifest_issues(doc, crd_dir, name) == []
@@ -158,3 +160,18 @@ def test_ferry_deploy_cli(registry, tmp_path, ferry_cli, crd_dir):
     result = ferry_cli("deploy", str(bad), "-o", str(tmp_path / "out2"), env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 2 and "cannot resolve models:/tiny@missing" in result.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_predictor_pod_with_ferrys_storage_initializer_meets_pod_security_restricted(crd_dir):
+    """The pod KServe makes of an InferenceService Ferry renders: the predictor's pod security
+    context, the serving runtime's container and, as its init container, the container of Ferry's
+    ClusterStorageContainer with the args KServe gives it."""
+    isvc = render_inferenceservice(VARIANTS["standard-cpu-hpa"], PINNED)
+    initializer = {**render_storage_container()["spec"]["container"], "args": [PINNED.storage_uri, "/mnt/models"]}
+    (runtime,) = render_serving_runtime()["spec"]["containers"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "digits-predictor-0", "namespace": "ml"},
+           "spec": {"securityContext": isvc["spec"]["predictor"]["securityContext"],
+                    "initContainers": [initializer], "containers": [runtime]}}
+    assert manifest_issues(pod, crd_dir, "predictor-pod") == []
+    broken = {**pod, "spec": {**pod["spec"], "initContainers": [{**initializer, "securityContext": {}}]}}
+    assert manifest_issues(broken, crd_dir, "predictor-pod") != []  # the check does look at init containers
