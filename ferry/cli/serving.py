@@ -94,11 +94,13 @@ def runtime(
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
 ) -> None:
-    """Print (or --apply) what KServe needs of Ferry, for clusters without Ferry's Helm chart:
-    the ClusterServingRuntime ``ferry`` (``ferry serve``) and the ClusterStorageContainer
-    ``ferry`` (``ferry fetch``, KServe's storage initializer for models:/, runs:/ and
-    mlflow-artifacts:/). Both are cluster-scoped: applying them needs cluster-wide rights.
+    """Print (or --apply) Ferry's serving runtime and storage initializer, for clusters without the chart.
 
+    The ClusterServingRuntime ``ferry`` runs ``ferry serve``; the ClusterStorageContainer
+    ``ferry`` runs ``ferry fetch``, KServe's storage initializer for models:/, runs:/ and
+    mlflow-artifacts:/ URIs. Both are cluster-scoped: applying them needs cluster-wide rights.
+
+    \b
         ferry runtime | kubectl apply --server-side -f -"""
     from ferry.render import dump_yaml, render_serving_runtime, render_storage_container
 
