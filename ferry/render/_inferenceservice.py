@@ -157,17 +157,18 @@ def render_storage_container(image: str | None = None, name: str = "ferry", *,
         resources=k8s.V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
         security_context=security,
     )
-    return {
-        "apiVersion": STORAGE_API_VERSION,
-        "kind": "ClusterStorageContainer",
-        "metadata": {"name": name, "labels": dict(_pod.MANAGED_BY)},
-        "spec": {
-            "container": _pod.to_dict(container),
-            "supportedUriFormats": [{"prefix": prefix} for prefix in STORAGE_URI_PREFIXES],
-            "workloadType": "initContainer",
-            "supportsMultiModelDownload": True,
-        },
-    }
+    return _cluster_object(STORAGE_API_VERSION, "ClusterStorageContainer", name, {
+        "container": _pod.to_dict(container),
+        "supportedUriFormats": [{"prefix": prefix} for prefix in STORAGE_URI_PREFIXES],
+        "workloadType": "initContainer",
+        "supportsMultiModelDownload": True,
+    })
+
+
+def _cluster_object(api_version: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A cluster-scoped object of Ferry's (no namespace), labelled as Ferry's."""
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "labels": dict(_pod.MANAGED_BY)},
+            "spec": spec}
 
 
 def render_serving_runtime(image: str | None = None, name: str = "ferry") -> dict[str, Any]:
@@ -195,17 +196,12 @@ def render_serving_runtime(image: str | None = None, name: str = "ferry") -> dic
         resources=k8s.V1ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"}, limits={"memory": "2Gi"}),
         security_context=security,
     )
-    return {
-        "apiVersion": RUNTIME_API_VERSION,
-        "kind": "ClusterServingRuntime",
-        "metadata": {"name": name, "labels": dict(_pod.MANAGED_BY)},
-        "spec": {
-            "annotations": {"prometheus.kserve.io/port": str(SERVE_PORT), "prometheus.kserve.io/path": "/metrics"},
-            "supportedModelFormats": [
-                {"name": "pytorch", "version": "2", "autoSelect": True, "priority": 1},
-                {"name": "onnx", "version": "1", "autoSelect": True, "priority": 1},
-            ],
-            "protocolVersions": ["v2", "v1", "grpc-v2"],
-            "containers": [_pod.to_dict(container)],
-        },
-    }
+    return _cluster_object(RUNTIME_API_VERSION, "ClusterServingRuntime", name, {
+        "annotations": {"prometheus.kserve.io/port": str(SERVE_PORT), "prometheus.kserve.io/path": "/metrics"},
+        "supportedModelFormats": [
+            {"name": "pytorch", "version": "2", "autoSelect": True, "priority": 1},
+            {"name": "onnx", "version": "1", "autoSelect": True, "priority": 1},
+        ],
+        "protocolVersions": ["v2", "v1", "grpc-v2"],
+        "containers": [_pod.to_dict(container)],
+    })
