@@ -98,6 +98,8 @@ def test_every_pod_is_restricted_with_requests_and_a_checked_image(rendered: lis
 
 
 def test_no_rbac_wildcards_and_no_inline_secrets(rendered: list[dict[str, Any]]) -> None:
+    from urllib.parse import urlsplit
+
     for doc in rendered:
         assert doc["kind"] != "Secret", "the chart creates no Secret: credentials come by reference"
         for rule in doc.get("rules", []):
@@ -108,8 +110,10 @@ def test_no_rbac_wildcards_and_no_inline_secrets(rendered: list[dict[str, Any]])
             for env in container.get("env", []):
                 secretish = any(w in env["name"] for w in ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY"))
                 assert not (secretish and "value" in env), f"{env['name']} is inline"
-                assert "://" not in str(env.get("value", "")).split("@")[0] or "@" not in str(env.get("value", "")) \
-                    or "$(" in str(env.get("value")), f"{env['name']}: credentials in a URI"
+                value = str(env.get("value", ""))
+                assert "://" not in value or urlsplit(value).password is None, f"{env['name']}: a password in a URI"
+            for arg in container.get("command", []) + container.get("args", []):
+                assert "$(" not in arg, f"{arg}: the kubelet would expand a variable into the process's argv"
 
 
 def test_names_fit_in_63_characters_and_helpers_carry_the_chart_name() -> None:
@@ -277,11 +281,14 @@ def test_mlflow_upgrades_its_database_before_it_serves() -> None:
     docs = render(scenario(CHART / "ci" / "bundled-postgres-values.yaml"))
     mlflow = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-mlflow"))
     pod = mlflow["spec"]["template"]["spec"]
-    assert pod["initContainers"][0]["command"] == ["mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]
+    (upgrade,) = pod["initContainers"]  # the bundled database: in the pod (a hook Job for an existing one)
+    assert upgrade["command"][:2] == ["python", "-c"] and "upgrade.main([url]" in upgrade["command"][2]
     args = pod["containers"][0]["args"]
     assert "--serve-artifacts" in args and "--artifacts-destination=s3://mlflow-artifacts/mlflow" in args
+    assert not any("backend-store-uri" in a for a in args)  # MLflow reads MLFLOW_BACKEND_STORE_URI itself
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgresql"
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgresql"
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"] == "postgresql://mlflow@ferry-postgresql:5432/mlflow"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-s3"
     assert any(d["kind"] == "StatefulSet" for d in docs)
 
@@ -350,13 +357,44 @@ def test_an_external_tracking_server_replaces_the_charts_mlflow() -> None:
 
 # ---- every scenario installed on a real control plane ------------------------------------------------
 # What only a real API server judges (tests/_controlplane.py): each object of each scenario accepted
-# as an install sends it (the chart's CRDs, then cluster-scoped objects, then namespaced ones, then
-# the `helm test` hook) by server-side apply with strict field validation, so a field the server
-# would prune fails instead; no warning (deprecation, Pod Security) on the way; every workload's
-# pods made by the controller manager and admitted by Pod Security "restricted"; and the chart's
-# bindings granting its ServiceAccounts every rule of their roles, by the real authorizer; with
-# operator.watchNamespaces, the operator's ServiceAccount refused the same work anywhere else.
+# as an install sends it (the chart's CRDs, then cluster-scoped objects, then the pre-install hooks
+# by weight, whose Jobs' pods must be made before any object of the release exists, then the
+# release's namespaced objects, then the `helm test` hook) by server-side apply with strict field
+# validation, so a field the server would prune fails instead; no warning (deprecation, Pod
+# Security) on the way; every workload's pods made by the controller manager and admitted by Pod
+# Security "restricted"; and the chart's bindings granting its ServiceAccounts every rule of their
+# roles, by the real authorizer; with operator.watchNamespaces, the operator's ServiceAccount
+# refused the same work anywhere else.
 HOOK = "helm.sh/hook"
+STORAGE_CONTAINER_CRD = "clusterstoragecontainers.serving.kserve.io"
+
+
+def hook_phases(doc: dict[str, Any]) -> set[str]:
+    """The hooks (pre-install, test, ...) ``doc`` runs at; empty for an object of the release."""
+    value = (doc["metadata"].get("annotations") or {}).get(HOOK, "")
+    return {phase.strip() for phase in value.split(",") if phase.strip()}
+
+
+def in_hook_order(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hooks as Helm runs them: by weight, then kind, then name."""
+    def weight(doc: dict[str, Any]) -> int:
+        return int((doc["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
+
+    return sorted(docs, key=lambda d: (weight(d), d["kind"], d["metadata"]["name"]))
+
+
+def ensure_storage_container_crd(plane: Any) -> None:
+    """KServe's ClusterStorageContainer CRD on the control plane (Ferry's packaged copy, else the
+    reference beside the checkout); applied idempotently and left in place: it is cluster-scoped
+    and other tests may share it."""
+    from ferry.settings import PACKAGED_CRD_DIR
+
+    if plane.exists(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{STORAGE_CONTAINER_CRD}"):
+        return
+    name = "serving.kserve.io_clusterstoragecontainers.yaml"
+    found = [p for p in (PACKAGED_CRD_DIR / name, REPO.parent / "shared" / "crds" / "kserve-v0.20.0" / name) if p.exists()]
+    assert found, f"KServe's ClusterStorageContainer CRD ({name}) is neither packaged nor beside the checkout"
+    plane.install_crds(found[0])
 
 
 def chart_crds() -> list[dict[str, Any]]:
@@ -418,9 +456,12 @@ def _dropped(sent: Any, kept: Any, where: str = "") -> list[str]:
 
 
 def _wait_until_pods_are_made(plane: Any, namespace: str, workloads: list[dict[str, Any]]) -> None:
-    """Each Deployment's ReplicaSet, and each StatefulSet, has made its pods (the first, for a
-    StatefulSet: it makes the next once that one is Ready, and none runs here); a refusal (Pod
+    """Each Deployment's ReplicaSet, each StatefulSet and each Job has made its pods (the first, for
+    a StatefulSet: it makes the next once that one is Ready, and none runs here); a refusal (Pod
     Security, a quota, a missing ServiceAccount) fails with the controller's own message."""
+    if not workloads:
+        return
+
     def owned_by(uid: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [i for i in items if any(r["uid"] == uid for r in i["metadata"].get("ownerReferences", []))]
 
@@ -442,7 +483,7 @@ def _wait_until_pods_are_made(plane: Any, namespace: str, workloads: list[dict[s
                 final = [m for m in refused if "error looking up service account" not in m]
                 assert not final, f"{where}: {final[-1]}"
                 seen[where] = refused[-1] if refused else ""
-            wanted = workload["spec"]["replicas"] if workload["kind"] == "Deployment" else 1
+            wanted = workload["spec"]["replicas"] if workload["kind"] == "Deployment" else 1  # a Job: parallelism 1
             if sum(len(owned_by(m["metadata"]["uid"], pods)) for m in makers) < wanted:
                 waiting.append(where)
         return not waiting
@@ -532,6 +573,7 @@ def test_every_object_of_the_scenario_is_accepted_by_a_real_api_server_with_pods
         docs = render(values, namespace=namespace, name=path.name.removesuffix("-values.yaml"))
         crds = chart_crds()
         _server_side_apply(plane, crds, "the chart's CRDs")
+        ensure_storage_container_crd(plane)
         for crd in crds:
             plane.wait_for(lambda n=crd["metadata"]["name"]: _established(plane, n),
                            f"CRD {crd['metadata']['name']} established")
@@ -549,11 +591,16 @@ def test_every_object_of_the_scenario_is_accepted_by_a_real_api_server_with_pods
         for ns in {d["metadata"]["namespace"] for d in namespaced}:  # pods need it (ServiceAccount admission)
             plane.wait_for(lambda n=ns: plane.exists(f"/api/v1/namespaces/{n}/serviceaccounts/default"),
                            f"the default ServiceAccount of {ns}")
-        release = [d for d in namespaced if HOOK not in (d["metadata"].get("annotations") or {})]
-        hooks = [d for d in namespaced if HOOK in (d["metadata"].get("annotations") or {})]
+        pre_install = in_hook_order([d for d in namespaced if "pre-install" in hook_phases(d)])
+        release = [d for d in namespaced if not hook_phases(d)]
+        tests = [d for d in namespaced if "test" in hook_phases(d)]
+        assert {p for d in namespaced for p in hook_phases(d)} <= {"pre-install", "pre-upgrade", "test"}
+        # A pre-install hook gets none of the release's objects: its Jobs' pods are made before them.
+        hooked = _server_side_apply(plane, pre_install, "the pre-install hooks")
+        _wait_until_pods_are_made(plane, namespace, [d for d in hooked if d["kind"] == "Job"])
         stored = _server_side_apply(plane, release, "the release's namespaced objects")
-        _server_side_apply(plane, hooks, "the hooks (helm test)")
-        assert hooks or values.get("mlflow", {}).get("enabled") is False, "no `helm test` hook"
+        _server_side_apply(plane, tests, "the hooks (helm test)")
+        assert tests or values.get("mlflow", {}).get("enabled") is False, "no `helm test` hook"
         workloads = [d for d in stored if d["kind"] in ("Deployment", "StatefulSet")]
         assert workloads
         _wait_until_pods_are_made(plane, namespace, workloads)
