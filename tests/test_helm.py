@@ -25,7 +25,7 @@ CHART = REPO / "helm" / "ferry"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 OPERATOR_CRDS = REPO / "operator" / "ferry_operator" / "crds"
 TEST_CRDS = Path(__file__).with_name("crds")
-POD_KINDS = {"Deployment", "StatefulSet", "Pod"}
+POD_KINDS = {"Deployment", "StatefulSet", "Job", "Pod"}
 
 
 def render(values: dict[str, Any] | None = None, namespace: str = "ferry", name: str = "ferry") -> list[dict[str, Any]]:

@@ -209,6 +209,14 @@ def tables(database: str) -> set[str]:
             return {row[0] for row in cur.fetchall()}
 
 
+def _lock_waiters(conn: Any) -> int:
+    """How many sessions wait for an advisory lock that another holds."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())")
+        return cur.fetchone()[0]
+
+
 def at_head(database: str) -> bool:
     """Whether MLflow's schema in ``database`` is the installed MLflow's newest."""
     import psycopg2
@@ -335,6 +343,8 @@ def test_replicas_on_the_bundled_database_take_turns_migrating_with_the_password
     """Two MLflow pods starting together on the bundled PostgreSQL (its URI names no password: libpq
     reads PGPASSWORD, from the Secret): both db-upgrade init containers succeed on one fresh database,
     one after the other under the advisory lock, and the schema is at head."""
+    import psycopg2
+
     plane = control_plane
     with postgres_database() as database:
         values = merged(BUNDLED, {"postgresql": {"username": "postgres", "database": database}})
@@ -345,16 +355,26 @@ def test_replicas_on_the_bundled_database_take_turns_migrating_with_the_password
             argv, env, home = plays[0].process("db-upgrade")
             assert env["PGPASSWORD"] == "s3cr3t/@:%?" and "s3cr3t" not in env["MLFLOW_BACKEND_STORE_URI"]
             assert env["MLFLOW_BACKEND_STORE_URI"] == f"postgresql://postgres@ferry-postgresql:5432/{database}"
+            # Another migration holds the lock: both wait for it, then take turns.
+            holder = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=database)
+            holder.autocommit = True
+            with holder.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(hashtext('ferry: mlflow db upgrade'))")
             procs = []
-            for play in plays:
-                argv, env, home = play.process("db-upgrade")
-                # the Service's DNS name is this machine (the stand-in tests/_journey.py uses)
-                env["MLFLOW_BACKEND_STORE_URI"] = env["MLFLOW_BACKEND_STORE_URI"].replace("ferry-postgresql", "127.0.0.1")
-                procs.append(subprocess.Popen(argv, env=env, cwd=home, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True))
             try:
+                for play in plays:
+                    argv, env, home = play.process("db-upgrade")
+                    # the Service's DNS name is this machine (the stand-in tests/_journey.py uses)
+                    env["MLFLOW_BACKEND_STORE_URI"] = env["MLFLOW_BACKEND_STORE_URI"].replace("ferry-postgresql",
+                                                                                              "127.0.0.1")
+                    procs.append(subprocess.Popen(argv, env=env, cwd=home, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, text=True))
+                plane.wait_for(lambda: _lock_waiters(holder) == 2, "both migrations waiting for the lock", timeout=120)
+                assert all(p.poll() is None for p in procs) and tables(database) == set()
+                holder.close()
                 outputs = [p.communicate(timeout=300)[0] for p in procs]
             finally:
+                holder.close()
                 for p in procs:
                     if p.poll() is None:
                         p.kill()
