@@ -299,15 +299,21 @@ def kubectl_apply(plane: ControlPlane, docs: list[dict[str, Any]], manager: str)
     assert "Warning" not in done.stderr, done.stderr
 
 
-def install(plane: ControlPlane, values: dict[str, Any], namespace: str, release: str) -> Release:
-    """The chart as ``helm install`` sends it, by server-side apply: its CRDs, its cluster-scoped
-    objects, then its namespaced ones (the ``helm test`` hook stays out, as at install)."""
-    from tests.test_helm import chart_crds, render
+def install(plane: ControlPlane, values: dict[str, Any], namespace: str, release: str, workdir: Path) -> Release:
+    """The chart as ``helm install`` sends it, by server-side apply: its CRDs, then its
+    ``pre-install`` hooks in Helm's order, each Job run to completion as its pod would run (the
+    database migration), then its cluster-scoped objects, then its namespaced ones (the
+    ``helm test`` hook stays out, as at install)."""
+    from tests.test_helm import chart_crds, hook_phases, in_hook_order, render
 
-    docs = [d for d in render(values, namespace=namespace, name=release)
-            if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
+    rendered = render(values, namespace=namespace, name=release)
+    docs = [d for d in rendered if not hook_phases(d)]
     installed = Release(plane, namespace, release, docs)
     kubectl_apply(plane, chart_crds(), "helm")
+    for hook in in_hook_order([d for d in rendered if "pre-install" in hook_phases(d)]):
+        kubectl_apply(plane, [hook], "helm")
+        if hook["kind"] == "Job":
+            run_job(installed, hook, workdir)
     cluster = [d for d in docs if not d["metadata"].get("namespace")]
     for doc in cluster:
         path = _cluster_path(doc)
@@ -316,6 +322,22 @@ def install(plane: ControlPlane, values: dict[str, Any], namespace: str, release
     kubectl_apply(plane, cluster, "helm")
     kubectl_apply(plane, [d for d in docs if d["metadata"].get("namespace")], "helm")
     return installed
+
+
+def run_job(release: Release, job: dict[str, Any], workdir: Path) -> None:
+    """A Job's pod as processes, as the Job controller and the kubelet run it: its init
+    containers, then its one container, each to a zero exit."""
+    pod = release.pod_of(job, f"{job['metadata']['name']}-0")
+    kubelet = Kubelet(release.plane, release.namespace)
+    home = workdir / f"{job['metadata']['name']}-tmp"
+    home.mkdir(parents=True, exist_ok=True)
+    for container in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]:
+        image = image_of(container["image"], home)
+        env = kubelet.env(pod, container)
+        done = subprocess.run(kubelet.argv(container, image, env), env={**image.env, **env}, cwd=home,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (f"Job {job['metadata']['name']}, container {container['name']} exited "
+                                      f"{done.returncode}:\n{done.stderr[-3000:]}")
 
 
 def uninstall(release: Release) -> None:
