@@ -142,7 +142,7 @@ def platform(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         j.secret(plane, release_ns, values["mlflow"]["database"]["existingSecret"],
                  {values["mlflow"]["database"]["uriKey"]: database})
         j.secret(plane, release_ns, "mlflow-s3", {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-        release = j.install(plane, values, release_ns, RELEASE)
+        release = j.install(plane, values, release_ns, RELEASE, workdir)
         stack.callback(j.uninstall, release)
 
         mlflow, mlflow_url = j.mlflow_server(release, workdir)
@@ -234,7 +234,7 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
         assert run.data.params["epochs"] == "4" and run.data.metrics["test_accuracy"] >= 0.95
         assert client.get_model_version_by_alias(model, "staging").version == "1"
         predictor = isvc["spec"]["predictor"]
-        assert predictor["model"]["storageUri"] == client.get_model_version_download_uri(model, "1")
+        assert predictor["model"]["storageUri"] == f"models:/{model}/1"  # pinned, what Ferry's storage initializer fetches
         assert "canaryTrafficPercent" not in predictor
         status = p.status(name)
         assert (status["modelVersion"], status["jobName"], status["inferenceService"]) == ("1", f"{name}-g1", name)
@@ -252,7 +252,7 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
                    "generation 2 out as a canary", also=p.operator_log)
         predictor = isvc["spec"]["predictor"]
         assert predictor["canaryTrafficPercent"] == 20
-        assert predictor["model"]["storageUri"] == client.get_model_version_download_uri(model, "2")
+        assert predictor["model"]["storageUri"] == f"models:/{model}/2"
         assert client.get_model_version_by_alias(model, "staging").version == "2"
         promoted = next(c for c in p.status(name)["conditions"] if c["type"] == "Promoted")
         assert promoted["status"] == "True" and "(was v1)" in promoted["message"], promoted
@@ -281,10 +281,6 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
                "the garbage collector removed the jobs' pods")
 
 
-@pytest.mark.xfail(strict=True, raises=j.StorageInitializerFailed,
-                   reason="the InferenceService's storageUri is the version's mlflow-artifacts:/ URI, which no storage "
-                          "initializer KServe can pick fetches (its default one knows gs, s3, hdfs, hf, http(s), ...); it "
-                          "passes once Ferry renders models:/NAME/VERSION and ships a ClusterStorageContainer for it")
 def test_the_deployed_version_is_served_and_answers_as_the_registered_one(platform: Platform) -> None:
     import mlflow
     import numpy as np
@@ -297,7 +293,12 @@ def test_the_deployed_version_is_served_and_answers_as_the_registered_one(platfo
     train(p, f"{name}-g1")
     isvc = j.wait_for(lambda: p.isvc_serving(name, "1"), "the InferenceService", timeout=120, also=p.operator_log)
     kserve = j.KServePlay(p.plane, p.ns, p.workdir / "kserve")
-    folder = kserve.fetch(isvc)  # the predictor pod's init container
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == f"models:/{model}/1"
+    # The predictor pod's init container: the ClusterStorageContainer the chart installed is the
+    # one KServe picks for models:/ (its own default one fetches no such URI), run as KServe runs it.
+    assert (kserve.initializer_for(f"models:/{model}/1") or {}).get("metadata", {}).get("name") == \
+        p.release.find("ClusterStorageContainer", "serving")["metadata"]["name"]
+    folder = kserve.fetch(isvc)
     predictor, url = kserve.predictor(isvc, folder)
     with j.running(predictor):
         predictor.wait_http(f"{url}/v2/health/ready", timeout=180)
