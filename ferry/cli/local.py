@@ -52,13 +52,15 @@ def render(
 @local_app.command()
 @fail_cleanly
 def validate(
-    manifests: Annotated[list[Path], typer.Argument(help="YAML files (multi-document allowed).")],
+    manifests: Annotated[list[Path], typer.Argument(
+        help="YAML files (multi-document allowed), folders (every *.yaml and *.yml below, e.g. what render -o wrote) "
+             "or - for stdin.")],
     crd_dir: CrdDirOption = None,
 ) -> None:
     """Validate manifests against the real CRD schemas, Kubernetes' own schemas and Pod Security 'restricted'."""
     from ferry.validate import find_crd_dir, load_manifest_file, validate_manifests
 
-    docs = [doc for path in manifests for doc in load_manifest_file(path)]
+    docs = [doc for path in manifests for doc in load_manifest_file(path)]  # every path read before any is judged
     validate_manifests(docs, crd_dir or find_crd_dir())
     _stderr().print(f"[green]ok:[/] {len(docs)} manifest(s) valid")
 

@@ -4,6 +4,7 @@ schemas, built-in kinds with ``kubernetes-validate``, every pod against Pod Secu
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,31 @@ def validate_manifests(docs: Iterable[tuple[str, Any]], crd_dir: Path | None = N
         raise ManifestInvalid(issues)
 
 
-def load_manifest_file(path: Path) -> list[tuple[str, Any]]:
-    """``(source, doc)`` for every YAML document in a file (empty documents skipped)."""
+def load_manifest_file(path: Path | str) -> list[tuple[str, Any]]:
+    """``(source, doc)`` for every YAML document in ``path``: a file, a folder (every ``*.yaml``
+    and ``*.yml`` below it, sorted, hidden ones left out) or ``-`` (stdin). Empty documents are
+    skipped."""
+    path = Path(path)
+    if str(path) == "-":
+        return _documents("<stdin>", sys.stdin.read())
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.y*ml") if p.suffix in (".yaml", ".yml") and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise ConfigError(f"{path}: no *.yaml or *.yml files in this folder")
+        return [item for file in files for item in load_manifest_file(file)]
     try:
-        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+        text = path.read_text()
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such manifest file") from exc
+        raise ConfigError(f"{path}: no such file or folder") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+    return _documents(str(path), text)
+
+
+def _documents(source: str, text: str) -> list[tuple[str, Any]]:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return [(f"{path}#{i}" if len(docs) > 1 else str(path), d) for i, d in enumerate(docs)]
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    return [(f"{source}#{i}" if len(docs) > 1 else source, d) for i, d in enumerate(docs)]
