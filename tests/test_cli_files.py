@@ -116,3 +116,105 @@ def test_validate_checks_the_folder_render_wrote(tmp_path):
     assert ferry("render", "jobs/digits/job.py", "jobs/distill/job.py", "-o", tmp_path / "out").returncode == 0
     result = ferry("validate", tmp_path / "out")
     assert result.returncode == 0 and "ok: 2 manifest(s) valid" in result.stderr, result.stderr
+
+
+# ---- ferry validate: Ferry's own ModelPipeline --------------------------------------------------
+def _pipeline(change: Any = None) -> str:
+    doc = yaml.safe_load((GOLDEN / "pipelines" / "digits-pipeline.yaml").read_text())
+    if change:
+        change(doc["spec"]["job"])
+    return yaml.safe_dump(doc)
+
+
+PIPELINE_CASES = [
+    *[(p.name, p.read_text(), 0, ["ok: 1 manifest(s) valid"]) for p in PIPELINES],
+    ("workers-0", _pipeline(lambda job: job.update(workers=0)), 1, ["$.spec.job.workers", "less than the minimum of 1"]),
+    ("workers-a-string", _pipeline(lambda job: job.update(workers="two")), 1, ["$.spec.job.workers", "not of type 'integer'"]),
+    ("unknown-field", _pipeline(lambda job: job.update(wrkers=2)), 1, ["$.spec.job", "unknown field(s) 'wrkers'"]),
+]
+
+
+@pytest.mark.parametrize("text, code, parts", [c[1:] for c in PIPELINE_CASES], ids=[c[0] for c in PIPELINE_CASES])
+def test_validate_knows_the_modelpipeline_crd(text, code, parts):
+    result = ferry("validate", "-", stdin=text)
+    assert result.returncode == code, result.stderr
+    assert in_order(result.stderr, *parts), result.stderr
+
+
+def test_validating_a_pipeline_stays_light(tmp_path):
+    """The ModelPipeline's CRD is read from the operator's package data without importing the
+    operator (kopf) or anything heavy."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.argv = ['ferry', 'validate', {str(PIPELINES[0])!r}]
+        code = 0
+        try:
+            from ferry.cli import main
+            main()
+        except SystemExit as exc:
+            code = exc.code or 0
+        print('exit', code)
+        print('\\n'.join(sorted({{m.split('.')[0] for m in sys.modules}})))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert "exit 0" in lines, result.stderr
+    assert not {"kopf", "ferry_operator", "torch", "mlflow", "kserve"} & set(lines)
+
+
+# ---- --crd-dir adds to the shipped schemas ------------------------------------------------------
+def _crd(group: str, kind: str, spec_schema: dict[str, Any]) -> str:
+    plural = kind.lower() + "s"
+    return yaml.safe_dump({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                     "type": "object", "properties": {
+                         "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+                         "spec": spec_schema}}}}]},
+    })
+
+
+WIDGET_CRD = _crd("example.com", "Widget", {"type": "object", "properties": {"size": {"type": "integer"}}})
+# the user's own PyTorchJob CRD: a stricter one, that asks for a field the shipped one does not know
+STRICT_PYTORCHJOB_CRD = _crd("kubeflow.org", "PyTorchJob", {
+    "type": "object", "required": ["team"], "x-kubernetes-preserve-unknown-fields": True})
+
+
+def _widget(size: Any) -> str:
+    return yaml.safe_dump({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": size}})
+
+
+CRD_DIR_CASES = [
+    # id, the user's CRDs, manifests, how the user names the folder, exit code, stderr parts
+    ("flag-adds", {"widget.yaml": WIDGET_CRD}, {"w.yaml": _widget(3)}, "flag", 0, ["ok: 2 manifest(s) valid"]),
+    ("env-adds", {"widget.yaml": WIDGET_CRD}, {"w.yaml": _widget(3)}, "env", 0, ["ok: 2 manifest(s) valid"]),
+    ("user-kind-checked", {"widget.yaml": WIDGET_CRD}, {"w.yaml": _widget("big")}, "flag", 1,
+     ["w.yaml", "$.spec.size", "not of type 'integer'"]),
+    ("the-users-wins", {"pytorchjob.yaml": STRICT_PYTORCHJOB_CRD}, {}, "flag", 1,
+     ["pytorchjob.yaml", "$.spec", "'team' is a required property"]),
+    ("pipelines-beside-the-users", {"widget.yaml": WIDGET_CRD}, {"p.yaml": PIPELINES[0].read_text()}, "flag", 0,
+     ["ok: 2 manifest(s) valid"]),
+    ("a-missing-folder", None, {}, "flag", 2, ["nowhere", "--crd-dir"]),
+]
+
+
+@pytest.mark.parametrize("crds, manifests, how, code, parts", [c[1:] for c in CRD_DIR_CASES], ids=[c[0] for c in CRD_DIR_CASES])
+def test_crd_dir_adds_to_the_shipped_crds(crds, manifests, how, code, parts, tmp_path):
+    crd_dir = write(tmp_path / "crds", crds) if crds is not None else tmp_path / "nowhere"
+    write(tmp_path, manifests)
+    shutil.copy(GOLDEN / "digits" / "pytorchjob.yaml", tmp_path / "pytorchjob.yaml")  # a shipped CRD's kind
+    args = ["validate", "pytorchjob.yaml", *manifests]
+    result = (ferry(*args, "--crd-dir", crd_dir, cwd=tmp_path) if how == "flag"
+              else ferry(*args, cwd=tmp_path, env={"FERRY_CRD_DIR": str(crd_dir)}))
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert in_order(result.stderr, *parts), result.stderr
+
+
+@pytest.mark.parametrize("command", ["validate", "render"])
+def test_crd_dir_help_says_it_adds(command):
+    text = " ".join(ferry(command, "--help").stdout.replace("│", " ").split())
+    assert "beside the shipped" in text and "yours wins" in text, text

@@ -14,7 +14,9 @@ local_app = typer.Typer()
 
 CrdDirOption = Annotated[
     Path | None,
-    typer.Option("--crd-dir", help="Directory of CRD YAMLs (default: $FERRY_CRD_DIR, else the schemas shipped with Ferry)."),
+    typer.Option("--crd-dir", help="A folder of extra CRD YAMLs, read beside the shipped schemas and Ferry's own "
+                                   "(ModelPipeline); where both define a group/version/kind, yours wins "
+                                   "(default: $FERRY_CRD_DIR)."),
 ]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: key=value (repeatable).")]
 WorkersOption = Annotated[int | None, typer.Option("--workers", help="Override the number of workers.")]

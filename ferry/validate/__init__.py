@@ -1,6 +1,11 @@
 """Check manifests before they reach a cluster: custom resources against the real CRD
 schemas, built-in kinds with ``kubernetes-validate``, every pod against Pod Security
-'restricted'. Errors carry the JSON path of the offending field."""
+'restricted'. Errors carry the JSON path of the offending field.
+
+A custom resource's CRD is looked up in a user's folder of CRDs first (``--crd-dir``,
+``$FERRY_CRD_DIR``), then in the upstream schemas shipped with Ferry, then in Ferry's own
+(ModelPipeline): a user's CRDs add kinds, and replace a shipped one of the same
+group/version/kind."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import yaml
 
 from ferry.errors import ConfigError, ManifestInvalid, ManifestIssue
 from ferry.settings import FERRY_K8S_VERSION, find_crd_dir
-from ferry.validate._crd import crd_issues, crd_validator, json_path
+from ferry.validate._crd import crd_dirs, crd_issues, find_validator, json_path
 from ferry.validate._pss import restricted_issues
 
 __all__ = ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"]
@@ -35,17 +40,19 @@ def _builtin_issues(doc: dict[str, Any], source: str) -> list[ManifestIssue]:
 
 def manifest_issues(doc: Any, crd_dir: Path | None = None, source: str = "<manifest>") -> list[ManifestIssue]:
     """Every problem with one manifest document; empty when it is valid. Custom resources are
-    checked against the CRDs in ``crd_dir`` (default: :func:`find_crd_dir`)."""
+    checked against the CRDs in ``crd_dir`` (default: :func:`find_crd_dir`), beside the shipped
+    ones and Ferry's own; where two define the same group/version/kind, ``crd_dir``'s wins."""
     if not isinstance(doc, dict) or not doc.get("apiVersion") or not doc.get("kind"):
         return [ManifestIssue(source, "$", "not a Kubernetes object: apiVersion and kind are required")]
     api_version, kind = doc["apiVersion"], doc["kind"]
     issues: list[ManifestIssue] = []
     group = api_version.rpartition("/")[0]
     if "." in group and not group.endswith("k8s.io"):  # a custom resource
-        crd_dir = Path(crd_dir or find_crd_dir()).resolve()
-        validator = crd_validator(crd_dir, api_version, kind)
+        dirs = crd_dirs(Path(crd_dir or find_crd_dir()))
+        validator = find_validator(dirs, api_version, kind)
         if validator is None:
-            issues.append(ManifestIssue(source, "$", f"no CRD for {api_version} {kind} in {crd_dir}"))
+            issues.append(ManifestIssue(source, "$", f"no CRD for {api_version} {kind} in {', '.join(map(str, dirs))}; "
+                                                     "pass --crd-dir with a folder that holds its CRD"))
         else:
             issues.extend(crd_issues(doc, validator, source))
     else:

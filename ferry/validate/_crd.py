@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
+import importlib.util
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ from jsonschema import Draft7Validator
 
 from ferry import _k8s
 from ferry.errors import ConfigError, ManifestIssue
+from ferry.settings import PACKAGED_CRD_DIR
+
+OWN_CRDS = "ferry_operator"  # the package whose data holds Ferry's own CRD (ModelPipeline)
 
 
 def json_path(parts: Any) -> str:
@@ -66,6 +70,37 @@ def crd_validator(crd_dir: Path, api_version: str, kind: str) -> Draft7Validator
         raise ConfigError(f"CRD directory {crd_dir} does not exist; pass --crd-dir or set FERRY_CRD_DIR")
     for path in sorted(crd_dir.glob("*.y*ml")):
         if f"kind: {kind}" in path.read_text() and (found := _crd_file(path).get((api_version, kind))):
+            return found
+    return None
+
+
+@functools.cache
+def own_crd_dir() -> Path | None:
+    """The folder of Ferry's own CRDs (ModelPipeline, ferry.dev/v1alpha1): package data of the
+    operator, found without importing it (its ``__init__`` imports kopf); None where the
+    operator's package is not installed."""
+    try:
+        spec = importlib.util.find_spec(OWN_CRDS)
+    except (ImportError, ValueError):  # pragma: no cover - a broken installation
+        return None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (folder := Path(location) / "crds").is_dir():
+            return folder
+    return None
+
+
+def crd_dirs(extra: Path | None = None) -> list[Path]:
+    """Where custom resources find their CRDs, first match wins: ``extra`` (the user's), then
+    the schemas shipped with Ferry, then Ferry's own."""
+    dirs = [Path(extra).resolve()] if extra is not None else []
+    dirs += [PACKAGED_CRD_DIR.resolve(), *([own] if (own := own_crd_dir()) is not None else [])]
+    return list(dict.fromkeys(dirs))
+
+
+def find_validator(dirs: Sequence[Path], api_version: str, kind: str) -> Draft7Validator | None:
+    """The validator for ``apiVersion``/``kind`` from the first of ``dirs`` that defines it."""
+    for crd_dir in dirs:
+        if (found := crd_validator(crd_dir, api_version, kind)) is not None:
             return found
     return None
 
