@@ -218,3 +218,56 @@ def test_crd_dir_adds_to_the_shipped_crds(crds, manifests, how, code, parts, tmp
 def test_crd_dir_help_says_it_adds(command):
     text = " ".join(ferry(command, "--help").stdout.replace("│", " ").split())
     assert "beside the shipped" in text and "yours wins" in text, text
+
+
+# ---- job files import from their own project ----------------------------------------------------
+HELPER = "IMAGE = 'ghcr.io/acme/train:{tag}'\n"
+USES_HELPER = """
+from ferry import TrainingJob
+from {module} import IMAGE
+job = TrainingJob(name="{name}", image=IMAGE, module="train")
+"""
+PROJECTS = [
+    # id, files of the project, the job file, image it must get
+    ("pyproject-root", {"pyproject.toml": "", "shared.py": HELPER.format(tag="root"),
+                        "jobs/train/job.py": USES_HELPER.format(module="shared", name="a")}, "jobs/train/job.py", "root"),
+    ("git-root", {".git/HEAD": "ref: refs/heads/main\n", "shared.py": HELPER.format(tag="git"),
+                  "jobs/job.py": USES_HELPER.format(module="shared", name="a")}, "jobs/job.py", "git"),
+    ("the-root-comes-first", {"pyproject.toml": "", "shared.py": HELPER.format(tag="root"),
+                              "jobs/shared.py": HELPER.format(tag="beside"),
+                              "jobs/job.py": USES_HELPER.format(module="shared", name="a")}, "jobs/job.py", "root"),
+    ("no-marker-the-files-folder", {"helper.py": HELPER.format(tag="beside"),
+                                    "job.py": USES_HELPER.format(module="helper", name="a")}, "job.py", "beside"),
+    ("no-marker-above-its-packages", {"pkg/__init__.py": "", "pkg/common.py": HELPER.format(tag="pkg"),
+                                      "pkg/jobs/__init__.py": "",
+                                      "pkg/jobs/job.py": USES_HELPER.format(module="pkg.common", name="a")},
+     "pkg/jobs/job.py", "pkg"),
+]
+
+
+@pytest.mark.parametrize("files, job_file, tag", [p[1:] for p in PROJECTS], ids=[p[0] for p in PROJECTS])
+def test_a_job_file_imports_from_its_own_project_wherever_it_is_run_from(files, job_file, tag, tmp_path, own_modules):
+    project = write(tmp_path / "project", files)
+    (tmp_path / "elsewhere").mkdir()
+    result = ferry("render", project / job_file, cwd=tmp_path / "elsewhere")
+    assert result.returncode == 0, result.stderr
+    assert f"image: ghcr.io/acme/train:{tag}" in result.stdout
+    from ferry.spec import load_specs
+
+    (loaded,) = load_specs([project / job_file])  # in this process too, sys.path put back after (own_modules)
+    assert loaded.spec.image == f"ghcr.io/acme/train:{tag}"
+
+
+def test_the_repositorys_sweep_renders_from_any_folder(tmp_path):
+    result = ferry("render", REPO / "jobs/digits/sweep.py", "-o", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "digits-lr" / "trial-0" / "pytorchjob.yaml").is_file()
+
+
+def test_sys_path_is_put_back_when_a_job_file_fails(tmp_path, own_modules):
+    from ferry.errors import JobFileError
+    from ferry.spec import load_specs
+
+    write(tmp_path, {"pyproject.toml": "", "job.py": "import sys\nsys.path.insert(0, '/x')\nraise RuntimeError('no data')\n"})
+    with pytest.raises(JobFileError, match="no data"):
+        load_specs([tmp_path / "job.py"])

@@ -27,6 +27,20 @@ class LoadedSpec:
         return f"{self.path}:{self.attribute}"
 
 
+def project_root(path: Path) -> Path:
+    """Where a job file's imports start: the nearest folder above it with a ``pyproject.toml``
+    or a ``.git``; else the folder above the outermost package (a folder with ``__init__.py``)
+    the file sits in, which is the file's own folder when it is in none."""
+    path = path.resolve()
+    for folder in path.parents:
+        if (folder / "pyproject.toml").is_file() or (folder / ".git").exists():
+            return folder
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
 def _import_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise JobFileError(f"{path}: no such job file; give the path to a .py file that defines a TrainingJob")
@@ -38,10 +52,11 @@ def _import_file(path: Path) -> dict[str, Any]:
     if spec is None or spec.loader is None:  # pragma: no cover - suffix checked above
         raise JobFileError(f"{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    # its own folder, and the working directory (a project root: `from jobs.digits.job import job`),
-    # as `python -m` would see them
-    folders = [f for f in dict.fromkeys([str(path.resolve().parent), str(Path.cwd())]) if f not in sys.path]
-    sys.path[:0] = folders
+    # the file's project root first (`from jobs.digits.job import job` from any folder), then its
+    # own folder (as `python file.py` sees it); the working directory last, as a fallback
+    saved = list(sys.path)
+    sys.path[:0] = list(dict.fromkeys([str(project_root(path)), str(path.resolve().parent)]))
+    sys.path.append(str(Path.cwd()))
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
@@ -62,9 +77,7 @@ def _import_file(path: Path) -> dict[str, Any]:
         ) from exc
     finally:
         sys.modules.pop(module_name, None)
-        for folder in folders:
-            if folder in sys.path:
-                sys.path.remove(folder)
+        sys.path[:] = saved
     return vars(module)
 
 
