@@ -271,3 +271,56 @@ def test_sys_path_is_put_back_when_a_job_file_fails(tmp_path, own_modules):
     write(tmp_path, {"pyproject.toml": "", "job.py": "import sys\nsys.path.insert(0, '/x')\nraise RuntimeError('no data')\n"})
     with pytest.raises(JobFileError, match="no data"):
         load_specs([tmp_path / "job.py"])
+
+
+# ---- a job imported by another job file is counted once ------------------------------------------
+SYNTHETIC = {
+    "a.py": JOB.format(name="a", extra=""),
+    "derived.py": "from a import job as base\nb = base.replace(name='b')\n",
+    "reexport.py": "from a import job\n",
+    "common.py": JOB.format(name="common", extra=""),
+    "one.py": "from common import job\n",
+    "two.py": "from common import job\nfrom ferry import TrainingJob\nmine = TrainingJob(name='two', image='i', module='m')\n",
+    "twin.py": JOB.format(name="a", extra=""),
+}
+DIGITS = ["jobs/digits/job.py", "jobs/digits/sweep.py"]
+COUNTED_ONCE = [
+    # id, files, what each file defines (file, spec name), in order
+    ("the-repositorys-job-and-its-sweep", DIGITS, [("job.py", "digits"), ("sweep.py", "digits-lr")]),
+    ("the-sweep-first", DIGITS[::-1], [("sweep.py", "digits-lr"), ("job.py", "digits")]),
+    ("a-file-and-one-deriving-from-it", ["a.py", "derived.py"], [("a.py", "a"), ("derived.py", "b")]),
+    ("a-re-export-alone-is-its-own", ["reexport.py"], [("reexport.py", "a")]),
+    ("one-helper-imported-by-two-files", ["one.py", "two.py"], [("one.py", "common"), ("two.py", "two")]),
+    ("the-same-file-twice", ["a.py", "./a.py"], [("a.py", "a")]),
+]
+
+
+def _where(root: Path, name: str) -> Path:
+    return REPO / name if name.startswith("jobs/") else root / name
+
+
+@pytest.mark.parametrize("files, expected", [c[1:] for c in COUNTED_ONCE], ids=[c[0] for c in COUNTED_ONCE])
+def test_a_job_belongs_to_the_file_that_creates_it(files, expected, tmp_path, own_modules):
+    from ferry.spec import Sweep, TrainingJob, load_specs
+
+    write(tmp_path, SYNTHETIC)
+    loaded = load_specs([_where(tmp_path, f) for f in files], kinds=(TrainingJob, Sweep))
+    assert [(item.path.name, item.spec.name) for item in loaded] == expected
+
+
+def test_two_files_creating_the_same_name_are_still_refused(tmp_path, own_modules):
+    from ferry.errors import JobFileError
+    from ferry.spec import load_specs
+
+    write(tmp_path, SYNTHETIC)
+    with pytest.raises(JobFileError, match="two TrainingJobs are named 'a'"):
+        load_specs([tmp_path / "a.py", tmp_path / "twin.py"])
+
+
+def test_render_a_job_and_its_sweep_together(tmp_path):
+    result = ferry("render", *DIGITS, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.yaml"))
+    assert written == ["digits-lr/trial-0/pytorchjob.yaml", "digits-lr/trial-1/pytorchjob.yaml",
+                       "digits-lr/trial-2/pytorchjob.yaml", "digits-lr/trial-3/pytorchjob.yaml", "digits/pytorchjob.yaml"]
+    assert (tmp_path / "out/digits/pytorchjob.yaml").read_text() == (GOLDEN / "digits/pytorchjob.yaml").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import sys
 import traceback
 from collections.abc import Iterable, Sequence
@@ -81,8 +82,23 @@ def _import_file(path: Path) -> dict[str, Any]:
     return vars(module)
 
 
+def _imported_from(others: set[str]) -> list[dict[str, Any]]:
+    """The namespaces of the modules imported so far whose file is one of ``others`` (real
+    paths): a spec bound there was created by that file, and belongs to it."""
+    names = {os.path.basename(other) for other in others}
+    return [
+        vars(module) for module in list(sys.modules.values())
+        if isinstance(file := getattr(module, "__file__", None), str) and os.path.basename(file) in names
+        and os.path.realpath(file) in others
+    ]
+
+
 def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None) -> list[LoadedSpec]:
     """Import each job file and collect every module-level object of the given spec kinds.
+
+    A spec belongs to the file that creates it: one that a file imports from another of
+    ``paths`` is counted there, and an object bound under several names or in several files
+    counts once.
 
     Raises :class:`JobFileError` when a file cannot be imported, defines none of them, or when
     two specs of the same kind share a name in the same namespace.
@@ -92,16 +108,23 @@ def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None)
 
         kinds = (TrainingJob,)
     kinds = tuple(kinds)
-    found: list[LoadedSpec] = []
-    seen_names: dict[tuple[str, str, str], LoadedSpec] = {}
+    given: dict[str, Path] = {}  # real path -> the path as given; a file given twice is loaded once
     for raw in paths:
-        path = Path(raw)
-        seen_ids: set[int] = set()
+        given.setdefault(os.path.realpath(raw), Path(raw))
+    files = list(given.items())
+    found: list[LoadedSpec] = []
+    seen: dict[int, Any] = {}  # id -> the object itself, kept alive so that its id is not reused
+    seen_names: dict[tuple[str, str, str], LoadedSpec] = {}
+    for real, path in files:
+        namespace = _import_file(path)
+        elsewhere = _imported_from({other for other, _ in files if other != real})
         in_file = 0
-        for attribute, value in _import_file(path).items():
-            if not isinstance(value, kinds) or id(value) in seen_ids:
+        for attribute, value in namespace.items():
+            if not isinstance(value, kinds) or id(value) in seen:
                 continue
-            seen_ids.add(id(value))
+            seen[id(value)] = value
+            if any(any(v is value for v in names.values()) for names in elsewhere):
+                continue
             loaded = LoadedSpec(path, attribute, value)
             ident = getattr(value, "name", None) or getattr(value, "model", "")  # a Promotion is keyed by its model
             key = (type(value).__name__, getattr(value, "namespace", ""), ident)
