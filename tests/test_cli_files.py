@@ -289,6 +289,7 @@ COUNTED_ONCE = [
     ("the-repositorys-job-and-its-sweep", DIGITS, [("job.py", "digits"), ("sweep.py", "digits-lr")]),
     ("the-sweep-first", DIGITS[::-1], [("sweep.py", "digits-lr"), ("job.py", "digits")]),
     ("a-file-and-one-deriving-from-it", ["a.py", "derived.py"], [("a.py", "a"), ("derived.py", "b")]),
+    ("a-file-and-one-re-exporting-it", ["reexport.py", "a.py"], [("a.py", "a")]),
     ("a-re-export-alone-is-its-own", ["reexport.py"], [("reexport.py", "a")]),
     ("one-helper-imported-by-two-files", ["one.py", "two.py"], [("one.py", "common"), ("two.py", "two")]),
     ("the-same-file-twice", ["a.py", "./a.py"], [("a.py", "a")]),
@@ -324,3 +325,29 @@ def test_render_a_job_and_its_sweep_together(tmp_path):
     assert written == ["digits-lr/trial-0/pytorchjob.yaml", "digits-lr/trial-1/pytorchjob.yaml",
                        "digits-lr/trial-2/pytorchjob.yaml", "digits-lr/trial-3/pytorchjob.yaml", "digits/pytorchjob.yaml"]
     assert (tmp_path / "out/digits/pytorchjob.yaml").read_text() == (GOLDEN / "digits/pytorchjob.yaml").read_text()
+
+
+# ---- several files: those without a spec are skipped ---------------------------------------------
+PACKAGE = {"pkg/__init__.py": '"""A package of jobs."""\n', "pkg/helper.py": "X = 1\n",
+           "pkg/job.py": JOB.format(name="alpha", extra="")}
+SKIPPED = [
+    # id, files, exit code, names rendered, stderr parts
+    ("the-repositorys-glob", sorted(str(p.relative_to(REPO)) for p in REPO.glob("jobs/digits/*.py")), 0,
+     ["digits", "digits-lr-t0", "digits-lr-t1", "digits-lr-t2", "digits-lr-t3"],
+     ["skipped", "jobs/digits/__init__.py"]),
+    ("a-package-glob", ["pkg/__init__.py", "pkg/helper.py", "pkg/job.py"], 0, ["alpha"],
+     ["skipped", "pkg/__init__.py", "pkg/helper.py"]),
+    ("one-file-without-a-spec", ["pkg/__init__.py"], 2, [], ["pkg/__init__.py: defines no TrainingJob or Sweep"]),
+    ("several-files-none-with-a-spec", ["pkg/__init__.py", "pkg/helper.py"], 2, [],
+     ["pkg/__init__.py", "pkg/helper.py", "define no TrainingJob or Sweep"]),
+]
+
+
+@pytest.mark.parametrize("files, code, names, parts", [s[1:] for s in SKIPPED], ids=[s[0] for s in SKIPPED])
+def test_render_skips_files_without_a_spec_when_given_several(files, code, names, parts, tmp_path):
+    write(tmp_path, PACKAGE)
+    cwd = REPO if files[0].startswith("jobs/") else tmp_path
+    result = ferry("render", *files, cwd=cwd)
+    assert result.returncode == code, result.stderr
+    assert [d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout) if d] == names
+    assert in_order(result.stderr, *parts), result.stderr

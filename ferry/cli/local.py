@@ -28,7 +28,8 @@ ResumeOption = Annotated[str | None, typer.Option(
 @local_app.command()
 @fail_cleanly
 def render(
-    job_files: Annotated[list[Path], typer.Argument(help="Python files defining TrainingJob (or Sweep) objects.")],
+    job_files: Annotated[list[Path], typer.Argument(
+        help="Python files defining TrainingJob (or Sweep) objects; of several (jobs/digits/*.py), those defining none are skipped.")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
     crd_dir: CrdDirOption = None,
 ) -> None:
@@ -37,6 +38,11 @@ def render(
     from ferry.spec import Sweep, TrainingJob, load_specs
 
     loaded = load_specs(job_files, kinds=(TrainingJob, Sweep))
+    defining = {item.path.resolve() for item in loaded}
+    if skipped := [str(path) for path in dict.fromkeys(job_files) if path.resolve() not in defining]:
+        from rich.markup import escape
+
+        _stderr().print(f"[dim]skipped, defining no TrainingJob or Sweep of their own: {escape(', '.join(skipped))}[/]")
     # a file that defines a Sweep renders its trials; the jobs it imports are their ingredients
     with_sweeps = {item.path for item in loaded if isinstance(item.spec, Sweep)}
     specs = [item.spec for item in loaded if isinstance(item.spec, Sweep) or item.path not in with_sweeps]

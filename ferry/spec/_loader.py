@@ -98,10 +98,12 @@ def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None)
 
     A spec belongs to the file that creates it: one that a file imports from another of
     ``paths`` is counted there, and an object bound under several names or in several files
-    counts once.
+    counts once. Given several files, those that define none are skipped (an ``__init__.py``
+    in ``jobs/*.py``).
 
-    Raises :class:`JobFileError` when a file cannot be imported, defines none of them, or when
-    two specs of the same kind share a name in the same namespace.
+    Raises :class:`JobFileError` when a file cannot be imported, when a single file (or every
+    one of several) defines none, or when two specs of the same kind share a name in the same
+    namespace.
     """
     if kinds is None:
         from ferry.spec._job import TrainingJob
@@ -136,9 +138,13 @@ def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None)
             seen_names[key] = loaded
             found.append(loaded)
             in_file += 1
-        if in_file == 0:
+        if in_file == 0 and len(files) == 1:
             wanted = " or ".join(k.__name__ for k in kinds)
             raise JobFileError(
                 f"{path}: defines no {wanted} at module level; add one, e.g. job = TrainingJob(name=..., image=..., module=...)"
             )
+    if not found and len(files) > 1:
+        wanted = " or ".join(k.__name__ for k in kinds)
+        raise JobFileError(f"{', '.join(str(p) for _, p in files)}: define no {wanted} at module level; "
+                           "give at least one file that does")
     return found
