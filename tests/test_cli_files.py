@@ -351,3 +351,55 @@ def test_render_skips_files_without_a_spec_when_given_several(files, code, names
     assert result.returncode == code, result.stderr
     assert [d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout) if d] == names
     assert in_order(result.stderr, *parts), result.stderr
+
+
+# ---- render -n/--namespace and --set ------------------------------------------------------------
+def _docs(stdout: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(stdout) if d]
+
+
+def _hyperparameters(doc: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    env = doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    return json.loads(next(e["value"] for e in env if e["name"] == "FERRY_HYPERPARAMETERS"))
+
+
+OPTIONS = [
+    # id, job file, options, exit code, each manifest's namespace, a hyperparameter's value, stderr part
+    ("no-option-the-jobs-own", "plain.py", [], 0, ["default"], ("epochs", 15), ""),
+    ("no-option-a-namespace-the-job-sets", "research.py", [], 0, ["research"], None, ""),
+    ("-n", "plain.py", ["-n", "team-a"], 0, ["team-a"], None, ""),
+    ("--namespace", "plain.py", ["--namespace", "team-a"], 0, ["team-a"], None, ""),
+    ("-n-wins-as-in-submit", "research.py", ["-n", "team-a"], 0, ["team-a"], None, ""),
+    ("-n-on-a-sweep", "sweep.py", ["-n", "team-a"], 0, ["team-a"] * 2, None, ""),
+    ("-n-invalid", "plain.py", ["-n", "Team_A"], 2, [], None, "TrainingJob.namespace"),
+    ("--set", "plain.py", ["--set", "epochs=3", "--set", "lr=0.5"], 0, ["default"], ("lr", 0.5), ""),
+    ("--set-on-a-sweeps-job", "sweep.py", ["--set", "epochs=3"], 0, ["default"] * 2, ("epochs", 3), ""),
+    ("--set-a-searched-key", "sweep.py", ["--set", "lr=0.5"], 2, [], None, "sweep s searches lr"),
+    ("--set-unknown", "plain.py", ["--set", "epoch=3"], 2, [], None, "has no hyperparameter 'epoch'"),
+    ("--set-not-a-number", "plain.py", ["--set", "epochs=many"], 2, [], None, "--set epochs='many'"),
+    ("--set-no-equals", "plain.py", ["--set", "epochs"], 2, [], None, "expected key=value"),
+]
+OPTION_FILES = {
+    "plain.py": JOB.format(name="plain", extra=""),
+    "research.py": JOB.format(name="research", extra=", namespace='research'"),
+    "sweep.py": JOB.format(name="base", extra="") + textwrap.dedent("""
+        from ferry import Choice, Objective, Sweep
+        sweep = Sweep(name="s", job=job, space={"lr": Choice([0.1, 0.2])}, sampler="grid", trials=2,
+                      objective=Objective(metric="loss", goal="min"))
+        del job
+    """),
+}
+
+
+@pytest.mark.parametrize("job_file, options, code, namespaces, hparam, part", [o[1:] for o in OPTIONS], ids=[o[0] for o in OPTIONS])
+def test_render_takes_a_namespace_and_overrides(job_file, options, code, namespaces, hparam, part, tmp_path):
+    write(tmp_path, OPTION_FILES)
+    result = ferry("render", tmp_path / job_file, *options)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and part in result.stderr, result.stderr
+    docs = _docs(result.stdout)
+    assert [d["metadata"]["namespace"] for d in docs] == namespaces
+    if hparam:
+        assert {_hyperparameters(d)[hparam[0]] for d in docs} == {hparam[1]}

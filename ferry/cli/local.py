@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ferry.cli._util import _stderr, _stdout, fail_cleanly, select_job, validate_and_emit
+from ferry.errors import SpecError
 
 local_app = typer.Typer()
 
@@ -31,6 +33,11 @@ def render(
     job_files: Annotated[list[Path], typer.Argument(
         help="Python files defining TrainingJob (or Sweep) objects; of several (jobs/digits/*.py), those defining none are skipped.")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", "-n", help="Namespace of every manifest (default: the job's own, else 'default'); "
+                                  "as with submit, -n wins over a namespace the job sets.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a hyperparameter of every job rendered (a Sweep's: its job's): key=value (repeatable).")] = None,
     crd_dir: CrdDirOption = None,
 ) -> None:
     """Render job files into validated Kubernetes manifests (a Sweep: one PyTorchJob per trial)."""
@@ -45,7 +52,8 @@ def render(
         _stderr().print(f"[dim]skipped, defining no TrainingJob or Sweep of their own: {escape(', '.join(skipped))}[/]")
     # a file that defines a Sweep renders its trials; the jobs it imports are their ingredients
     with_sweeps = {item.path for item in loaded if isinstance(item.spec, Sweep)}
-    specs = [item.spec for item in loaded if isinstance(item.spec, Sweep) or item.path not in with_sweeps]
+    specs = [as_asked(item.spec, namespace, set_ or ())
+             for item in loaded if isinstance(item.spec, Sweep) or item.path not in with_sweeps]
     rendered = []
     for spec in specs:
         if isinstance(spec, Sweep):  # a PyTorchJob per trial, rendered by the sweep package
@@ -55,6 +63,27 @@ def render(
         else:
             rendered += render_spec(spec)
     validate_and_emit(rendered, out, crd_dir)
+
+
+def as_asked(spec: Any, namespace: str | None, sets: Sequence[str]) -> Any:
+    """A TrainingJob, or a Sweep's job, with ``--set`` applied and in the namespace ``-n`` says
+    (as ``submit`` places it); the same spec when neither changes it."""
+    from ferry.cli._util import in_namespace, target_namespace
+    from ferry.spec import Sweep
+
+    job = spec.job if isinstance(spec, Sweep) else spec
+    if sets:
+        from ferry.local import apply_overrides
+
+        keys = [item.partition("=")[0] for item in sets]
+        if isinstance(spec, Sweep) and (searched := [key for key in keys if key in spec.space]):
+            raise SpecError(f"--set {searched[0]}: sweep {spec.name} searches {searched[0]}; "
+                            "each trial sets it, so leave it out of --set (or out of the sweep's space)")
+        job = apply_overrides(job, sets)
+    job = in_namespace(job, target_namespace(job, namespace, None))
+    if not isinstance(spec, Sweep):
+        return job
+    return spec if job is spec.job else spec.replace(job=job)
 
 
 @local_app.command()
