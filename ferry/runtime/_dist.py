@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ferry import settings
+from ferry.runtime._exit import skip_exit_collection
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,11 @@ def _int_env(*names: str, default: int) -> int:
 
 def init(timeout_s: float = 300.0) -> Context:
     """Initialize ``torch.distributed`` (nccl on GPU, gloo on CPU) from MASTER_ADDR,
-    MASTER_PORT, WORLD_SIZE and RANK, pick the device, and read the hyperparameters."""
+    MASTER_PORT, WORLD_SIZE and RANK, pick the device, and read the hyperparameters.
+
+    The process's exit then skips the garbage collector's passes over module teardown
+    (seconds in a process holding torch and MLflow; see ``_exit.py``)."""
+    skip_exit_collection()
     world_size = _int_env("WORLD_SIZE", default=1)
     rank = _int_env("RANK", default=0)
     local_rank = _int_env("LOCAL_RANK", default=0)

@@ -3,7 +3,9 @@
 Rank 0 starts it (``python -m ferry.runtime._sidecar``) and pipes metric points to it as JSON
 lines. Keeping MLflow's client (~55 µs of Python per point in the SQL store) and the system
 metrics sampler out of the training process means they never contend for its GIL, and the
-lower priority lets the kernel schedule them into the trainer's idle gaps.
+lower priority lets the kernel schedule them into the trainer's idle gaps (until the trainer
+closes the pipe: then the trainer only waits for this process, which returns to normal priority
+where the system permits).
 
 It buffers points (bounded; the oldest are dropped past the bound, with a warning), sends
 them in batches, keeps them while the tracking server is unreachable, and on end of input
@@ -24,6 +26,8 @@ import threading
 import time
 from collections import deque
 from typing import Any
+
+from ferry.runtime._exit import skip_exit_collection
 
 log = logging.getLogger("ferry.tracking")
 _BATCH = 1000  # MLflow's per-request limit for log_batch metrics
@@ -165,8 +169,9 @@ def job_spec_artifact() -> dict[str, str]:
 
 def manifest_artifact() -> dict[str, str]:
     """The PyTorchJob rendered from the spec, labelled with this submission: re-renderable and
-    diffable. Made when training has ended: rendering imports the Kubernetes client models
-    (about 0.4 s of CPU), which must not compete with the trainer."""
+    diffable. Rendering imports the Kubernetes client models (about 0.4 s of CPU): made while
+    the job trains, at this process's lowest priority, so that neither the trainer nor the
+    job's end waits for it."""
     from ferry import settings
 
     raw = settings.FERRY_JOB_SPEC.get()
@@ -268,6 +273,31 @@ def _lowest_priority() -> None:
         pass
 
 
+def _normal_priority() -> None:
+    """Once the trainer has closed the pipe its training is over, and it waits for this
+    process's last flush: every thread of this process goes back to normal priority where the
+    system permits it (root, CAP_SYS_NICE, or an RLIMIT_NICE that allows it), so that the job's
+    end does not wait on the sliver of CPU a busy machine leaves to the lowest priority. Where it
+    does not, this process stays as it was."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]  # Linux: priority is per thread
+    except OSError:  # not Linux
+        return
+    for tid in threads:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))  # type: ignore[attr-defined]
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except ProcessLookupError:  # that thread has ended
+            continue
+        except (AttributeError, OSError):  # not permitted
+            return
+
+
+def _read_input(sender: Sender, stream: Any) -> None:
+    sender.read(stream)
+    _normal_priority()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry-tracking-sidecar")
     parser.add_argument("--tracking-uri", required=True)
@@ -278,25 +308,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system-metrics", action="store_true")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    # The trainer waits for this process's exit (Tracker.close): skip the collector's passes
+    # over MLflow's modules at exit, once everything is sent (see _exit.py).
+    skip_exit_collection()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s %(message)s")
     # Stop only at end of input: the trainer decides when tracking ends (and SIGKILL still works).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _lowest_priority()
+    # Read the trainer's points from the start (they wait in memory for MLflow's client), so
+    # that its closing the pipe is seen at once, however far the start below has got.
+    sender = Sender(None, args.run_id, args.buffer, args.interval)
+    reader = threading.Thread(target=_read_input, args=(sender, sys.stdin.buffer), daemon=True)
+    reader.start()
     # MLflow's usage telemetry runs a consumer thread that took a fifth of this process's CPU
     # while a job trained; this process is Ferry's plumbing, so it stays off here unless the
     # user set the variable themselves.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
-    writer = None
     if args.tracking_uri.startswith("sqlite:"):
         from ferry.runtime._sqlite_metrics import SqliteMetricWriter
 
-        writer = SqliteMetricWriter(args.tracking_uri, args.run_id)
-    sender = Sender(MlflowClient(tracking_uri=args.tracking_uri), args.run_id, args.buffer, args.interval, writer)
-    reader = threading.Thread(target=sender.read, args=(sys.stdin.buffer,), daemon=True)
-    reader.start()
+        sender.metric_writer = SqliteMetricWriter(args.tracking_uri, args.run_id)
+    sender.client = MlflowClient(tracking_uri=args.tracking_uri)
     flusher = threading.Thread(target=sender.run_until_eof, daemon=True)
     flusher.start()
     sampler = None
@@ -305,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
     print("ready", flush=True)  # the trainer may wait for this (Tracker.wait_ready)
     _add_texts(sender, job_spec_artifact)
+    _add_texts(sender, manifest_artifact)
     sender.eof.wait()
-    _add_texts(sender, manifest_artifact)  # flushed by sender.run() below
     if sampler is not None:
         sampler.finish()  # a last sample, so even a short job has system metrics
     flusher.join()
