@@ -2,7 +2,7 @@
 
 - Output of each replica is streamed with a ``[role-index]`` prefix and written to
   ``.ferry/runs/<job>/<submission>/<role>-<index>.log``; progress lines from rank 0 drive a
-  progress bar on a terminal.
+  progress bar on a terminal, and its line about the finished MLflow run goes into the result.
 - ``restartPolicy``/``backoffLimit``: when a replica fails, the whole group is stopped and
   started again (it re-rendezvous, as torchrun's agents would) on a fresh port; the job
   resumes from its latest checkpoint. ``ExitCode`` retries only signal-like exits (>= 128).
@@ -26,6 +26,7 @@ from typing import Any, Callable
 from ferry.local._plan import Replica, free_port, plan
 
 _PROGRESS = re.compile(r"^\[ferry\] progress step=(\d+) total=(\d+)(.*)$")
+_RUN = re.compile(r"^\[ferry\] run (\{.*\})$")  # ferry.runtime's Tracker, when its run has ended
 _GRACE_S = 10.0
 
 
@@ -37,6 +38,7 @@ class JobResult:
     run_dir: Path
     failed_replica: str | None = None
     last_lines: tuple[str, ...] = ()
+    run: dict[str, Any] | None = None  # the finished MLflow run as rank 0 read it back (run_id, metrics, registered)
 
 
 class _Proc:
@@ -60,9 +62,13 @@ class LocalExecutor:
         self.echo = echo  # False: replica output goes to the log files only (a sweep's trials)
         self._print_lock = threading.Lock()
         self._last_plain_progress = 0.0
+        self._run: dict[str, Any] | None = None
 
     # ---- output ----------------------------------------------------------------------------
     def _emit(self, proc: _Proc, line: str) -> None:
+        run = _RUN.match(line)
+        if run and self._take_run(run.group(1)):
+            return  # the report says it (the line stays in the replica's log)
         match = _PROGRESS.match(line)
         if match and self.on_progress is not None:
             self.on_progress(int(match.group(1)), int(match.group(2)), match.group(3).strip())
@@ -80,6 +86,13 @@ class LocalExecutor:
             else:
                 print(f"[{proc.replica.name}] {line}", flush=True)
 
+    def _take_run(self, raw: str) -> bool:
+        try:
+            self._run = json.loads(raw)
+        except ValueError:
+            return False
+        return True
+
     def _pump(self, proc: _Proc) -> None:
         assert proc.popen.stdout is not None
         with open(proc.log_path, "a", encoding="utf-8") as log_file:
@@ -93,6 +106,7 @@ class LocalExecutor:
     # ---- processes ---------------------------------------------------------------------------
     def _start(self, attempt: int) -> tuple[list[_Proc], list[threading.Thread]]:
         port = free_port()  # a fresh port each attempt: the previous one may linger in TIME_WAIT
+        self._run = None
         env_common = {**self.local_env, "FERRY_SUBMISSION_ID": self.submission_id, "FERRY_ATTEMPT": str(attempt)}
         replicas = plan(self.manifest, master_port=port, local_env=env_common, volumes_dir=self.volumes_dir, workdir=self.workdir)
         procs, threads = [], []
@@ -178,7 +192,7 @@ class LocalExecutor:
                 if failed is None:
                     for thread in threads:
                         thread.join(timeout=5)
-                    return JobResult(0, restarts, self.submission_id, self.run_dir)
+                    return JobResult(0, restarts, self.submission_id, self.run_dir, run=self._run)
                 code = failed.popen.returncode
                 self._stop_all(procs)
                 for thread in threads:

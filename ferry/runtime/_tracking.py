@@ -9,6 +9,8 @@ waits for the tracking server.
   is unreachable the sidecar holds the points (bounded) and sends them when it is back.
 - ``close`` ends the pipe; the sidecar flushes what is left, waiting for the server up to
   ``FERRY_FLUSH_TIMEOUT`` seconds. Points in the pipe survive even a SIGKILL of the trainer.
+  Once everything is sent and the run has ended, rank 0 prints the run as MLflow now holds it
+  (``[ferry] run {...}``, one line): ``ferry run`` reports the job from it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ SWEEP_ROLE_TAG = "ferry.sweep.role"  # "parent" on the parent run
 TRIAL_TAG = "ferry.trial"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 RESUME_TAG = "ferry.resume_from"  # + .run_id and .checkpoint_dir: the lineage of an explicit resume
+RUN_PREFIX = "[ferry] run "  # + JSON: the finished run as MLflow holds it (Tracker._announce)
 
 
 def _default_mlflow_http_env() -> None:
@@ -209,12 +212,32 @@ class Tracker:
             # Mark the attempt first: if this process is cut short now, MLflow's atexit hook
             # would otherwise end the active run as FINISHED and the restart would not resume it.
             mlflow.end_run(status=status)
+        sent = True
         if self._pipe is not None:
             if self._pipe.close(timeout=max(1.0, deadline - time.monotonic()) + 15) != 0:
+                sent = False
                 log.error("some metrics could not be sent to %s (see the sidecar's messages above)", self.tracking_uri)
             self._pipe = None
         if status == "FINISHED":
             self._retry(lambda: mlflow.end_run(status=status), deadline)
+            if sent:
+                self._announce()
+
+    def _announce(self) -> None:
+        """Print what MLflow now holds of the finished run (its id, latest metrics and registered
+        version) as one machine-readable line from rank 0: ``ferry run`` reports the job from it
+        without loading MLflow itself (seconds); in a pod it is a plain log line."""
+        import json
+
+        try:
+            run = self.client.get_run(self.run_id)
+        except Exception as exc:  # noqa: BLE001 - the report then asks MLflow itself
+            log.debug("run %s not read back: %s", self.run_id, exc)
+            return
+        metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")}
+        summary = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "status": run.info.status,
+                   "metrics": metrics, "registered": run.data.tags.get(REGISTERED_TAG)}
+        print(f"{RUN_PREFIX}{json.dumps(summary, sort_keys=True)}", flush=True)
 
     def __enter__(self) -> Tracker:
         self.start()
