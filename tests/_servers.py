@@ -3,6 +3,7 @@ standalone S3 endpoint. Both bind 127.0.0.1 only, and every test that starts one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -110,3 +112,28 @@ class MotoServer(LocalServer):
     def aws_env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "ferry_test") -> Iterator[str]:
+    """A fresh database (its name) on this machine's PostgreSQL (127.0.0.1:5432, trust auth for
+    user postgres), dropped after; the test is skipped, with the reason, where none answers."""
+    import uuid
+
+    import pytest
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"needs PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres: {exc}")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import yaml
 from tests import _journey as j
 from tests._controllers import KServe
 from tests._controlplane import ApiError, ControlPlane
+from tests._servers import postgres_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -89,26 +89,6 @@ class Platform:
         self.plane.kubectl("apply", "--server-side", "--field-manager=gitops", "-f", str(path))
 
 
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh database on this machine's PostgreSQL (127.0.0.1:5432, trust auth), dropped after."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"ferry_e2e_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"the journey needs PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres: {exc}")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
 @pytest.fixture(scope="module")
 def platform(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """Ferry installed by its chart, its MLflow server and its operator running as the chart runs
@@ -125,7 +105,7 @@ def platform(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         release_ns, ns = plane.namespace("ferry"), plane.namespace("ml", wait_for_default_sa=True)
         stack.callback(plane.delete_namespace, release_ns)
         stack.callback(plane.delete_namespace, ns)
-        database = stack.enter_context(postgres_database())
+        database = f"postgresql://postgres@127.0.0.1:5432/{stack.enter_context(postgres_database('ferry_e2e'))}"
         moto = MotoServer(workdir)
         moto.start()
         stack.callback(moto.stop)

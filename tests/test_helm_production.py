@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests._servers import postgres_database
 from tests.test_helm import (
     CHART,
     _dropped,
@@ -179,27 +180,6 @@ class PodPlay:
                               timeout=timeout)
 
 
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh database on this machine's PostgreSQL (127.0.0.1:5432, trust auth for user postgres,
-    as the e2e test uses it), dropped after; skipped, with the reason, where none answers."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"ferry_chart_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"needs PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres: {exc}")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
 def tables(database: str) -> set[str]:
     import psycopg2
 
@@ -323,7 +303,7 @@ def test_the_migration_job_upgrades_a_real_database_with_the_uri_only_in_its_env
     plane = control_plane
     values = merged(EXTERNAL, {"mlflow": {"auth": {"enabled": True, "existingSecret": "mlflow-auth"}},
                                "operator": {"mlflowCredentialsSecret": "ferry-operator-mlflow"}})
-    with postgres_database() as database:
+    with postgres_database("ferry_chart") as database:
         uri = f"postgresql://postgres@127.0.0.1:5432/{database}"
         secret(plane, namespace, "mlflow-database", {"uri": uri})
         with installed(plane, values, namespace, hooks_only=True) as release:
@@ -346,7 +326,7 @@ def test_replicas_on_the_bundled_database_take_turns_migrating_with_the_password
     import psycopg2
 
     plane = control_plane
-    with postgres_database() as database:
+    with postgres_database("ferry_chart") as database:
         values = merged(BUNDLED, {"postgresql": {"username": "postgres", "database": database}})
         secret(plane, namespace, "mlflow-postgresql", {"password": "s3cr3t/@:%?"})
         with installed(plane, values, namespace, hooks_only=True) as release:
