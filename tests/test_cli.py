@@ -88,9 +88,23 @@ def test_validate_exit_codes(tmp_path, ferry_cli, crd_dir, repo):
     assert ferry_cli("validate", str(tmp_path / "absent.yaml")).returncode == 2
 
 
-def test_version(ferry_cli):
-    result = ferry_cli("version")
-    assert result.returncode == 0 and result.stdout.startswith("ferry ")
+@pytest.mark.parametrize("argv", [["version"], ["--version"]])
+def test_version(ferry_cli, argv):
+    from ferry import __version__
+
+    result = ferry_cli(*argv)
+    assert result.returncode == 0 and result.stdout.strip() == f"ferry {__version__}", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["render", "-h"], ["deploy", "-h"], ["models", "-h"]])
+def test_dash_h_is_help(ferry_cli, argv):
+    result = ferry_cli(*argv)
+    assert result.returncode == 0 and "Usage: ferry" in result.stdout, result.stdout + result.stderr
+
+
+def test_shell_completion_is_offered(ferry_cli):
+    result = ferry_cli("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    assert result.returncode == 0 and "_FERRY_COMPLETE" in result.stdout, result.stdout + result.stderr
 
 
 HEAVY = ("torch", "mlflow", "kserve")

@@ -25,9 +25,26 @@ app = typer.Typer(
     name="ferry",
     help="Typed PyTorch jobs → Kubeflow PyTorchJobs, MLflow tracking, gated promotion, KServe serving.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ferry import __version__
+
+        typer.echo(f"ferry {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print Ferry's version and exit."),
+) -> None:
+    """Typed PyTorch jobs → Kubeflow PyTorchJobs, MLflow tracking, gated promotion, KServe serving."""
+
 app.add_typer(local_app)
 app.add_typer(cluster_app)
 app.add_typer(serving_app)
