@@ -4,9 +4,12 @@
     ├── SpecError              a spec field is invalid; the message names the field and the fix
     ├── JobFileError           a job file cannot be imported, holds no job, or repeats a name
     ├── ConfigError            Ferry's own configuration is missing or wrong (e.g. no CRD dir)
-    ├── RegistryError          the model registry refused, or lacks what was named
-    │   ├── PromotionConflict  another promotion of the same model to the same env is running
+    ├── RegistryError          the model registry refused, or lacks what was named; when MLflow
+    │   │                      could not be reached or kept failing (``transient``): exit code 10
+    │   ├── PromotionConflict  (4) another promotion of the same model to the same env holds the lock
     │   └── PromotionRefused   the candidate failed a gate (CLI exit code 1)
+    ├── Unreachable            (10) MLflow or the artifact store did not answer, or kept failing
+    │                          (5xx, 429) after the retries: the same command may succeed later
     ├── OptimizationFailed     a candidate could not be made or failed its checks, e.g. ONNX
     │                          parity or a failed student job (CLI exit code 1)
     ├── ManifestInvalid        a manifest fails its schema or policy checks (CLI exit code 1)
@@ -50,6 +53,7 @@ __all__ = [
     "ManifestIssue",
     "OptimizationFailed",
     "SpecError",
+    "Unreachable",
 ]
 
 
@@ -79,9 +83,25 @@ class RegistryError(FerryError):
         super().__init__(message)
         self.transient = transient
 
+    @property  # type: ignore[override]
+    def exit_code(self) -> int:
+        return Unreachable.exit_code if self.transient else 2
+
+
+class Unreachable(FerryError):
+    """MLflow, or the store Ferry keeps code bundles in, could not be reached or kept failing
+    (5xx, 429) after the retries: asking again later may succeed, unlike a refusal."""
+
+    exit_code = 10
+
 
 class PromotionConflict(RegistryError):
-    """Another promotion of the same model to the same environment holds the lock."""
+    """Another promotion of the same model to the same environment holds the lock: it may be
+    released soon, so scripts can retry (exit code 4, like the cluster's conflicts)."""
+
+    @property  # type: ignore[override]
+    def exit_code(self) -> int:
+        return 4
 
 
 class PromotionRefused(RegistryError):
