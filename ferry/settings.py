@@ -67,6 +67,15 @@ FERRY_CHECKPOINT_KEEP = EnvSetting("FERRY_CHECKPOINT_KEEP", "3", "Keep the newes
 FERRY_ARTIFACT_ROOT = EnvSetting(
     "FERRY_ARTIFACT_ROOT", None, "Artifact root for experiments Ferry creates (the embedded store sets it)."
 )
+FERRY_CODE_STORE = EnvSetting(
+    "FERRY_CODE_STORE", None,
+    "Where code bundles go: s3://bucket/prefix, mlflow-artifacts:/prefix or file:///path "
+    "(default: mlflow-artifacts:/ferry-code when MLFLOW_TRACKING_URI is an http(s) server).",
+)
+FERRY_CODE_MAX_MB = EnvSetting("FERRY_CODE_MAX_MB", "50", "The largest code bundle Ferry makes, in MiB (compressed).")
+FERRY_CODE_URI = EnvSetting("FERRY_CODE_URI", None, "The code bundle a replica runs: fetched, checked and unpacked first.")
+FERRY_CODE_DIGEST = EnvSetting("FERRY_CODE_DIGEST", None, "The code bundle's sha256:<hex>; a bundle that does not match is refused.")
+FERRY_CODE_DIR = EnvSetting("FERRY_CODE_DIR", None, "Where a replica unpacks its code bundle (an emptyDir in a pod).")
 FERRY_GIT_COMMIT = EnvSetting("FERRY_GIT_COMMIT", None, "The source commit the job was built from, when known.")
 FERRY_METRICS_BUFFER = EnvSetting(
     "FERRY_METRICS_BUFFER", "100000", "Metric points kept while the tracking server is unreachable."
