@@ -8,6 +8,7 @@ module and imports what is heavy inside the commands that need it, so ``ferry --
     cli_models    promote, rollback, optimize         the registry; ``ferry models ...``
     cli_sweep     sweep                               hyperparameter searches, tracked side by side
     cli_operator  operator run, operator crds         the in-cluster operator
+    cli_project   init                                a new project, ready to run
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ferry.cli.cluster import cluster_app
 from ferry.cli.local import local_app
 from ferry.cli.models import models_app, registry_app
 from ferry.cli.operator import operator_app
+from ferry.cli.project import project_app
 from ferry.cli.serving import serving_app
 from ferry.cli.sweep import sweep_app
 
@@ -45,6 +47,7 @@ def _options(
 ) -> None:
     """Typed PyTorch jobs → Kubeflow PyTorchJobs, MLflow tracking, gated promotion, KServe serving."""
 
+app.add_typer(project_app)
 app.add_typer(local_app)
 app.add_typer(cluster_app)
 app.add_typer(serving_app)
