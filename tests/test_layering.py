@@ -32,18 +32,20 @@ MAY_IMPORT: dict[str, set[str]] = {
     "spec": set(),
     "ferry": {"spec"},
     "images": {"ferry"},
+    "scaffold": {"ferry", "images"},
     "render": {"spec", "images"},
     "validate": set(),
     "runtime": {"spec", "render"},
-    "local": {"spec", "render", "runtime"},
+    "code": {"spec", "runtime"},
+    "local": {"spec", "render", "runtime", "code"},
     "kube": {"spec", "render"},
     "serve": {"ferry"},
     "gitops": {"spec", "render"},
     "registry": {"spec", "render", "serve"},
     "optimize": {"spec", "runtime", "local", "serve"},
-    "sweep": {"spec", "render", "runtime", "local", "kube"},
-    "cli": {"spec", "ferry", "images", "render", "validate", "runtime", "local", "kube", "serve", "gitops", "registry",
-            "optimize", "sweep"},
+    "sweep": {"spec", "render", "runtime", "code", "local", "kube"},
+    "cli": {"spec", "ferry", "images", "scaffold", "render", "validate", "runtime", "code", "local", "kube", "serve",
+            "gitops", "registry", "optimize", "sweep"},
     "demo": {"spec", "render", "validate", "local", "registry", "optimize", "sweep", "cli"},
     "__main__": {"cli"},
 }
@@ -239,8 +241,12 @@ def _readme_rule() -> tuple[set[str], dict[str, set[str]]]:
     """The ground and the rows of the README's Layout table, as written there: a row's paths
     (``ferry/kube``, ``ferry/cli/``, ``ferry/images.py``, ``ferry/__init__.py``) and what they
     may import (``nothing of Ferry``: the ground; ``—``; ``everything above``; or the names)."""
-    lines = (REPO / "README.md").read_text().splitlines()
-    header = lines.index("| path | imports (besides the ground) | what |")
+    header_line = "| path | imports (besides the ground) | what |"
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    lines = next((page.read_text().splitlines() for page in pages if page.is_file()
+                  and header_line in page.read_text().splitlines()), [])
+    assert lines, f"the layering table ({header_line}) is in neither README.md nor docs/"
+    header = lines.index(header_line)
     ground: set[str] = set()
     rows: dict[str, set[str]] = {}
     for line in lines[header + 2:]:

@@ -97,6 +97,14 @@ def _pvc_mounts(pod: dict[str, Any], container: dict[str, Any], volumes_dir: Pat
     return {m["mountPath"]: volumes_dir / claims[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in claims}
 
 
+def _empty_dir_mounts(pod: dict[str, Any], container: dict[str, Any], pod_dir: Path) -> dict[str, Path]:
+    """emptyDir mount paths → folders of one replica's own, as each pod has its own emptyDirs
+    (the code bundle's among them); /dev/shm is this machine's."""
+    dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    return {m["mountPath"]: pod_dir / m["name"] for m in container.get("volumeMounts", [])
+            if m["name"] in dirs and m["mountPath"] != "/dev/shm"}
+
+
 def _pods(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
     """(role key, replica spec, pod spec, the pytorch container) for every replica type."""
     out = []
@@ -132,7 +140,10 @@ def plan(manifest: dict[str, Any], *, master_port: int, local_env: dict[str, str
             argv[0] = sys.executable  # the interpreter Ferry runs in, with its packages
         for index in range(spec["replicas"]):
             role = role_key.lower()
-            env = {**base, **operator_env(manifest, role, index, master_port), **local_env}
+            pod_dir = volumes_dir.parent / "pods" / local_env.get("FERRY_SUBMISSION_ID", "local") / f"{role}-{index}"
+            own = _empty_dir_mounts(pod, container, pod_dir)
+            env = {**{k: _map_volumes(v, own) for k, v in base.items()},
+                   **operator_env(manifest, role, index, master_port), **local_env}
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
             replicas.append(Replica(role, index, argv, env))
     return replicas

@@ -29,6 +29,11 @@ class LocalStore:
     def volumes(self) -> Path:
         return self.home / "volumes"
 
+    @property
+    def code_store(self) -> str:
+        """Where ``ferry run --code`` keeps code bundles (a file:// code store)."""
+        return (self.home / "code").as_uri()
+
     def run_dir(self, job: str, submission: str) -> Path:
         return self.home / "runs" / job / submission
 

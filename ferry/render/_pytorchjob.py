@@ -11,6 +11,7 @@ from kubernetes import client as k8s
 from ferry._submission import SUBMISSION_LABEL, spec_submission_id
 from ferry.render import _pod
 from ferry.spec import ConfigMapVolume, EmptyDirVolume, PVCVolume, SecretVolume, TrainingJob
+from ferry.spec._code import CODE_DIR, CODE_VOLUME
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -18,6 +19,9 @@ CONTAINER_NAME = "pytorch"  # the operator finds the container by this name
 PORT_NAME = "pytorchjob-port"  # ... and the rendezvous port by this one
 JOB_LABEL = "ferry.dev/job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CODE_DIGEST_LABEL = "ferry.dev/code-digest"  # the bundle's digest, its first 32 hex digits (a label's room)
+CODE_DIGEST_ANNOTATION = "ferry.dev/code-digest"  # ... all of it, sha256:<hex>
+CODE_URI_ANNOTATION = "ferry.dev/code-uri"
 
 
 def ferry_env(job: TrainingJob) -> dict[str, str]:
@@ -39,6 +43,8 @@ def ferry_env(job: TrainingJob) -> dict[str, str]:
             env["FERRY_REGISTER_AS"] = job.tracking.register_as
         if job.tracking.eval_data:
             env["FERRY_EVAL_DATA"] = job.tracking.eval_data
+    if job.code is not None:
+        env |= {"FERRY_CODE_URI": job.code.uri, "FERRY_CODE_DIGEST": job.code.digest, "FERRY_CODE_DIR": CODE_DIR}
     if job.checkpointing is not None:
         env["FERRY_CHECKPOINT_URI"] = job.checkpointing.uri
         env["FERRY_CHECKPOINT_EVERY"] = str(job.checkpointing.every_steps)
@@ -81,8 +87,31 @@ def _resources(job: TrainingJob) -> k8s.V1ResourceRequirements:
     return k8s.V1ResourceRequirements(requests=requests, limits=limits)
 
 
+def _labels(job: TrainingJob) -> dict[str, str]:
+    labels = {**_pod.common_labels(JOB_LABEL, job.name, job.labels), SUBMISSION_LABEL: spec_submission_id(job)}
+    if job.code is not None:
+        labels[CODE_DIGEST_LABEL] = job.code.short
+    return labels
+
+
+def _annotations(job: TrainingJob) -> dict[str, str] | None:
+    annotations = dict(job.annotations)
+    if job.code is not None:
+        annotations |= {CODE_DIGEST_ANNOTATION: job.code.digest, CODE_URI_ANNOTATION: job.code.uri}
+    return annotations or None
+
+
+def _code_volume(job: TrainingJob) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """The emptyDir a replica unpacks its code bundle into (kept across container restarts)."""
+    if job.code is None:
+        return [], []
+    return ([k8s.V1Volume(name=CODE_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource())],
+            [k8s.V1VolumeMount(name=CODE_VOLUME, mount_path=CODE_DIR)])
+
+
 def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
     shm, shm_mount = _pod.shm_volume(job.shm_size)
+    code_volumes, code_mounts = _code_volume(job)
     container = k8s.V1Container(
         name=CONTAINER_NAME,
         image=job.image,
@@ -93,7 +122,7 @@ def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=job.tracking.credentials_secret, optional=True))]
         if job.tracking is not None and job.tracking.credentials_secret else None,
         resources=_resources(job),
-        volume_mounts=[shm_mount] + [
+        volume_mounts=[shm_mount, *code_mounts] + [
             k8s.V1VolumeMount(name=v.volume_name(), mount_path=v.mount_path, read_only=v.read_only or None)
             for v in job.volumes
         ],
@@ -101,7 +130,7 @@ def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
     )
     spec = k8s.V1PodSpec(
         containers=[container],
-        volumes=[shm] + [_volume(v) for v in job.volumes],
+        volumes=[shm, *code_volumes] + [_volume(v) for v in job.volumes],
         security_context=_pod.pod_security_context(job.run_as_user),
         node_selector=dict(job.node_selector) or None,
         tolerations=[
@@ -115,8 +144,7 @@ def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
         automount_service_account_token=None if job.service_account else False,
         image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
     )
-    labels = {**_pod.common_labels(JOB_LABEL, job.name, job.labels), SUBMISSION_LABEL: spec_submission_id(job)}
-    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=spec)
+    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=_labels(job), annotations=_annotations(job)), spec=spec)
 
 
 def _replica_specs(job: TrainingJob) -> dict[str, kf.KubeflowOrgV1ReplicaSpec]:
@@ -157,7 +185,7 @@ def _run_policy(job: TrainingJob) -> kf.KubeflowOrgV1RunPolicy:
 
 def build_pytorchjob(job: TrainingJob) -> kf.KubeflowOrgV1PyTorchJob:
     """The PyTorchJob wire object for ``job``."""
-    labels = {**_pod.common_labels(JOB_LABEL, job.name, job.labels), SUBMISSION_LABEL: spec_submission_id(job)}
+    labels = _labels(job)
     if job.queue:
         labels[KUEUE_QUEUE_LABEL] = job.queue
     elastic = None
@@ -175,7 +203,7 @@ def build_pytorchjob(job: TrainingJob) -> kf.KubeflowOrgV1PyTorchJob:
             name=job.name,
             namespace=job.namespace,
             labels=labels,
-            annotations=dict(job.annotations) or None,
+            annotations=_annotations(job),
         ),
         spec=kf.KubeflowOrgV1PyTorchJobSpec(
             # nprocPerNode is a string in the CRD (auto|cpu|gpu|<int>); elasticPolicy.nProcPerNode

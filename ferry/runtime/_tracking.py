@@ -145,7 +145,7 @@ class Tracker:
 
     def _log_job_identity(self) -> None:
         """What every run records without the script asking: the job, its image, the source
-        commit, its checkpoint folder, what it resumed from, the world size and the
+        commit and code bundle, its checkpoint folder, what it resumed from, the world size and the
         hyperparameters it was submitted with. (The job spec and its rendered manifest are
         logged as artifacts by the sidecar.)"""
         import json
@@ -156,6 +156,9 @@ class Tracker:
             "ferry.image": settings.FERRY_IMAGE.get(),
             "ferry.eval_data": settings.FERRY_EVAL_DATA.get(),
             "mlflow.source.git.commit": settings.FERRY_GIT_COMMIT.get(),
+            # the code bundle the replicas ran (ferry.code): exactly what code trained the model
+            "ferry.code.digest": settings.FERRY_CODE_DIGEST.get(),
+            "ferry.code.uri": settings.FERRY_CODE_URI.get(),
             **self._checkpoint_tags(),
         }
         self.set_tags({k: v for k, v in tags.items() if v})

@@ -1,5 +1,6 @@
 """What users write: typed, immutable, validated specs. Knows nothing of YAML."""
 
+from ferry.spec._code import Code
 from ferry.spec._deploy import Autoscaling, Canary, Deployment
 from ferry.spec._job import RESERVED_ENV, TrainingJob
 from ferry.spec._loader import load_specs
@@ -26,6 +27,7 @@ __all__ = [
     "Canary",
     "Deployment",
     "Checkpointing",
+    "Code",
     "Choice",
     "IntUniform",
     "LogUniform",

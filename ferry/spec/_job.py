@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from ferry import _k8s
 from ferry._submission import submission_problem
 from ferry.spec._base import Spec
+from ferry.spec._code import CODE_DIR, CODE_VOLUME, Code
 from ferry.spec._pod import Resources, SecretRef, Toleration, Volume
 from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
 from ferry.spec._tracking import Checkpointing, Tracking
@@ -40,6 +41,9 @@ class TrainingJob(Spec):
     (one per GPU on GPU jobs). Give the entry point as ``module`` (run as ``python -m``, or
     through torchrun when there are several processes per worker or the job is elastic) or
     as an explicit ``command``; ``args`` follow either.
+
+    ``code`` runs the replicas from a bundle of the project instead of the code in ``image``
+    (``ferry submit`` bundles and uploads it and sets this field; see :mod:`ferry.code`).
 
     Each submission starts from step 0; ``resume_from`` starts it from another submission's
     latest checkpoint instead: a submission id of this job, an MLflow run (``runs:/<run id>``)
@@ -72,6 +76,7 @@ class TrainingJob(Spec):
     tracking: Tracking | None = Tracking()
     checkpointing: Checkpointing | None = None
     resume_from: str | None = None
+    code: Code | None = None
     restart_policy: Literal["OnFailure", "Never", "ExitCode", "Always"] = "OnFailure"
     port: int = 23456
     shm_size: str = "1Gi"
@@ -261,10 +266,10 @@ class TrainingJob(Spec):
             raise ValueError(f"resume_from={self.resume_from!r} names an MLflow run, which needs tracking=Tracking(...)")
         if overlap := sorted(set(self.env) & set(self.secret_env)):
             raise ValueError(f"{overlap[0]!r} is in both env and secret_env; keep one (duplicate env name)")
-        names = [volume.volume_name() for volume in self.volumes] + ["dshm"]
+        names = [volume.volume_name() for volume in self.volumes] + ["dshm"] + ([CODE_VOLUME] if self.code else [])
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"volume name {dupes[0]!r} is used twice; give the volumes distinct name=")
-        paths = [volume.mount_path.rstrip("/") for volume in self.volumes]
+        paths = [volume.mount_path.rstrip("/") for volume in self.volumes] + ([CODE_DIR] if self.code else [])
         if dupes := sorted({p for p in paths if paths.count(p) > 1}):
             raise ValueError(f"mount_path {dupes[0]!r} is used by two volumes; mount each at its own path")
         return self
@@ -280,13 +285,17 @@ class TrainingJob(Spec):
         return self.procs_per_worker > 1 or self.elastic is not None
 
     def entrypoint(self) -> list[str]:
-        """The container's full argv."""
+        """The container's full argv: with ``code``, the job's own behind ``python -m ferry.code``,
+        which fetches, checks and unpacks the bundle first."""
         if self.command is not None:
-            return [*self.command, *self.args]
-        assert self.module is not None
-        if self.uses_torchrun:
-            return ["python", "-m", "torch.distributed.run", "--module", self.module, *self.args]
-        return ["python", "-m", self.module, *self.args]
+            argv = [*self.command, *self.args]
+        elif self.uses_torchrun:
+            assert self.module is not None
+            argv = ["python", "-m", "torch.distributed.run", "--module", self.module, *self.args]
+        else:
+            assert self.module is not None
+            argv = ["python", "-m", self.module, *self.args]
+        return ["python", "-m", "ferry.code", "--", *argv] if self.code is not None else argv
 
 
 def resume_ref_problem(ref: str) -> str | None:
