@@ -414,9 +414,12 @@ class TrainingOperatorPlay(TrainingOperator):
     labels, its restart policy, the environment it injects), the pod run (its container as a local
     process, the kubelet's part), Running, then Succeeded or Failed from the exit code."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, workdir: Path):
+    def __init__(self, plane: ControlPlane, namespace: str, workdir: Path, *, bare: bool = False):
         super().__init__(plane, namespace)
         self.workdir = workdir
+        # bare: the image holds Ferry but not this project (nothing of the checkout on its path,
+        # a working folder of its own): only a job's code bundle can bring the job's modules
+        self.bare = bare
         self.logs: dict[str, Path] = {}  # job name -> its Master's output
 
     def master_pod(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -465,25 +468,32 @@ class TrainingOperatorPlay(TrainingOperator):
         home = self.workdir / pod_name / "tmp"
         home.mkdir(parents=True, exist_ok=True)
         image = image_of(container["image"], home)
+        cwd = REPO
+        if self.bare:
+            cwd = self.workdir / pod_name / "workdir"
+            cwd.mkdir(parents=True, exist_ok=True)
+            path = [part for part in image.env.get("PYTHONPATH", "").split(":") if part and Path(part) != REPO]
+            image = Image({**image.env, "PYTHONPATH": ":".join(path)}, image.entrypoint, image.cmd)
         declared = Kubelet(self.plane, self.namespace).env(pod, container)
         env = {**image.env, **declared}
         # Stand-ins: the Master's Service name is this machine, its port a free one.
         port = str(free_port())
         env.update(MASTER_ADDR=LOOPBACK, PET_MASTER_ADDR=LOOPBACK, MASTER_PORT=port, PET_MASTER_PORT=port)
-        # Each volume a folder; Ferry reads one path that lies on a mount: the checkpoint URI.
-        # (/dev/shm, the dshm emptyDir, is this machine's own.)
+        # Each volume a folder; Ferry reads two paths that lie on mounts: the checkpoint URI and
+        # where the code bundle is unpacked. (/dev/shm, the dshm emptyDir, is this machine's own.)
         for mount in container.get("volumeMounts") or []:
             if mount["mountPath"] == "/dev/shm":
                 continue
             folder = self.workdir / pod_name / "volumes" / mount["name"]
             folder.mkdir(parents=True, exist_ok=True)
-            for key in ("FERRY_CHECKPOINT_URI",):
-                if env.get(key, "").startswith(mount["mountPath"].rstrip("/") + "/"):
-                    env[key] = str(folder) + env[key][len(mount["mountPath"].rstrip("/")):]
+            for key in ("FERRY_CHECKPOINT_URI", "FERRY_CODE_DIR"):
+                inside = env.get(key, "")
+                if inside == mount["mountPath"] or inside.startswith(mount["mountPath"].rstrip("/") + "/"):
+                    env[key] = str(folder) + inside[len(mount["mountPath"].rstrip("/")):]
         self.pod_status(pod_name, {"running": {"startedAt": now()}}, "Running", container["image"])
         self.set_status(name, conditions=[created, running_], replicas={"Master": {"active": 1}})
         process = Process(f"the Master of {name}", Kubelet.argv(container, image, declared), env,
-                          self.workdir / f"{pod_name}.log", cwd=REPO)
+                          self.workdir / f"{pod_name}.log", cwd=cwd)
         with running(process):
             code = process.wait(timeout)
         self.pod_status(pod_name, {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
