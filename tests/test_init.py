@@ -106,6 +106,19 @@ def test_init_imports_nothing_heavy(argv, tmp_path):
     assert not modules & {"torch", "mlflow", "kserve"}
 
 
+def test_the_code_bundle_holds_the_project_and_leaves_its_data_out(tmp_path):
+    from ferry.code import collect
+
+    assert ferry("init", "acme-fraud", "--dir", str(tmp_path / "p")).exit_code == 0
+    project = tmp_path / "p"
+    for data in ("data/train.csv", "acme_fraud/weights.pt", "acme_fraud/cache/x.npz", "manifests/acme-fraud/pytorchjob.yaml"):
+        (project / data).parent.mkdir(parents=True, exist_ok=True)
+        (project / data).write_text("x")
+    shipped = sorted(name for name, _ in collect(project))
+    assert shipped == FILES  # what `ferry submit` bundles: the project's files, none of the data
+    assert (project / ".dockerignore").read_text() == (project / ".ferryignore").read_text()
+
+
 BAD_NAMES = [
     ("uppercase", "Acme-Fraud", "must be a DNS-1035 label"),
     ("underscore", "acme_fraud", "must be a DNS-1035 label"),
