@@ -30,12 +30,13 @@ class Shipped:
     job: TrainingJob  # the job, its ``code`` naming the bundle
     bundle: Bundle
     uri: str
-    uploaded: bool  # False: the store already held this digest
+    uploaded: bool  # False: the store already held this digest (or ``upload`` was False)
 
 
-def ship(job: TrainingJob, root: Path, store: str) -> Shipped:
+def ship(job: TrainingJob, root: Path, store: str, *, upload: bool = True) -> Shipped:
     """Bundle ``root``, publish it to ``store`` (once per digest), and return ``job`` set to run
-    from it. Refused when the job's module is not in ``root``: the replicas could not import it."""
+    from it; ``upload=False`` (a dry run) names the bundle where it would be, sending nothing.
+    Refused when the job's module is not in ``root``: the replicas could not import it."""
     from ferry.spec import Code
 
     root = Path(root).resolve()
@@ -43,7 +44,7 @@ def ship(job: TrainingJob, root: Path, store: str) -> Shipped:
         raise BundleError(f"code bundle: module {job.module!r} (the job's entry point) is not in {root}; "
                           f"give --code the folder it is imported from")
     bundle = build_bundle(root, max_bytes())
-    uri, uploaded = publish(bundle, store)
+    uri, uploaded = publish(bundle, store) if upload else (bundle_uri(store, bundle.digest), False)
     return Shipped(job.replace(code=Code(uri=uri, digest=bundle.digest)), bundle, uri, uploaded)
 
 
