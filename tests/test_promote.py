@@ -148,6 +148,22 @@ def test_lock_refuses_a_concurrent_promotion(registry):
     promote(client, Promotion(model=name), name, "1", "staging")  # released afterwards
 
 
+@pytest.mark.parametrize("command", [["promote", "--version", "2", "--env", "staging"], ["rollback", "--env", "staging"]],
+                         ids=["promote", "rollback"])
+def test_a_lock_another_holds_exits_4(registry, command, ferry_cli):
+    """Another promotion holds the environment's lock: a conflict (4) a script may retry, as the
+    cluster's conflicts are, not bad input."""
+    from ferry.registry._history import EnvLock
+
+    uri, client, name = registry
+    promote(client, Promotion(model=name), name, "1", "staging")
+    with EnvLock(client, name, "staging", "someone@else"):
+        held = ferry_cli(command[0], name, *command[1:], env={"MLFLOW_TRACKING_URI": uri})
+    assert held.returncode == 4, held.stderr
+    assert "in progress" in held.stderr and "someone@else" in held.stderr and "Traceback" not in held.stderr
+    assert alias_holder(client, name, "staging") == "1"
+
+
 def test_ten_concurrent_promotions(postgres_mlflow, tmp_path):
     from mlflow import MlflowClient
 
@@ -166,7 +182,7 @@ def test_ten_concurrent_promotions(postgres_mlflow, tmp_path):
     winners = [i + 1 for i, r in enumerate(results) if r.returncode == 0]
     losers = [r for r in results if r.returncode != 0]
     assert winners, [r.stderr for r in results]
-    assert all(r.returncode == 2 and "in progress" in r.stderr for r in losers), [r.stderr for r in losers]
+    assert all(r.returncode == 4 and "in progress" in r.stderr for r in losers), [r.stderr for r in losers]
     history = read_history(client, name, "staging")
     assert sorted(int(e.to_version) for e in history) == sorted(winners)  # one entry per success
     for before, after in zip(history, history[1:]):  # a consistent chain: each from = the previous to
@@ -213,7 +229,8 @@ def test_gitops_promotion(registry, tmp_path, ferry_cli):
 
 
 def test_promote_to_an_unreachable_server_is_a_clear_error(ferry_cli):
-    """No registry answers, so no backend to run it on: once, not once per registry."""
+    """No registry answers, so no backend to run it on: once, not once per registry. Exit 10:
+    the same command may succeed once MLflow is back."""
     name = f"digits-{uuid.uuid4().hex[:6]}"
     down = ferry_cli("promote", name, "--version", "2", "--env", "production", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
-    assert down.returncode == 2 and "tracking server http://127.0.0.1:9 is unreachable" in down.stderr
+    assert down.returncode == 10 and "tracking server http://127.0.0.1:9 is unreachable" in down.stderr

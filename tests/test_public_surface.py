@@ -17,7 +17,7 @@ SURFACE = {
     "ferry.errors": [
         "ClusterError", "ClusterUnreachable", "ConfigError", "Conflict", "FerryError", "Forbidden", "JobFileError",
         "ManifestInvalid", "ManifestIssue", "NotFound", "NotInstalled", "OptimizationFailed", "PromotionConflict",
-        "PromotionRefused", "RegistryError", "Rejected", "SpecError", "WaitTimeout",
+        "PromotionRefused", "RegistryError", "Rejected", "SpecError", "Unreachable", "WaitTimeout",
     ],
     "ferry.kube": [
         "CLUSTERSERVINGRUNTIME", "CLUSTERSTORAGECONTAINER", "CONFIGMAP", "INFERENCESERVICE", "POD", "PYTORCHJOB", "SCALEDOBJECT",
@@ -69,3 +69,17 @@ def test_error_tree():
     for name in ("SpecError", "JobFileError", "ConfigError", "ManifestInvalid"):
         assert issubclass(getattr(errors, name), errors.FerryError)
     assert errors.ManifestInvalid.exit_code == 1 and errors.SpecError.exit_code == 2
+    assert issubclass(errors.Unreachable, errors.FerryError) and errors.Unreachable.exit_code == 10
+    assert errors.PromotionConflict("held").exit_code == 4 and issubclass(errors.PromotionConflict, errors.RegistryError)
+    assert errors.RegistryError("down", transient=True).exit_code == 10 and errors.RegistryError("no").exit_code == 2
+
+
+def test_every_error_code_is_in_the_clis_table():
+    """The CLI's one table of exit codes describes every code an error of ferry.errors carries."""
+    from ferry import errors
+    from ferry.cli._util import EXIT_CODES
+
+    codes = {cls.exit_code for cls in vars(errors).values()
+             if isinstance(cls, type) and issubclass(cls, errors.FerryError) and isinstance(cls.exit_code, int)}
+    codes |= {errors.RegistryError("", transient=True).exit_code, errors.PromotionConflict("").exit_code}
+    assert codes <= set(EXIT_CODES), codes - set(EXIT_CODES)

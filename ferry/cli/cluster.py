@@ -2,7 +2,7 @@
 
 Every command takes ``--namespace/-n``, ``--context`` and ``--kubeconfig`` (else
 ``$KUBECONFIG``, else ``~/.kube/config``, else the pod's service account) and exits with the
-codes in :data:`EXIT_CODES`.
+codes of :data:`ferry.cli._util.EXIT_CODES` its epilog lists.
 """
 
 from __future__ import annotations
@@ -14,24 +14,20 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry.cli._util import _stderr, _stdout, fail_cleanly, in_namespace, replica_line, select_job, target_namespace
+from ferry.cli._util import (
+    CLUSTER_CODES,
+    _stderr,
+    _stdout,
+    exit_codes,
+    fail_cleanly,
+    in_namespace,
+    replica_line,
+    select_job,
+    target_namespace,
+)
 from ferry.cli.local import JobNameOption, ResumeOption, SetOption, WorkersOption
 
 cluster_app = typer.Typer()
-
-EXIT_CODES = """Exit codes:
-  0   done (with --wait: the job succeeded)
-  1   the job failed, or a manifest is invalid
-  2   bad input (job file, options)
-  3   not found (the job, its namespace, the ConfigMap it reads)
-  4   conflict (the job exists; a field another field manager owns)
-  5   forbidden (RBAC)
-  6   refused by the API server (invalid fields, admission / Pod Security)
-  7   not installed (the training operator, KServe)
-  8   no cluster (unreachable, bad kubeconfig, rejected credentials)
-  9   the API server failed otherwise (e.g. 5xx still, after the retries)
-  124 --wait timed out (the job goes on)
-  130 interrupted"""
 
 NamespaceOption = Annotated[str | None, typer.Option(
     "--namespace", "-n", help="Namespace (default: the job's own when set, else the context's, else 'default').")]
@@ -141,7 +137,7 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
     return _report_outcome(cluster, state)
 
 
-@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 1, 2, *CLUSTER_CODES, 10, 124, 130))
 @fail_cleanly
 def submit(
     job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob (or a Sweep: its trials, at most parallel at once).")],
@@ -221,7 +217,7 @@ def submit(
         raise typer.Exit(watch(cluster, job.name, done.namespace, timeout, follow))
 
 
-@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 1, 2, 3, 5, 7, 8, 9, 124, 130))
 @fail_cleanly
 def status(
     name: JobArgument,
@@ -255,7 +251,7 @@ def status(
             out.print(table)
 
 
-@cluster_app.command("list", rich_help_panel=PANEL, epilog=EXIT_CODES)
+@cluster_app.command("list", rich_help_panel=PANEL, epilog=exit_codes(0, 2, 5, 7, 8, 9, 130))
 @fail_cleanly
 def list_(
     namespace: NamespaceOption = None,
@@ -280,7 +276,7 @@ def list_(
             out.print(f"no jobs submitted by Ferry in {'any namespace' if all_namespaces else 'namespace ' + cluster.namespace}")
 
 
-@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 2, 3, 5, 7, 8, 9, 130))
 @fail_cleanly
 def logs(
     name: JobArgument,
@@ -338,7 +334,7 @@ def logs(
             thread.join(timeout=_poll_s() + 5)
 
 
-@cluster_app.command(rich_help_panel=PANEL, epilog=EXIT_CODES)
+@cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 2, 3, 5, 7, 8, 9, 124, 130))
 @fail_cleanly
 def delete(
     name: JobArgument,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry.cli._util import _stderr, _stdout, fail_cleanly, select_job, validate_and_emit
+from ferry.cli._util import _stderr, _stdout, exit_codes, fail_cleanly, select_job, validate_and_emit
 from ferry.errors import SpecError
 
 local_app = typer.Typer()
@@ -27,7 +27,7 @@ ResumeOption = Annotated[str | None, typer.Option(
     "--resume-from", help="Start from another submission's latest checkpoint: its id, runs:/<run id>, or a checkpoint folder.")]
 
 
-@local_app.command()
+@local_app.command(epilog=exit_codes(0, 1, 2, 130))
 @fail_cleanly
 def render(
     job_files: Annotated[list[Path], typer.Argument(
@@ -86,7 +86,7 @@ def as_asked(spec: Any, namespace: str | None, sets: Sequence[str]) -> Any:
     return spec if job is spec.job else spec.replace(job=job)
 
 
-@local_app.command()
+@local_app.command(epilog=exit_codes(0, 1, 2, 130))
 @fail_cleanly
 def validate(
     manifests: Annotated[list[Path], typer.Argument(
@@ -102,7 +102,7 @@ def validate(
     _stderr().print(f"[green]ok:[/] {len(docs)} manifest(s) valid")
 
 
-@local_app.command()
+@local_app.command(epilog=exit_codes(0, 1, 2, 130))
 @fail_cleanly
 def run(
     job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob.")],
@@ -124,7 +124,8 @@ def run(
     raise typer.Exit(report(job, result, console))
 
 
-@local_app.command()
+@local_app.command(epilog=exit_codes(0, 2, 130))
+@fail_cleanly
 def ui(
     port: Annotated[int, typer.Option(help="Port for the MLflow UI (127.0.0.1).")] = 5000,
 ) -> None:

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry.cli._util import _stderr, _stdout, fail_cleanly
-from ferry.errors import ConfigError, PromotionRefused
+from ferry.cli._util import _stderr, _stdout, exit_codes, fail_cleanly
+from ferry.errors import ConfigError, PromotionRefused, Unreachable
 
 models_app = typer.Typer(help="Registered models: versions, aliases, promotion history.", no_args_is_help=True)
 registry_app = typer.Typer()
@@ -29,23 +29,36 @@ def _actor(explicit: str | None, gitops_dir: Path | None) -> str:
     return resolve_actor(explicit, cwd=gitops_dir if gitops_dir is not None and gitops_dir.is_dir() else None)
 
 
-def registry_client() -> Any:
+def registry_client(*, fail_fast: bool = True) -> Any:
     """An MlflowClient for $MLFLOW_TRACKING_URI (or the embedded store), checked reachable:
-    an unreachable server is a clear error naming it, not minutes of retries."""
+    an unreachable or failing server is one line naming it (exit 10: try again later), not
+    minutes of retries; one that refuses the request (credentials) is a ConfigError.
+    ``fail_fast``: the command's later requests, too, are not retried (the check alone is,
+    otherwise: a server keeps MLflow's retries for the model it loads)."""
     from ferry import settings
     from ferry.local import embedded_tracking_uri
+    from ferry.registry._failures import is_transient
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    unset = [name for name in fast if name not in os.environ]
+    os.environ.update({name: fast[name] for name in unset})
     uri = settings.MLFLOW_TRACKING_URI.get() or embedded_tracking_uri()
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.search_registered_models(max_results=1)
-    except Exception as exc:
-        raise ConfigError(f"tracking server {uri} is unreachable ({str(exc).splitlines()[0][:200]}); "
-                          "start it or set MLFLOW_TRACKING_URI") from exc
+    except Exception as exc:  # noqa: BLE001 - MLflow's client raises MlflowException, requests' and OS errors
+        why = " ".join(str(getattr(exc, "message", None) or exc).split())[:200] or type(exc).__name__
+        if is_transient(exc):
+            raise Unreachable(f"tracking server {uri} is unreachable ({why}); start it or set MLFLOW_TRACKING_URI, "
+                              "then try again") from exc
+        raise ConfigError(f"tracking server {uri} refused the request ({why}); check MLFLOW_TRACKING_URI and "
+                          "MLflow's credentials (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN)") from exc
+    finally:
+        if not fail_fast:
+            for name in unset:
+                os.environ.pop(name, None)
     return client
 
 
@@ -72,7 +85,7 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=True)
 
 
-@models_app.command("list")
+@models_app.command("list", epilog=exit_codes(0, 2, 10, 130))
 @fail_cleanly
 def list_() -> None:
     """Registered models with their latest version and aliases."""
@@ -88,7 +101,7 @@ def list_() -> None:
     _console().print(table)
 
 
-@models_app.command()
+@models_app.command(epilog=exit_codes(0, 2, 10, 130))
 @fail_cleanly
 def show(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
     """Every version: source run, key metrics, aliases, tags, size."""
@@ -107,7 +120,7 @@ def show(name: Annotated[str, typer.Argument(help="Registered model name.")]) ->
     _console().print(table)
 
 
-@models_app.command()
+@models_app.command(epilog=exit_codes(0, 2, 10, 130))
 @fail_cleanly
 def history(name: Annotated[str, typer.Argument(help="Registered model name.")],
             env: Annotated[str | None, typer.Option(help="Only this environment.")] = None) -> None:
@@ -163,7 +176,7 @@ def gitops_update(client: Any, policy: Any, result: Any, root: Path, do_commit: 
         console.print("committed" if commit(root, changed, message) else "no change to commit")
 
 
-@registry_app.command()
+@registry_app.command(epilog=exit_codes(0, 1, 2, 4, 10, 130))
 @fail_cleanly
 def promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
@@ -192,7 +205,7 @@ def promote(
         gitops_update(client, rules, result, gitops_dir, commit)
 
 
-@registry_app.command()
+@registry_app.command(epilog=exit_codes(0, 2, 4, 10, 130))
 @fail_cleanly
 def rollback(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
@@ -212,7 +225,7 @@ def rollback(
         gitops_update(client, load_policy(policy, name), result, gitops_dir, commit)
 
 
-@registry_app.command()
+@registry_app.command(epilog=exit_codes(0, 1, 2, 10, 130))
 @fail_cleanly
 def optimize(
     model_uri: Annotated[str, typer.Argument(help="The source version: models:/NAME/VERSION or models:/NAME@ALIAS.")],

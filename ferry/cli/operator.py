@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ferry.cli._util import fail_cleanly
+from ferry.cli._util import exit_codes, fail_cleanly
 from ferry.errors import ConfigError
 
 operator_app = typer.Typer(help="The in-cluster operator: ModelPipeline resources (train → gate → serve).",
@@ -22,7 +22,7 @@ def _package() -> object:
     return ferry_operator
 
 
-@operator_app.command("run")
+@operator_app.command("run", epilog=exit_codes(0, 2, 130))
 @fail_cleanly
 def run(
     namespace: Annotated[list[str], typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")] = [],  # noqa: B006
@@ -41,7 +41,7 @@ def run(
                  metrics_port=metrics_port)
 
 
-@operator_app.command("crds")
+@operator_app.command("crds", epilog=exit_codes(0, 2))
 @fail_cleanly
 def crds() -> None:
     """Print the CustomResourceDefinitions the operator needs (ModelPipeline and kopf's peering), for kubectl apply -f -."""

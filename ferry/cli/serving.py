@@ -10,14 +10,23 @@ from urllib.parse import urlparse
 
 import typer
 
-from ferry.cli._util import _stderr, _stdout, fail_cleanly, in_namespace, target_namespace, validate_and_emit
-from ferry.cli.cluster import EXIT_CODES, ContextOption, KubeconfigOption, NamespaceOption, connect
+from ferry.cli._util import (
+    CLUSTER_CODES,
+    _stderr,
+    _stdout,
+    exit_codes,
+    fail_cleanly,
+    in_namespace,
+    target_namespace,
+    validate_and_emit,
+)
+from ferry.cli.cluster import ContextOption, KubeconfigOption, NamespaceOption, connect
 from ferry.cli.local import CrdDirOption
 
 serving_app = typer.Typer()
 
 
-@serving_app.command()
+@serving_app.command(epilog=exit_codes(0, 2, 10, 130))
 @fail_cleanly
 def serve(
     model_uri: Annotated[str, typer.Argument(help="models:/name@alias, models:/name/N, runs:/..., s3://... or a local path.")],
@@ -41,6 +50,10 @@ def serve(
         import os
 
         os.environ["MLFLOW_TRACKING_URI"] = embedded_tracking_uri()  # models:/ from the embedded store
+    if model_uri.startswith(("models:/", "runs:/")):
+        from ferry.cli.models import registry_client
+
+        registry_client(fail_fast=False)  # MLflow out of reach: its own exit code (10), before any loading
     from ferry.serve import serve as run_server
 
     run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
@@ -48,7 +61,8 @@ def serve(
                device=device, dtype=dtype, workers=workers)
 
 
-@serving_app.command()
+@serving_app.command(epilog=exit_codes(0, 2, 10, 143))
+@fail_cleanly
 def fetch(
     pairs: Annotated[list[str], typer.Argument(metavar="URI DEST [URI DEST]...", help="A model (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH, mlflow-artifacts:/PATH) and the folder to put it in; pairs of them, as KServe passes them.")],
     attempts: Annotated[int, typer.Option(min=1, help="Tries when MLflow is unreachable or answers 5xx (back-off 1 s, doubling).")] = 5,
@@ -86,7 +100,7 @@ def fetch(
         _stdout().print(done.line(), markup=False)
 
 
-@serving_app.command(epilog=EXIT_CODES)
+@serving_app.command(epilog=exit_codes(0, 2, 4, 5, 6, 7, 8, 9, 130))
 @fail_cleanly
 def runtime(
     image: Annotated[str | None, typer.Option(help="Image of Ferry's serving runtime and storage initializer.")] = None,
@@ -137,7 +151,7 @@ def _show_service(name: str, namespace: str | None, context: str | None, kubecon
         out.print(f"traffic: {t.get('percent', 0)}% → {t.get('revisionName', '?')}{tag}")
 
 
-@serving_app.command(epilog=EXIT_CODES)
+@serving_app.command(epilog=exit_codes(0, 1, 2, *CLUSTER_CODES, 10, 130))
 @fail_cleanly
 def deploy(
     deploy_files: Annotated[list[Path] | None, typer.Argument(help="Python files defining Deployment objects.")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ferry.cli._util import _stderr, _stdout, fail_cleanly
+from ferry.cli._util import _stderr, _stdout, exit_codes, fail_cleanly
 from ferry.errors import ConfigError, JobFileError
 
 sweep_app = typer.Typer()
@@ -54,7 +54,7 @@ def _table(sweep: Any, result: Any) -> Any:
     return table
 
 
-@sweep_app.command("sweep")
+@sweep_app.command("sweep", epilog=exit_codes(0, 1, 2, 130))
 @fail_cleanly
 def sweep_command(
     file: Annotated[Path, typer.Argument(help="A Python file defining a Sweep.")],
@@ -135,7 +135,8 @@ def _drive(sweep: Any, store: Any, uri: str, launcher: Any, *, register: bool) -
                         f"run the same command again to continue the sweep")
         raise typer.Exit(130)
     if result.best is None:
-        raise ConfigError("no trial finished; see the failed trials above")
+        _stderr().print("[bold red]error:[/] no trial finished; see the failed trials above")
+        raise typer.Exit(1)
 
 
 class TrialLines:

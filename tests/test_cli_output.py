@@ -1,0 +1,155 @@
+"""What ``ferry <command> --help`` promises, checked against the commands themselves: the exit
+codes each lists (from the one table, only those it can return), help that reads cleanly at 80
+columns and names only options the command has, the read commands' ``-o/--output``, one name
+per meaning across commands, and MLflow out of reach as its own exit code (10)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ferry import errors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _commands() -> list[tuple[str, click.Command]]:
+    """Every command of ``ferry``, as its words (``models show``) and click's object."""
+    from typer.main import get_command
+
+    from ferry.cli import app
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> Any:
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):  # a group: ferry models, ferry operator
+                yield from walk(command, (*path, name))
+            else:
+                yield " ".join((*path, name)), command
+
+    return sorted(walk(get_command(app), ()), key=lambda item: item[0])
+
+
+COMMANDS = _commands()
+
+
+def _options(command: click.Command) -> set[str]:
+    return {name for p in command.params for name in (*p.opts, *p.secondary_opts) if name.startswith("-")}
+
+
+def ferry(*args: str, env: dict[str, str] | None = None) -> Any:
+    from ferry.cli import app
+
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+# ---- one table of exit codes; each command lists those it can return ----------------------------
+TALKS_TO_MLFLOW = {"submit", "deploy", "promote", "rollback", "optimize", "models list", "models show",
+                   "models history", "serve", "fetch"}
+APPLIES = {"submit", "deploy", "runtime"}  # send objects to the API server
+LOCKING = {"promote", "rollback"}  # another promotion may hold the lock
+FAILS_WITH_1 = {"render", "validate", "run", "submit", "status", "deploy", "promote", "optimize", "sweep"}
+
+
+def _listed_codes(command: click.Command) -> list[int]:
+    epilog = command.epilog or ""
+    assert epilog.startswith("Exit codes:"), "no exit codes listed: give the command epilog=exit_codes(...)"
+    return [int(m) for m in re.findall(r"^\s*(\d+)\s", epilog, re.MULTILINE)]
+
+
+@pytest.mark.parametrize("words, command", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_each_command_lists_the_exit_codes_it_can_return(words, command):
+    from ferry.cli._util import EXIT_CODES, exit_codes
+
+    codes = set(_listed_codes(command))
+    options = _options(command)
+    assert codes <= set(EXIT_CODES), codes - set(EXIT_CODES)
+    assert command.epilog == exit_codes(*codes), "every epilog is written from the one table"
+    assert 0 in codes
+    assert (124 in codes) == ("--wait" in options), "124 is --wait's timeout: listed exactly where --wait is"
+    cluster = {3, 5, 6, 7, 8, 9}
+    assert not codes & cluster or "--kubeconfig" in options, "a command that talks to no cluster lists its codes"
+    assert "--kubeconfig" not in options or {5, 7, 8, 9} <= codes, "one that does may be refused or find none"
+    assert (4 in codes) == (words in APPLIES | LOCKING), "4: a conflict, when applying or taking the lock"
+    assert (6 in codes) == (words in APPLIES), "6: the API server refuses an object it is sent"
+    assert (10 in codes) == (words in TALKS_TO_MLFLOW), "10 is MLflow out of reach: listed where MLflow is asked"
+    assert (1 in codes) == (words in FAILS_WITH_1)
+    assert (143 in codes) == (words == "fetch")
+    assert words == "version" or 2 in codes
+
+
+RAISED = [
+    # id, what the command raises, its exit code
+    ("bad-input", errors.SpecError("workers must be >= 1"), 2),
+    ("not-found", errors.NotFound("no job"), 3),
+    ("promotion-lock", errors.PromotionConflict("held"), 4),
+    ("mlflow-down", errors.Unreachable("down"), 10),
+    ("registry-5xx", errors.RegistryError("503", transient=True), 10),
+    ("wait-timeout", errors.WaitTimeout("still running"), 124),
+    ("ctrl-c", KeyboardInterrupt(), 130),
+]
+
+
+@pytest.mark.parametrize("raised, code", [r[1:] for r in RAISED], ids=[r[0] for r in RAISED])
+def test_every_command_turns_what_it_raises_into_its_code(raised, code):
+    import typer
+
+    from ferry.cli._util import fail_cleanly
+
+    def command() -> None:
+        raise raised
+
+    app = typer.Typer()
+    app.command()(fail_cleanly(command))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_epilog_says_each_code_as_the_table_does():
+    from ferry.cli._util import EXIT_CODES, exit_codes
+
+    text = exit_codes(*EXIT_CODES)
+    assert " ".join(text.split()) == "Exit codes: " + " ".join(f"{code} {' '.join(what.split())}"
+                                                               for code, what in EXIT_CODES.items())
+    assert all(len(line) <= 78 for line in text.splitlines())
+
+
+# ---- MLflow out of reach: exit 10, one line -------------------------------------------------------
+DEPLOYMENT = "from ferry import Deployment\nd = Deployment(name='tiny', model='models:/tiny@champion')\n"
+TALKING_TO_MLFLOW = [
+    # id, arguments ({deploy}: a Deployment file)
+    ("promote", ["promote", "tiny", "--version", "1", "--env", "staging"]),
+    ("rollback", ["rollback", "tiny", "--env", "staging"]),
+    ("models-list", ["models", "list"]),
+    ("models-show", ["models", "show", "tiny"]),
+    ("models-history", ["models", "history", "tiny"]),
+    ("deploy", ["deploy", "{deploy}"]),
+    ("optimize", ["optimize", "models:/tiny/1", "--quantize", "int8"]),
+    ("serve", ["serve", "models:/tiny/1"]),
+]
+
+
+@pytest.mark.parametrize("args", [a for _, a in TALKING_TO_MLFLOW], ids=[i for i, _ in TALKING_TO_MLFLOW])
+def test_mlflow_out_of_reach_exits_10_with_one_line(args, tmp_path, monkeypatch):
+    from ferry.local import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    (tmp_path / "deploy.py").write_text(DEPLOYMENT)
+    result = ferry(*[a.format(deploy=tmp_path / "deploy.py") for a in args])
+    assert result.exit_code == 10, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"tracking server {uri} is unreachable" in lines[0], result.stderr
