@@ -153,3 +153,93 @@ def test_mlflow_out_of_reach_exits_10_with_one_line(args, tmp_path, monkeypatch)
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"tracking server {uri} is unreachable" in lines[0], result.stderr
+
+
+# ---- -o/--output on every read command ------------------------------------------------------------
+BAD_OUTPUT = [
+    # id, arguments (the option is judged before anything is read)
+    ("list", ["list", "-o", "xml"]),
+    ("status", ["status", "digits", "--output", "xml"]),
+    ("models-list", ["models", "list", "-o", "xml"]),
+    ("models-show", ["models", "show", "tiny", "-o", "xml"]),
+    ("models-history", ["models", "history", "tiny", "-o", "xml"]),
+    ("deploy-status", ["deploy", "--status", "tiny", "--output", "xml"]),
+]
+
+
+@pytest.mark.parametrize("args", [a for _, a in BAD_OUTPUT], ids=[i for i, _ in BAD_OUTPUT])
+def test_a_bad_output_format_names_the_option_and_its_choices(args):
+    result = ferry(*args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.replace("│", " ").split())
+    assert "--output" in said and "'xml' is not one of 'table', 'json', 'yaml'" in said, said
+
+
+@pytest.fixture(scope="module")
+def small_registry(tmp_path_factory) -> str:
+    """A SQLite registry: model 'tiny', v1 (test_accuracy 0.9) and v2 (0.95), v1 promoted to
+    staging by ci@ferry.test."""
+    from mlflow import MlflowClient
+
+    from ferry import Promotion
+    from ferry.registry import promote
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    experiment = client.create_experiment("tiny", artifact_location=(root / "artifacts").as_uri())
+    client.create_registered_model("tiny")
+    for accuracy in (0.9, 0.95):
+        run = client.create_run(experiment)
+        client.log_metric(run.info.run_id, "test_accuracy", accuracy)
+        client.log_text(run.info.run_id, "flavors:\n  pytorch:\n    pytorch_version: 2.13.0\n", "model/MLmodel")
+        client.create_model_version("tiny", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    promote(client, Promotion(model="tiny"), "tiny", "1", "staging", actor="ci@ferry.test")
+    return uri
+
+
+def _models_list(doc: Any) -> None:
+    (tiny,) = doc
+    assert list(tiny) == ["name", "latest_version", "aliases", "updated"]
+    assert (tiny["name"], tiny["latest_version"], tiny["aliases"]) == ("tiny", "2", {"staging": "1"})
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", tiny["updated"])
+
+
+def _models_show(doc: Any) -> None:
+    assert list(doc) == ["name", "versions"] and doc["name"] == "tiny"
+    assert [list(v) for v in doc["versions"]] == [
+        ["version", "aliases", "run_id", "metrics", "tags", "size_bytes", "created"]] * 2
+    assert [(v["version"], v["aliases"], v["metrics"]) for v in doc["versions"]] == [
+        ("1", ["staging"], {"test_accuracy": 0.9}), ("2", [], {"test_accuracy": 0.95})]
+
+
+def _models_history(doc: Any) -> None:
+    assert list(doc) == ["name", "entries"]
+    (entry,) = doc["entries"]
+    assert list(entry) == ["at", "env", "alias", "action", "from_version", "to_version", "actor", "forced", "gates"]
+    assert (entry["env"], entry["action"], entry["from_version"], entry["to_version"], entry["actor"]) == (
+        "staging", "promote", None, "1", "ci@ferry.test")
+    assert all(list(g) == ["gate", "passed", "detail"] for g in entry["gates"])
+
+
+READS = [
+    # id, arguments, a check of what -o json / -o yaml printed
+    ("models-list", ["models", "list"], _models_list),
+    ("models-show", ["models", "show", "tiny"], _models_show),
+    ("models-history", ["models", "history", "tiny"], _models_history),
+]
+
+
+@pytest.mark.parametrize("args, check", [r[1:] for r in READS], ids=[r[0] for r in READS])
+def test_models_print_json_and_yaml_for_scripts(args, check, small_registry, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", small_registry)
+    as_json = ferry(*args, "-o", "json")
+    assert as_json.exit_code == 0, as_json.output
+    check(json.loads(as_json.stdout))  # stdout holds the object and nothing else
+    as_yaml = ferry(*args, "--output", "yaml")
+    assert as_yaml.exit_code == 0, as_yaml.output
+    assert yaml.safe_load(as_yaml.stdout) == json.loads(as_json.stdout)
+    table = ferry(*args)
+    assert table.exit_code == 0 and "tiny" in table.stdout, table.output
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(table.stdout)

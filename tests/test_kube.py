@@ -8,12 +8,14 @@ pods that never run) is in tests/test_kube_emulated.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from tests._controllers import CREATED, RUNNING, SUCCEEDED, KServe, TrainingOperator, isvc_path, job_path
@@ -178,6 +180,10 @@ def test_wait_follows_the_conditions_to_success(kube):
     assert phases[0] == "Pending" and "Running" in phases and phases[-1] == "Succeeded"
     assert "master 1 active, 0 succeeded, 0 failed; worker 1 active" in result.stdout
     assert "digits succeeded" in result.stdout
+    # with -o json the progress goes to stderr and the final state alone to stdout
+    waited = ferry("status", "digits", "--wait", "-o", "json")
+    assert waited.exit_code == 0, waited.output
+    assert json.loads(waited.stdout)["phase"] == "Succeeded" and "digits succeeded" in waited.stderr
 
 
 def test_wait_times_out_with_its_own_code(kube):
@@ -205,6 +211,23 @@ def test_status_list_and_delete_through_the_garbage_collector(kube, control_plan
     assert listed.exit_code == 0 and "digits" in listed.stdout and "other" not in listed.stdout
     everywhere = ferry("list", "-A")
     assert everywhere.exit_code == 0 and kube.ns in everywhere.stdout
+    # for scripts: the same as objects, on stdout alone
+    for output, parse in [("json", json.loads), ("yaml", yaml.safe_load)]:
+        as_list = ferry("list", "-o", output)
+        assert as_list.exit_code == 0, as_list.output
+        (job,) = parse(as_list.stdout)
+        assert list(job) == ["name", "namespace", "submission", "phase", "reason", "message", "created", "finished"]
+        assert (job["name"], job["namespace"], job["phase"]) == ("digits", kube.ns, "Running")
+        as_status = ferry("status", "digits", "--output", output)
+        assert as_status.exit_code == 0, as_status.output
+        state = parse(as_status.stdout)
+        assert list(state) == [*job, "restarts", "replicas", "pods"]
+        assert {k: state[k] for k in job} == job and state["restarts"] == 1
+        assert state["replicas"] == {"Master": {"active": 1, "succeeded": 0, "failed": 0},
+                                     "Worker": {"active": 1, "succeeded": 0, "failed": 0}}
+        assert [(p["replica"], p["name"], p["restarts"]) for p in state["pods"]] == [
+            ("master-0", "digits-master-0", 1), ("worker-0", "digits-worker-0", 0)]
+        assert list(state["pods"][0]) == ["replica", "name", "phase", "restarts", "node"]
 
     # Foreground deletion: the job stays, with the garbage collector's finalizer, until its pods
     # are gone; then it goes too.
@@ -236,6 +259,15 @@ def test_deploy_apply_and_status(kube, control_plane, registry, monkeypatch):
     assert status.exit_code == 0, status.output
     assert "Ready" in status.stdout and f"http://tiny.{kube.ns}.example.com" in status.stdout
     assert "tiny v2" in status.stdout
+    as_json = ferry("deploy", "--status", "tiny", "--output", "json")
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)
+    assert list(doc) == ["name", "namespace", "ready", "url", "model", "model_version", "conditions", "traffic"]
+    assert (doc["name"], doc["namespace"], doc["ready"], doc["url"], doc["model"], doc["model_version"]) == (
+        "tiny", kube.ns, True, f"http://tiny.{kube.ns}.example.com", "tiny", "2")
+    assert all(list(c) == ["type", "status", "reason", "message"] for c in doc["conditions"]) and doc["conditions"]
+    assert all(list(t) == ["revision", "percent", "latest"] for t in doc["traffic"])
+    assert yaml.safe_load(ferry("deploy", "--status", "tiny", "--output", "yaml").stdout) == doc
     other = control_plane.namespace()
     try:
         dry = ferry("deploy", str(tiny), "--apply", "--dry-run", "server", "-n", other, "--no-runtime")

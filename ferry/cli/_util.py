@@ -70,8 +70,8 @@ class Output(str, Enum):
 def output_option(schema: str) -> Any:
     """``-o/--output table|json|yaml``; ``schema``: what json and yaml print (the keys)."""
     return typer.Option("--output", "-o", case_sensitive=False,
-                        help=f"table (default), json or yaml; json and yaml print {schema} on stdout, "
-                             "and nothing else.")
+                        help=f"table, for people; json or yaml, for scripts: {schema} (times in UTC, "
+                             "ISO 8601), on stdout and nothing else there.")
 
 
 def emit(data: Any, output: Output, table: Callable[[], None]) -> None:

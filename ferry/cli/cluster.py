@@ -16,14 +16,18 @@ import typer
 
 from ferry.cli._util import (
     CLUSTER_CODES,
+    Output,
     _stderr,
     _stdout,
+    emit,
     exit_codes,
+    output_option,
     fail_cleanly,
     in_namespace,
     replica_line,
     select_job,
     target_namespace,
+    timestamp,
 )
 from ferry.cli.local import JobNameOption, ResumeOption, SetOption, WorkersOption
 
@@ -67,13 +71,39 @@ def _state_table(state: Any) -> Any:
     return table
 
 
-def _report_outcome(cluster: Any, state: Any) -> int:
-    """Print how the job ended; its exit code (0 succeeded, 1 failed)."""
+# what -o json|yaml prints, as the help says it (times: ISO 8601 in UTC)
+JOB_KEYS = "name, namespace, submission, phase, reason, message, created, finished"
+LIST_SCHEMA = f"a list of {{{JOB_KEYS}}}, newest first"
+STATUS_SCHEMA = (f"an object {{{JOB_KEYS}, restarts, replicas: {{ROLE: {{active, succeeded, failed}}}}, "
+                 "pods: a list of {replica, name, phase, restarts, node}}")
+
+
+def job_doc(state: Any) -> dict[str, Any]:
+    """A job's state as ``-o json|yaml`` prints it (the keys of JOB_KEYS)."""
+    return {"name": state.name, "namespace": state.namespace, "submission": state.submission, "phase": state.phase,
+            "reason": state.reason or None, "message": state.message or None, "created": timestamp(state.created),
+            "finished": timestamp(state.finished_at)}
+
+
+def status_doc(state: Any, pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """``ferry status -o json|yaml``: the job, its restarts, replicas per role and pods."""
+    from ferry.kube import pod_restarts, replica_name
+
+    return {**job_doc(state), "restarts": state.restarts,
+            "replicas": {role: {"active": c.active, "succeeded": c.succeeded, "failed": c.failed}
+                         for role, c in state.replicas.items()},
+            "pods": [{"replica": replica_name(pod), "name": pod["metadata"]["name"],
+                      "phase": (pod.get("status") or {}).get("phase"), "restarts": pod_restarts(pod),
+                      "node": (pod.get("spec") or {}).get("nodeName")} for pod in pods]}
+
+
+def _report_outcome(cluster: Any, state: Any, out: Any = None) -> int:
+    """Print how the job ended (on ``out``, default stdout); its exit code (0 succeeded, 1 failed)."""
     from rich.markup import escape
 
     from ferry.kube import failed_replica_logs
 
-    out = _stdout()
+    out = out or _stdout()
     if state.succeeded:
         out.print(f"[green]{state.name} succeeded[/] (submission {state.submission}, {state.age()} old)")
         return 0
@@ -90,14 +120,15 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow: bool) -> int:
+def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow: bool, out: Any = None) -> int:
     """Follow the job to its end with a live status (a line per change when not on a terminal),
-    streaming its replicas' logs with ``follow``; the exit code of its outcome."""
+    streaming its replicas' logs with ``follow``, on ``out`` (default: stdout); the exit code
+    of its outcome."""
     from rich.live import Live
 
     from ferry.kube import follow_logs, wait_for
 
-    out = _stdout()
+    out = out or _stdout()
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -134,7 +165,7 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
         if log_thread is not None:
             log_thread.join(timeout=_poll_s() + 5)
         signal.signal(signal.SIGTERM, previous)
-    return _report_outcome(cluster, state)
+    return _report_outcome(cluster, state, out)
 
 
 @cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 1, 2, *CLUSTER_CODES, 10, 124, 130))
@@ -226,29 +257,42 @@ def status(
     kubeconfig: KubeconfigOption = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
+    output: Annotated[Output, output_option(STATUS_SCHEMA)] = Output.table,
 ) -> None:
-    """A job's state: phase and why, replicas per role, restarts, age, and its pods."""
+    """A job's state: phase and why, replicas per role, restarts, age, and its pods.
+
+    With --wait, follow it to its end first (with -o json or yaml, its progress goes to stderr
+    and the final state to stdout); the exit code is then its outcome."""
     from rich.markup import escape
     from rich.table import Table
 
     from ferry.kube import job_pods, job_state, pod_restarts, replica_name
 
     with connect(kubeconfig, context, namespace) as cluster:
+        code = 0
         if wait:
-            raise typer.Exit(watch(cluster, name, namespace or cluster.namespace, timeout, False))
+            code = watch(cluster, name, namespace or cluster.namespace, timeout, False,
+                         out=None if output is Output.table else _stderr())
+            if output is Output.table:
+                raise typer.Exit(code)
         state = job_state(cluster, name)
-        out = _stdout()
-        out.print(_state_table(state))
-        out.print(f"submission {state.submission or '-'}" + (f"; {escape(state.reason)}: {escape(state.message)}"
-                                                            if state.message else ""))
         pods = job_pods(cluster, name)
-        if pods:
-            table = Table("replica", "pod", "phase", "restarts", "node")
-            for pod in pods:
-                table.add_row(replica_name(pod), pod["metadata"]["name"], (pod.get("status") or {}).get("phase", "-"),
-                              str(pod_restarts(pod)),
-                              (pod.get("spec") or {}).get("nodeName") or "-")
-            out.print(table)
+
+        def table() -> None:
+            out = _stdout()
+            out.print(_state_table(state))
+            out.print(f"submission {state.submission or '-'}" + (f"; {escape(state.reason)}: {escape(state.message)}"
+                                                                if state.message else ""))
+            if pods:
+                rows = Table("replica", "pod", "phase", "restarts", "node")
+                for pod in pods:
+                    rows.add_row(replica_name(pod), pod["metadata"]["name"], (pod.get("status") or {}).get("phase", "-"),
+                                 str(pod_restarts(pod)), (pod.get("spec") or {}).get("nodeName") or "-")
+                out.print(rows)
+
+        emit(status_doc(state, pods), output, table)
+    if code:
+        raise typer.Exit(code)
 
 
 @cluster_app.command("list", rich_help_panel=PANEL, epilog=exit_codes(0, 2, 5, 7, 8, 9, 130))
@@ -258,6 +302,7 @@ def list_(
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Jobs of every namespace.")] = False,
+    output: Annotated[Output, output_option(LIST_SCHEMA)] = Output.table,
 ) -> None:
     """The jobs Ferry submitted (label app.kubernetes.io/managed-by=ferry), newest first."""
     from rich.table import Table
@@ -266,14 +311,19 @@ def list_(
 
     with connect(kubeconfig, context, namespace) as cluster:
         states = list_jobs(cluster, all_namespaces=all_namespaces)
-        table = Table(*(["namespace"] if all_namespaces else []), "name", "submission", "phase", "age")
-        for s in states:
-            table.add_row(*([s.namespace] if all_namespaces else []), s.name, s.submission or "-", s.phase, s.age())
-        out = _stdout()
-        if states:
-            out.print(table)
-        else:
-            out.print(f"no jobs submitted by Ferry in {'any namespace' if all_namespaces else 'namespace ' + cluster.namespace}")
+
+        def table() -> None:
+            out = _stdout()
+            if not states:
+                where = "any namespace" if all_namespaces else "namespace " + cluster.namespace
+                out.print(f"no jobs submitted by Ferry in {where}")
+                return
+            rows = Table(*(["namespace"] if all_namespaces else []), "name", "submission", "phase", "age")
+            for s in states:
+                rows.add_row(*([s.namespace] if all_namespaces else []), s.name, s.submission or "-", s.phase, s.age())
+            out.print(rows)
+
+        emit([job_doc(s) for s in states], output, table)
 
 
 @cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 2, 3, 5, 7, 8, 9, 130))

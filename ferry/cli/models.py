@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ferry.cli._util import _stderr, _stdout, exit_codes, fail_cleanly
-from ferry.errors import ConfigError, PromotionRefused, Unreachable
+from ferry.cli._util import Output, _stderr, _stdout, emit, exit_codes, fail_cleanly, output_option, timestamp
+from ferry.errors import ConfigError, PromotionRefused, RegistryError, Unreachable
 
 models_app = typer.Typer(help="Registered models: versions, aliases, promotion history.", no_args_is_help=True)
 registry_app = typer.Typer()
@@ -73,10 +72,9 @@ def load_policy(policy_file: Path | None, name: str) -> Any:
     return policies[0]
 
 
-def _when(ts: float | int | None, millis: bool = False) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts / 1000 if millis else ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+def _when(iso: str | None) -> str:
+    """A :func:`timestamp` as the tables show it: ``2026-05-01 12:00:00`` (UTC)."""
+    return iso.replace("T", " ").rstrip("Z") if iso else "-"
 
 
 def _console() -> Any:
@@ -85,45 +83,72 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=True)
 
 
+# what -o json|yaml prints, as the help says it
+MODELS_SCHEMA = "a list of {name, latest_version, aliases: {ALIAS: VERSION}, updated}"
+VERSIONS_SCHEMA = ("an object {name, versions: a list of {version, aliases, run_id, metrics: {METRIC: VALUE}, "
+                   "tags: {KEY: VALUE}, size_bytes, created}}")
+HISTORY_SCHEMA = ("an object {name, entries: a list of {at, env, alias, action, from_version, to_version, actor, "
+                  "forced, gates: a list of {gate, passed, detail}}}, oldest first")
+ModelArgument = Annotated[str, typer.Argument(help="Registered model name.")]
+
+
 @models_app.command("list", epilog=exit_codes(0, 2, 10, 130))
 @fail_cleanly
-def list_() -> None:
+def list_(output: Annotated[Output, output_option(MODELS_SCHEMA)] = Output.table) -> None:
     """Registered models with their latest version and aliases."""
     from rich.table import Table
 
     from ferry.registry import list_models
 
-    table = Table("model", "latest", "aliases", "updated")
+    docs = []
     for m in list_models(registry_client()):
         latest = max((int(v.version) for v in m.latest_versions or []), default=None)
-        aliases = ", ".join(f"{a}→v{v}" for a, v in sorted((m.aliases or {}).items()))
-        table.add_row(m.name, str(latest or "-"), aliases or "-", _when(m.last_updated_timestamp, millis=True))
-    _console().print(table)
+        docs.append({"name": m.name, "latest_version": str(latest) if latest is not None else None,
+                     "aliases": {alias: str(v) for alias, v in sorted((m.aliases or {}).items())},
+                     "updated": timestamp(m.last_updated_timestamp / 1000 if m.last_updated_timestamp else None)})
+
+    def table() -> None:
+        rows = Table("model", "latest", "aliases", "updated")
+        for doc in docs:
+            aliases = ", ".join(f"{a}→v{v}" for a, v in doc["aliases"].items())
+            rows.add_row(doc["name"], doc["latest_version"] or "-", aliases or "-", _when(doc["updated"]))
+        _console().print(rows)
+
+    emit(docs, output, table)
 
 
 @models_app.command(epilog=exit_codes(0, 2, 10, 130))
 @fail_cleanly
-def show(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+def show(name: ModelArgument, output: Annotated[Output, output_option(VERSIONS_SCHEMA)] = Output.table) -> None:
     """Every version: source run, key metrics, aliases, tags, size."""
     from rich.table import Table
 
     from ferry.registry import model_versions
 
-    table = Table("version", "aliases", "run", "test_accuracy", "loss", "size", "tags", "created", title=name)
-    for row in model_versions(registry_client(), name):
-        m = row["metrics"]
-        tags = ", ".join(f"{k}={v}" for k, v in sorted(row["tags"].items()) if not k.startswith("ferry.promoted"))
-        size = f"{row['size'] / 1024:.0f} KiB" if row["size"] else "-"
-        table.add_row(row["version"], ", ".join(row["aliases"]) or "-", (row["run_id"] or "-")[:12],
-                      f"{m['test_accuracy']:.4f}" if "test_accuracy" in m else "-", f"{m['loss']:.4f}" if "loss" in m else "-",
-                      size, tags or "-", _when(row["created"], millis=True))
-    _console().print(table)
+    versions = [{"version": row["version"], "aliases": row["aliases"], "run_id": row["run_id"], "metrics": row["metrics"],
+                 "tags": row["tags"], "size_bytes": row["size"],
+                 "created": timestamp(row["created"] / 1000 if row["created"] else None)}
+                for row in model_versions(registry_client(), name)]
+
+    def table() -> None:
+        rows = Table("version", "aliases", "run", "test_accuracy", "loss", "size", "tags", "created", title=name)
+        for row in versions:
+            m = row["metrics"]
+            tags = ", ".join(f"{k}={v}" for k, v in sorted(row["tags"].items()) if not k.startswith("ferry.promoted"))
+            size = f"{row['size_bytes'] / 1024:.0f} KiB" if row["size_bytes"] else "-"
+            rows.add_row(row["version"], ", ".join(row["aliases"]) or "-", (row["run_id"] or "-")[:12],
+                         f"{m['test_accuracy']:.4f}" if "test_accuracy" in m else "-",
+                         f"{m['loss']:.4f}" if "loss" in m else "-", size, tags or "-", _when(row["created"]))
+        _console().print(rows)
+
+    emit({"name": name, "versions": versions}, output, table)
 
 
 @models_app.command(epilog=exit_codes(0, 2, 10, 130))
 @fail_cleanly
-def history(name: Annotated[str, typer.Argument(help="Registered model name.")],
-            env: Annotated[str | None, typer.Option(help="Only this environment.")] = None) -> None:
+def history(name: ModelArgument,
+            env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
+            output: Annotated[Output, output_option(HISTORY_SCHEMA)] = Output.table) -> None:
     """Which version served where, when, moved by whom, with which gate results."""
     from rich.table import Table
 
@@ -132,14 +157,26 @@ def history(name: Annotated[str, typer.Argument(help="Registered model name.")],
     client = registry_client()
     try:
         entries = read_history(client, name, env)
-    except Exception as exc:
-        raise ConfigError(f"no registered model {name!r}: {str(exc).splitlines()[0][:200]}") from exc
-    table = Table("when (UTC)", "env", "action", "from", "to", "by", "gates", title=f"{name}: promotion history")
-    for e in entries:
-        gates = ", ".join(f"{g['gate']}:{'ok' if g['passed'] else 'FAIL'}" for g in e.gates) or "-"
-        table.add_row(_when(e.at), e.env, e.action + (" (forced)" if e.forced else ""), f"v{e.from_version}" if e.from_version else "-",
-                      f"v{e.to_version}", e.actor, gates)
-    _console().print(table)
+    except Exception as exc:  # noqa: BLE001 - MLflow's client raises MlflowException, requests' and OS errors
+        from ferry.registry._failures import is_transient, registry_error
+
+        if is_transient(exc):
+            raise registry_error(exc, f"reading the history of {name}") from exc
+        raise RegistryError(f"no registered model {name!r}: {str(exc).splitlines()[0][:200]}") from exc
+    docs = [{"at": timestamp(e.at), "env": e.env, "alias": e.alias, "action": e.action, "from_version": e.from_version,
+             "to_version": e.to_version, "actor": e.actor, "forced": e.forced,
+             "gates": [{"gate": g.get("gate"), "passed": g.get("passed"), "detail": g.get("detail")} for g in e.gates]}
+            for e in entries]
+
+    def table() -> None:
+        rows = Table("when (UTC)", "env", "action", "from", "to", "by", "gates", title=f"{name}: promotion history")
+        for e in docs:
+            gates = ", ".join(f"{g['gate']}:{'ok' if g['passed'] else 'FAIL'}" for g in e["gates"]) or "-"
+            rows.add_row(_when(e["at"]), e["env"], e["action"] + (" (forced)" if e["forced"] else ""),
+                         f"v{e['from_version']}" if e["from_version"] else "-", f"v{e['to_version']}", e["actor"], gates)
+        _console().print(rows)
+
+    emit({"name": name, "entries": docs}, output, table)
 
 
 def print_verdict(result: Any) -> None:

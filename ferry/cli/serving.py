@@ -5,15 +5,17 @@ needs of Ferry to run it (the serving runtime and the storage initializer)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import typer
 
 from ferry.cli._util import (
     CLUSTER_CODES,
+    Output,
     _stderr,
     _stdout,
+    emit,
     exit_codes,
     fail_cleanly,
     in_namespace,
@@ -129,7 +131,23 @@ def runtime(
             _stderr().print(f"applied: {item}")
 
 
-def _show_service(name: str, namespace: str | None, context: str | None, kubeconfig: Path | None) -> None:
+# what deploy --status -o json|yaml prints, as the help says it
+SERVICE_SCHEMA = ("an object {name, namespace, ready, url, model, model_version, conditions: a list of {type, status, "
+                  "reason, message}, traffic: a list of {revision, percent, latest}}")
+
+
+def service_doc(state: Any) -> dict[str, Any]:
+    """An InferenceService's state as ``deploy --status -o json|yaml`` prints it."""
+    return {"name": state.name, "namespace": state.namespace, "ready": state.ready, "url": state.url,
+            "model": state.model, "model_version": state.model_version,
+            "conditions": [{"type": c.type, "status": c.status, "reason": c.reason or None, "message": c.message or None}
+                           for c in state.conditions],
+            "traffic": [{"revision": t.get("revisionName"), "percent": t.get("percent", 0),
+                         "latest": bool(t.get("latestRevision"))} for t in state.traffic]}
+
+
+def _show_service(name: str, namespace: str | None, context: str | None, kubeconfig: Path | None,
+                  output: Output) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -137,18 +155,22 @@ def _show_service(name: str, namespace: str | None, context: str | None, kubecon
 
     with connect(kubeconfig, context, namespace) as cluster:
         state = service_state(cluster, name)
-    out = _stdout()
-    ready = "[green]Ready[/]" if state.ready else "[yellow]not ready[/]"
-    model = f"{state.model} v{state.model_version}" if state.model else "-"
-    out.print(f"InferenceService {state.namespace}/{state.name}: {ready}  model {model}  url {state.url or '-'}")
-    table = Table("condition", "status", "reason", "message")
-    for c in state.conditions:
-        table.add_row(c.type, c.status, c.reason or "-", escape(c.message) or "-")
-    if state.conditions:
-        out.print(table)
-    for t in state.traffic:
-        tag = " (latest)" if t.get("latestRevision") else ""
-        out.print(f"traffic: {t.get('percent', 0)}% → {t.get('revisionName', '?')}{tag}")
+
+    def table() -> None:
+        out = _stdout()
+        ready = "[green]Ready[/]" if state.ready else "[yellow]not ready[/]"
+        model = f"{state.model} v{state.model_version}" if state.model else "-"
+        out.print(f"InferenceService {state.namespace}/{state.name}: {ready}  model {model}  url {state.url or '-'}")
+        rows = Table("condition", "status", "reason", "message")
+        for c in state.conditions:
+            rows.add_row(c.type, c.status, c.reason or "-", escape(c.message) or "-")
+        if state.conditions:
+            out.print(rows)
+        for t in state.traffic:
+            tag = " (latest)" if t.get("latestRevision") else ""
+            out.print(f"traffic: {t.get('percent', 0)}% → {t.get('revisionName', '?')}{tag}")
+
+    emit(service_doc(state), output, table)
 
 
 @serving_app.command(epilog=exit_codes(0, 1, 2, *CLUSTER_CODES, 10, 130))
@@ -163,6 +185,10 @@ def deploy(
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="With --apply: take over fields another field manager owns.")] = False,
     runtime: Annotated[bool, typer.Option("--runtime/--no-runtime", help="Include Ferry's ClusterServingRuntime and ClusterStorageContainer (--no-runtime when the Helm chart manages them: applying them needs cluster-wide rights).")] = True,
     status: Annotated[str | None, typer.Option("--status", help="Show this InferenceService's conditions, URL and traffic (no files needed).")] = None,
+    output: Annotated[Output, typer.Option(
+        "--output", case_sensitive=False,
+        help=f"With --status: table, for people; json or yaml, for scripts: {SERVICE_SCHEMA}, on stdout and "
+             "nothing else there. (-o is --out here, as in render.)")] = Output.table,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
@@ -174,7 +200,7 @@ def deploy(
     fetches models:/ URIs) come with it. --apply sends them to the cluster, and refuses a model
     no installed storage container would fetch; --status NAME shows how one is doing."""
     if status is not None:
-        _show_service(status, namespace, context, kubeconfig)
+        _show_service(status, namespace, context, kubeconfig, output)
         return
     if not deploy_files:
         raise typer.BadParameter("give one or more deploy files (or --status NAME)", param_hint="DEPLOY_FILES")
