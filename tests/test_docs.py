@@ -185,12 +185,18 @@ def all_commands(cmd=None, path=()):  # type: ignore[no-untyped-def]
         yield path, cmd
 
 
-def _option_names(cmd) -> set[str]:  # type: ignore[no-untyped-def]
-    names = {"-h", "--help"}
+def _option_names(cmd, hidden: bool = False) -> set[str]:  # type: ignore[no-untyped-def]
+    """A command's option names; ``hidden``: only those of its hidden options (old spellings)."""
+    names = set() if hidden else {"-h", "--help"}
     for param in cmd.params:
-        if param.param_type_name == "option":
+        if param.param_type_name == "option" and bool(getattr(param, "hidden", False)) == hidden:
             names.update(param.opts, param.secondary_opts)
     return names
+
+
+def _old_spellings(cmd, args: list[str]) -> str | None:  # type: ignore[no-untyped-def]
+    old = [a for a in args if a.split("=")[0] in _option_names(cmd, hidden=True)]
+    return f"{', '.join(old)}: an old spelling the help no longer shows; use the current one" if old else None
 
 
 def _resolve(args: list[str]):  # type: ignore[no-untyped-def]
@@ -218,6 +224,8 @@ def check_strictly(args: list[str]) -> str | None:
     if rest is None:
         return None
     path, left = rest
+    if problem := _old_spellings(cmd, left):
+        return f"ferry {' '.join(path)}: {problem}"
     root = _cli()
     parent = root.context_class(root, info_name="ferry", **root.context_settings)
     try:
@@ -238,6 +246,8 @@ def check_names(args: list[str]) -> str | None:
     if rest is None:
         return None
     path, left = rest
+    if problem := _old_spellings(cmd, left):
+        return f"ferry {' '.join(path)}: {problem}"
     known = _option_names(cmd)
     unknown = [a for a in left if a.startswith("-") and a != "-" and a.split("=")[0] not in known]
     return f"ferry {' '.join(path)}: no option {', '.join(unknown)}" if unknown else None
@@ -395,7 +405,8 @@ def test_the_cli_page_names_every_command_and_option() -> None:
             missing.append(f"ferry {' '.join(path)}: no heading or table row")
             continue
         for param in cmd.params:
-            for opt in (*param.opts, *param.secondary_opts) if param.param_type_name == "option" else ():
+            shown = param.param_type_name == "option" and not getattr(param, "hidden", False)
+            for opt in (*param.opts, *param.secondary_opts) if shown else ():
                 if opt.startswith("--") and opt != "--help" and not re.search(rf"{re.escape(opt)}(?![\w-])", section):
                     missing.append(f"ferry {' '.join(path)}: {opt}")
     for opt in _option_names(_cli()) - {"-h", "--help"}:
