@@ -243,3 +243,128 @@ def test_models_print_json_and_yaml_for_scripts(args, check, small_registry, mon
     assert table.exit_code == 0 and "tiny" in table.stdout, table.output
     with pytest.raises(json.JSONDecodeError):
         json.loads(table.stdout)
+
+
+# ---- one option name per meaning ---------------------------------------------------------------
+def _command(words: str) -> click.Command:
+    return dict(COMMANDS)[words]
+
+
+def _option(words: str, name: str) -> click.Parameter | None:
+    return next((p for p in _command(words).params if name in (*p.opts, *p.secondary_opts)), None)
+
+
+SAME_NAMES = [
+    # id, option, the commands that take it (with the same meaning), its short form
+    ("which-job", "--job", ["run", "submit"], None),
+    ("which-sweep", "--sweep", ["sweep", "submit"], None),
+    ("namespace", "--namespace", ["submit", "status", "list", "logs", "delete", "deploy", "render"], "-n"),
+    ("context", "--context", ["submit", "status", "list", "logs", "delete", "deploy", "runtime"], None),
+    ("kubeconfig", "--kubeconfig", ["submit", "status", "list", "logs", "delete", "deploy", "runtime"], None),
+    ("follow", "--follow", ["submit", "logs"], "-f"),
+    ("output", "--output", ["list", "status", "models list", "models show", "models history"], "-o"),
+]
+
+
+@pytest.mark.parametrize("name, commands, short", [r[1:] for r in SAME_NAMES], ids=[r[0] for r in SAME_NAMES])
+def test_one_name_per_meaning(name, commands, short):
+    for words in commands:
+        option = _option(words, name)
+        assert option is not None, f"ferry {words} has no {name}"
+        assert short is None or short in option.opts, f"ferry {words} {name} lacks {short}"
+
+
+def test_dry_run_takes_the_same_values_everywhere():
+    """The values themselves: the refusals of 'maybe' below list them."""
+    helps = {_option(words, "--dry-run").help for words in ("submit", "deploy")}
+    (said,) = helps
+    assert "client: render and validate here" in said and "server: the API server" in said
+
+
+def test_timeout_goes_with_wait():
+    for words, _ in COMMANDS:
+        if _option(words, "--timeout") is not None:
+            assert _option(words, "--wait") is not None, words
+
+
+def test_deprecated_spellings_are_hidden():
+    assert _option("sweep", "--name").hidden
+    assert "--name" not in ferry("sweep", "--help", env={"COLUMNS": "200"}).stdout
+
+
+SWEEPS = """
+from ferry import Choice, Objective, Sweep, Tracking, TrainingJob
+job = TrainingJob(name="base", image="ghcr.io/acme/train:1", module="train",
+                  hyperparameters={"lr": 0.1, "epochs": 2}, tracking=Tracking(experiment="base"))
+a = Sweep(name="a", job=job, space={"lr": Choice([0.1, 0.2])}, sampler="grid", trials=2,
+          objective=Objective(metric="loss", goal="min"))
+b = Sweep(name="b", job=job, space={"lr": Choice([0.3, 0.4, 0.5])}, sampler="grid", trials=3,
+          objective=Objective(metric="loss", goal="min"))
+"""
+CHOOSING = [
+    # id, arguments ({file}: a file defining job 'base' and sweeps 'a' and 'b'), exit code, stdout's PyTorchJobs, stderr
+    ("submit-sweep", ["submit", "{file}", "--sweep", "b", "--dry-run", "client"], 0, ["b-t0", "b-t1", "b-t2"], ""),
+    ("submit-job-names-a-sweep-as-before", ["submit", "{file}", "--job", "a", "--dry-run", "client"], 0,
+     ["a-t0", "a-t1"], "--job a names a Sweep"),
+    ("submit-job", ["submit", "{file}", "--job", "base", "--dry-run", "client"], 0, ["base"], ""),
+    ("submit-several-sweeps", ["submit", "{file}", "--dry-run", "client"], 2, [], "choose one with --sweep NAME"),
+    ("submit-no-such-sweep", ["submit", "{file}", "--sweep", "c", "--dry-run", "client"], 2, [], "no sweep named 'c'"),
+    ("sweep-no-such-sweep", ["sweep", "{file}", "--sweep", "c"], 2, [], "no sweep named 'c' (it defines: a, b)"),
+    ("sweep-old-spelling", ["sweep", "{file}", "--name", "c"], 2, [], "--name is deprecated; use --sweep"),
+    ("sweep-both-spellings", ["sweep", "{file}", "--name", "a", "--sweep", "b"], 2, [], "give only --sweep"),
+]
+
+
+@pytest.mark.parametrize("args, code, jobs, says", [c[1:] for c in CHOOSING], ids=[c[0] for c in CHOOSING])
+def test_choosing_a_job_or_a_sweep(args, code, jobs, says, tmp_path):
+    (tmp_path / "sweeps.py").write_text(SWEEPS)
+    result = ferry(*[a.format(file=tmp_path / "sweeps.py") for a in args])
+    assert result.exit_code == code, result.output
+    assert [d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "PyTorchJob"] == jobs
+    assert says in " ".join(result.stderr.replace("│", " ").split()), result.stderr
+
+
+DIGITS = str(REPO / "jobs" / "digits" / "job.py")
+REFUSED = [
+    # id, arguments ({deploy}: a Deployment file, {out}: a folder), what stderr says; nothing is asked of anyone
+    ("submit-dry-run-and-wait", ["submit", DIGITS, "--dry-run", "server", "--wait"], "a dry run starts nothing"),
+    ("submit-dry-run-and-follow", ["submit", DIGITS, "--dry-run", "client", "--follow"], "a dry run starts nothing"),
+    ("submit-timeout-without-wait", ["submit", DIGITS, "--timeout", "5"], "--timeout applies with --wait"),
+    ("submit-timeout-0", ["submit", DIGITS, "--wait", "--timeout", "0"], "must be more than 0 seconds"),
+    ("status-timeout-without-wait", ["status", "digits", "--timeout", "5"], "--timeout applies with --wait"),
+    ("delete-timeout-without-wait", ["delete", "digits", "--timeout", "5"], "--timeout applies with --wait"),
+    ("delete-timeout-0", ["delete", "digits", "--wait", "--timeout", "0"], "must be more than 0 seconds"),
+    ("submit-dry-run-maybe", ["submit", DIGITS, "--dry-run", "maybe"], "'maybe' is not one of 'client', 'server'"),
+    ("deploy-dry-run-maybe", ["deploy", "{deploy}", "--dry-run", "maybe"], "'maybe' is not one of 'client', 'server'"),
+    ("deploy-status-and-files", ["deploy", "{deploy}", "--status", "tiny"], "--status shows one InferenceService"),
+    ("deploy-out-and-apply", ["deploy", "{deploy}", "--apply", "--out", "{out}"], "--out writes files"),
+    ("deploy-force-without-apply", ["deploy", "{deploy}", "--force-conflicts"], "--force-conflicts applies"),
+    ("deploy-nothing", ["deploy"], "give one or more deploy files"),
+]
+
+
+@pytest.mark.parametrize("args, says", [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_options_that_do_not_apply_are_refused(args, says, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # a command that asked would exit 8
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # and 10
+    (tmp_path / "deploy.py").write_text(DEPLOYMENT)
+    result = ferry(*[a.format(deploy=tmp_path / "deploy.py", out=tmp_path / "out") for a in args])
+    assert result.exit_code == 2, result.output
+    assert says in " ".join(result.stderr.replace("│", " ").split()), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_deploy_dry_runs_mean_what_submits_do(small_registry, tmp_path, monkeypatch):
+    """client: rendered and validated here, nothing sent (no cluster needed); server: the API
+    server's dry run, which needs a cluster (here none: exit 8), with or without --apply."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", small_registry)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    (tmp_path / "deploy.py").write_text("from ferry import Deployment\nd = Deployment(name='tiny', model='models:/tiny@staging')\n")
+    for args in (["--dry-run", "client"], ["--dry-run", "client", "--apply"]):
+        client = ferry("deploy", str(tmp_path / "deploy.py"), "--no-runtime", *args)
+        assert client.exit_code == 0, client.output
+        (isvc,) = yaml.safe_load_all(client.stdout)
+        assert isvc["kind"] == "InferenceService" and isvc["spec"]["predictor"]["model"]["storageUri"] == "models:/tiny/1"
+    for args in (["--dry-run", "server"], ["--dry-run", "server", "--apply"]):
+        server = ferry("deploy", str(tmp_path / "deploy.py"), *args)
+        assert server.exit_code == 8 and "no-kubeconfig" in server.stderr, server.output

@@ -16,32 +16,47 @@ import typer
 
 from ferry.cli._util import (
     CLUSTER_CODES,
+    DryRun,
+    DryRunOption,
     Output,
     _stderr,
     _stdout,
     emit,
     exit_codes,
-    output_option,
     fail_cleanly,
     in_namespace,
+    output_option,
+    refuse,
     replica_line,
     select_job,
     target_namespace,
     timestamp,
 )
 from ferry.cli.local import JobNameOption, ResumeOption, SetOption, WorkersOption
+from ferry.cli.sweep import SweepNameOption
 
 cluster_app = typer.Typer()
 
 NamespaceOption = Annotated[str | None, typer.Option(
-    "--namespace", "-n", help="Namespace (default: the job's own when set, else the context's, else 'default').")]
+    "--namespace", "-n", help="Namespace (default: the kubeconfig context's, else 'default').")]
 ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: the current one).")]
 KubeconfigOption = Annotated[Path | None, typer.Option(
     "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the pod's service account).")]
 JobArgument = Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")]
-TimeoutOption = Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")]
+TimeoutOption = Annotated[float | None, typer.Option(
+    "--timeout", help="With --wait: give up after this many seconds (exit 124; the job goes on).")]
 PANEL = "Cluster"
+
+
+def check_wait(wait: bool, timeout: float | None) -> None:
+    """``--timeout`` goes with ``--wait``, and is a positive number of seconds."""
+    if timeout is None:
+        return
+    if not wait:
+        raise refuse("--timeout", "--timeout applies with --wait (how long to wait); add --wait or leave it out")
+    if timeout <= 0:
+        raise refuse("--timeout", f"must be more than 0 seconds (got {timeout:g})")
 
 
 def connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> Any:
@@ -171,19 +186,21 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
 @cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 1, 2, *CLUSTER_CODES, 10, 124, 130))
 @fail_cleanly
 def submit(
-    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob (or a Sweep: its trials, at most parallel at once).")],
+    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob (or a Sweep).")],
     job_name: JobNameOption = None,
-    namespace: NamespaceOption = None,
+    sweep_name: SweepNameOption = None,
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", "-n", help="Namespace (default: the one the job sets, else the kubeconfig context's, "
+                                  "else 'default').")] = None,
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
     set_: SetOption = None,
     workers: WorkersOption = None,
     resume_from: ResumeOption = None,
-    dry_run: Annotated[str | None, typer.Option(
-        "--dry-run", help="client: print what would be applied; server: the API server and its admission judge it, nothing is stored.")] = None,
+    dry_run: DryRunOption = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
-    follow: Annotated[bool, typer.Option("--follow", help="Stream every replica's log while waiting (implies --wait).")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream every replica's log while waiting (implies --wait).")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Delete an existing PyTorchJob of this name first (its MLflow run and checkpoints stay).")] = False,
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager owns.")] = False,
     tracking_uri: Annotated[str | None, typer.Option(
@@ -193,28 +210,49 @@ def submit(
 
     Each call is a new submission (a fresh id, fresh checkpoints), applied server-side as field
     manager 'ferry'. A PyTorchJob of the same name is never reused: without --replace, an
-    existing one (running or finished) is a conflict. A file defining a Sweep submits its
-    trials, at most the sweep's parallel at once, and follows them to the end (MLFLOW_TRACKING_URI
-    must reach the tracking server from here)."""
+    existing one (running or finished) is a conflict.
+
+    A file defining a Sweep submits its trials (--sweep NAME when it defines several; --job
+    NAME submits one of its jobs instead), at most the sweep's parallel at once, and follows
+    them to the end, as --wait does: MLFLOW_TRACKING_URI must reach the tracking server from
+    here. --set, --workers, -n, --dry-run, --force-conflicts and --tracking-uri apply to every
+    trial, which replaces its own earlier PyTorchJob; --resume-from, --follow and --timeout do
+    not apply to a sweep."""
     from ferry.local import apply_overrides
     from ferry.render import dump_yaml
     from ferry.validate import find_crd_dir, validate_manifests
 
-    if dry_run not in (None, "client", "server"):
-        raise typer.BadParameter("must be 'client' or 'server'", param_hint="--dry-run")
-    if timeout is not None and timeout <= 0:
-        raise typer.BadParameter("must be more than 0 seconds", param_hint="--timeout")
+    check_wait(wait or follow, timeout)
+    if dry_run is not None and (wait or follow):
+        option = "--wait" if wait else "--follow"
+        raise refuse(option, f"a dry run starts nothing to wait for; leave out {option} or --dry-run")
     from ferry.spec import Sweep, TrainingJob, load_specs
 
     loaded = [item.spec for item in load_specs([job_file], kinds=(TrainingJob, Sweep))]
-    if sweeps := [s for s in loaded if isinstance(s, Sweep)]:
+    jobs = [s for s in loaded if isinstance(s, TrainingJob)]
+    sweeps = [s for s in loaded if isinstance(s, Sweep)]
+    if job_name is not None and sweep_name is None and job_name not in {j.name for j in jobs} \
+            and job_name in {s.name for s in sweeps}:  # how a sweep was chosen before --sweep
+        _stderr().print(f"[yellow]warning:[/] --job {job_name} names a Sweep; choose a sweep with --sweep "
+                        "(--job for a sweep is deprecated)")
+        job_name, sweep_name = None, job_name
+    if sweep_name is not None or (sweeps and job_name is None):
         from ferry.cli.sweep import pick_sweep, submit_sweep
 
-        submit_sweep(pick_sweep(sweeps, job_file, job_name), connect(kubeconfig, context, namespace), namespace,
-                     tracking_uri, _poll_s())
+        sweep = pick_sweep(sweeps, job_file, sweep_name)
+        for option, given, why in [
+                ("--resume-from", resume_from is not None, "each trial of a sweep starts fresh"),
+                ("--follow", follow, "a sweep's trials run side by side: follow one with `ferry logs NAME --follow`"),
+                ("--timeout", timeout is not None, "a sweep runs until its trials are done (Ctrl-C stops it; "
+                                                   "submitting it again continues it)")]:
+            if given:
+                raise refuse(option, f"{why}; {option} does not apply to sweep {sweep.name}")
+        submit_sweep(sweep, lambda: connect(kubeconfig, context, namespace), namespace, sets=set_ or (),
+                     workers=workers, dry_run=dry_run, force_conflicts=force_conflicts, tracking_uri=tracking_uri,
+                     poll_s=_poll_s())
         return
-    spec = select_job(job_file, job_name, [s for s in loaded if isinstance(s, TrainingJob)])
-    cluster = None if dry_run == "client" else connect(kubeconfig, context, namespace)
+    spec = select_job(job_file, job_name, jobs)
+    cluster = None if dry_run is DryRun.client else connect(kubeconfig, context, namespace)
     target = target_namespace(spec, namespace, cluster.namespace if cluster is not None else None)
     job = in_namespace(apply_overrides(spec, set_ or (), workers, resume_from), target)
     from ferry.kube import plan_submission
@@ -232,7 +270,7 @@ def submit(
     from ferry.kube import submit as do_submit
 
     with cluster:
-        done = do_submit(cluster, job, manifest, submission, dry_run=dry_run == "server", replace=replace,
+        done = do_submit(cluster, job, manifest, submission, dry_run=dry_run is DryRun.server, replace=replace,
                          force_conflicts=force_conflicts, tracking_uri=tracking_uri, say=err.print, poll_s=_poll_s())
         for item in done.applied:
             err.print(f"{'accepted (dry run, server)' if done.dry_run else 'applied'}: {item}")
@@ -268,6 +306,7 @@ def status(
 
     from ferry.kube import job_pods, job_state, pod_restarts, replica_name
 
+    check_wait(wait, timeout)
     with connect(kubeconfig, context, namespace) as cluster:
         code = 0
         if wait:
@@ -389,7 +428,9 @@ def logs(
 def delete(
     name: JobArgument,
     wait: Annotated[bool, typer.Option("--wait", help="Return once the job and its pods are gone.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 124).")] = 300,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", help="With --wait: give up after this many seconds (default 300; exit 124, the deletion goes "
+                          "on).")] = None,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
@@ -397,6 +438,7 @@ def delete(
     """Delete a job's PyTorchJob (its pods go with it). Its MLflow run and checkpoints stay."""
     from ferry.kube import delete_job
 
+    check_wait(wait, timeout)
     with connect(kubeconfig, context, namespace) as cluster:
-        delete_job(cluster, name, wait=wait, timeout_s=timeout, poll_s=_poll_s())
+        delete_job(cluster, name, wait=wait, timeout_s=timeout or 300, poll_s=_poll_s())
         _stdout().print(f"deleted PyTorchJob {cluster.namespace}/{name}" + ("" if wait else " (going)"))

@@ -12,6 +12,8 @@ import typer
 
 from ferry.cli._util import (
     CLUSTER_CODES,
+    DryRun,
+    DryRunOption,
     Output,
     _stderr,
     _stdout,
@@ -19,6 +21,7 @@ from ferry.cli._util import (
     exit_codes,
     fail_cleanly,
     in_namespace,
+    refuse,
     target_namespace,
     validate_and_emit,
 )
@@ -177,11 +180,11 @@ def _show_service(name: str, namespace: str | None, context: str | None, kubecon
 @fail_cleanly
 def deploy(
     deploy_files: Annotated[list[Path] | None, typer.Argument(help="Python files defining Deployment objects.")] = None,
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/inferenceservice.yaml, OUT/clusterservingruntime.yaml and OUT/clusterstoragecontainer.yaml; default: stdout.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the manifests into this folder (one subfolder per InferenceService, the runtime's beside them) instead of printing them.")] = None,
     crd_dir: CrdDirOption = None,
     image: Annotated[str | None, typer.Option(help="Image of Ferry's serving runtime.")] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Apply to the cluster (server-side, field manager 'ferry') instead of printing.")] = False,
-    dry_run: Annotated[str | None, typer.Option("--dry-run", help="With --apply: 'server' lets the API server judge it without storing it.")] = None,
+    dry_run: DryRunOption = None,
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="With --apply: take over fields another field manager owns.")] = False,
     runtime: Annotated[bool, typer.Option("--runtime/--no-runtime", help="Include Ferry's ClusterServingRuntime and ClusterStorageContainer (--no-runtime when the Helm chart manages them: applying them needs cluster-wide rights).")] = True,
     status: Annotated[str | None, typer.Option("--status", help="Show this InferenceService's conditions, URL and traffic (no files needed).")] = None,
@@ -189,7 +192,9 @@ def deploy(
         "--output", case_sensitive=False,
         help=f"With --status: table, for people; json or yaml, for scripts: {SERVICE_SCHEMA}, on stdout and "
              "nothing else there. (-o is --out here, as in render.)")] = Output.table,
-    namespace: NamespaceOption = None,
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", "-n", help="Namespace (default: the one the Deployment sets, else the kubeconfig "
+                                  "context's, else 'default').")] = None,
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
 ) -> None:
@@ -198,24 +203,31 @@ def deploy(
     The model reference is pinned to a version in the registry (storageUri models:/NAME/VERSION);
     Ferry's ClusterServingRuntime and ClusterStorageContainer (the storage initializer that
     fetches models:/ URIs) come with it. --apply sends them to the cluster, and refuses a model
-    no installed storage container would fetch; --status NAME shows how one is doing."""
+    no installed storage container would fetch; --dry-run server has the API server judge them
+    (with or without --apply), --dry-run client renders them here (as without --apply).
+    --status NAME shows how one is doing."""
     if status is not None:
+        if deploy_files or apply or dry_run is not None or out is not None:
+            raise refuse("--status", "--status shows one InferenceService; give it without deploy files, --apply, "
+                                     "--dry-run or --out")
         _show_service(status, namespace, context, kubeconfig, output)
         return
     if not deploy_files:
         raise typer.BadParameter("give one or more deploy files (or --status NAME)", param_hint="DEPLOY_FILES")
-    if dry_run not in (None, "server"):
-        raise typer.BadParameter("must be 'server' (without --apply, deploy only renders: a client-side dry run)",
-                                 param_hint="--dry-run")
-    if dry_run and not apply:
-        raise typer.BadParameter("needs --apply", param_hint="--dry-run")
+    send = dry_run is DryRun.server or (apply and dry_run is None)  # what goes to the API server
+    if out is not None and send:
+        raise refuse("--out", "--out writes files; --apply (or --dry-run server) sends them to the cluster: "
+                              "choose one")
+    if force_conflicts and not send:
+        raise refuse("--force-conflicts", "--force-conflicts applies when sending to the cluster: add --apply "
+                                          "(or --dry-run server)")
     from ferry.cli.models import registry_client
     from ferry.registry import resolve_model
     from ferry.render import Rendered, render_serving_runtime, render_spec, render_storage_container
     from ferry.spec import Deployment, load_specs
 
     specs = [loaded.spec for loaded in load_specs(deploy_files, kinds=(Deployment,))]
-    cluster = connect(kubeconfig, context, namespace) if apply else None
+    cluster = connect(kubeconfig, context, namespace) if send else None
     default = cluster.namespace if cluster is not None else None
     specs = [in_namespace(s, target_namespace(s, namespace, default)) for s in specs]
     client = registry_client()
@@ -241,7 +253,7 @@ def deploy(
     with cluster:
         for warning in check_storage_containers(cluster, [item.doc for item in rendered]):
             _stderr().print(f"[yellow]warning:[/] {warning}")
-        applied = apply_manifests(cluster, [item.doc for item in rendered], dry_run=dry_run == "server",
+        applied = apply_manifests(cluster, [item.doc for item in rendered], dry_run=dry_run is DryRun.server,
                                   force=force_conflicts)
     err = _stderr()
     for item in applied:

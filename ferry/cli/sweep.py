@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ferry.cli._util import _stderr, _stdout, exit_codes, fail_cleanly
-from ferry.errors import ConfigError, JobFileError
+from ferry.cli._util import DryRun, _stderr, _stdout, deprecated_alias, exit_codes, fail_cleanly
+from ferry.errors import ConfigError, JobFileError, SpecError
 
 sweep_app = typer.Typer()
 
 
 class RegisterChoice(str, Enum):
     best = "best"
+
+
+SweepNameOption = Annotated[str | None, typer.Option("--sweep", help="Which sweep, when the file defines several.")]
 
 
 def load_sweep(path: Path, name: str | None = None) -> Any:
@@ -27,12 +31,15 @@ def load_sweep(path: Path, name: str | None = None) -> Any:
 
 def pick_sweep(sweeps: list[Any], path: Path, name: str | None = None) -> Any:
     """The one Sweep of those ``path`` defines (``name`` when it defines several)."""
+    defined = ", ".join(s.name for s in sweeps) or "none"
     if name is not None:
-        sweeps = [s for s in sweeps if s.name == name]
+        chosen = [s for s in sweeps if s.name == name]
+        if not chosen:
+            raise JobFileError(f"{path}: no sweep named {name!r} (it defines: {defined})")
+        return chosen[0]
     if len(sweeps) != 1:
-        names = ", ".join(s.name for s in sweeps) or "none"
-        raise JobFileError(f"{path}: {'choose one sweep with --name' if len(sweeps) > 1 else 'no such sweep'} "
-                           f"(it defines: {names})")
+        raise JobFileError(f"{path}: {'defines several sweeps' if sweeps else 'defines no Sweep'} ({defined}); "
+                           + ("choose one with --sweep NAME" if sweeps else "give a file that defines one"))
     return sweeps[0]
 
 
@@ -62,7 +69,8 @@ def sweep_command(
     trials: Annotated[int | None, typer.Option("--trials", help="How many trials in all (default: the Sweep's).")] = None,
     register: Annotated[RegisterChoice | None, typer.Option("--register", help="best: register the best trial's model "
                                                             "(under the job's tracking.register_as).")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Which sweep, when the file defines several.")] = None,
+    sweep_name: SweepNameOption = None,
+    old_name: Annotated[str | None, typer.Option("--name", hidden=True, help="The old spelling of --sweep.")] = None,
 ) -> None:
     """Run a hyperparameter sweep here, its trials side by side in MLflow.
 
@@ -73,32 +81,88 @@ def sweep_command(
     from ferry.sweep._local import local_launcher
     from ferry.sweep._search import optuna
 
+    sweep_name = deprecated_alias("--sweep", "--name", sweep_name, old_name)
     optuna()  # the optional dependency, checked before anything starts
     given = {"parallel": parallel, "trials": trials}
-    sweep = load_sweep(file, name).replace(**{k: v for k, v in given.items() if v is not None})
+    sweep = load_sweep(file, sweep_name).replace(**{k: v for k, v in given.items() if v is not None})
     store = LocalStore.default()
     uri = embedded_tracking_uri(store)
     _drive(sweep, store, uri, local_launcher(store, uri, Path.cwd()), register=register is RegisterChoice.best)
 
 
-def submit_sweep(sweep: Any, cluster: Any, namespace: str | None, job_tracking_uri: str | None, poll_s: float) -> None:
-    """``ferry submit`` of a Sweep: the trials as PyTorchJobs on ``cluster``."""
+def submit_sweep(sweep: Any, connect: Callable[[], Any], namespace: str | None, *, sets: Sequence[str] = (),
+                 workers: int | None = None, dry_run: DryRun | None = None, force_conflicts: bool = False,
+                 tracking_uri: str | None = None, poll_s: float = 2.0) -> None:
+    """``ferry submit`` of a Sweep: the trials as PyTorchJobs on the cluster ``connect()``
+    gives, with ``--set``/``--workers`` applied to the sweep's job and ``-n`` placing them;
+    ``dry_run``: client prints the trials' manifests (nothing sent), server has the API server
+    judge each (nothing stored)."""
     from ferry import settings
     from ferry.cli._util import in_namespace, target_namespace
-    from ferry.local import LocalStore
+    from ferry.cli.local import as_asked
+    from ferry.local import LocalStore, apply_overrides
     from ferry.sweep._cluster import cluster_launcher
     from ferry.sweep._search import optuna
 
     optuna()
+    if workers is not None and "workers" in sweep.space:
+        raise SpecError(f"--workers: sweep {sweep.name} searches workers; each trial sets it, so leave out --workers "
+                        "(or take workers out of the sweep's space)")
+    cluster = None if dry_run is DryRun.client else connect()
+    # where the job goes is decided before the overrides, which spell out every field of it
+    target = target_namespace(sweep.job, namespace, cluster.namespace if cluster is not None else None)
+    sweep = as_asked(sweep, target, sets)
+    if workers is not None:
+        sweep = sweep.replace(job=in_namespace(apply_overrides(sweep.job, (), workers), target))
+    if dry_run is not None:
+        _dry_run(sweep, cluster, tracking_uri, force_conflicts)
+        return
     uri = settings.MLFLOW_TRACKING_URI.get()
     if not uri:
         raise ConfigError("a sweep on a cluster reads each trial's result from MLflow: set MLFLOW_TRACKING_URI to the "
                           "tracking server as this machine reaches it (e.g. kubectl port-forward svc/ferry-mlflow "
                           "5000 → http://127.0.0.1:5000)")
-    sweep = sweep.replace(job=in_namespace(sweep.job, target_namespace(sweep.job, namespace, cluster.namespace)))
+    from ferry.cli.models import registry_client
+
+    registry_client(fail_fast=False)  # out of reach: exit 10 now, not after the first trial
     with cluster:
-        launcher = cluster_launcher(cluster, tracking_uri=job_tracking_uri, poll_s=poll_s, say=_stderr().print)
+        launcher = cluster_launcher(cluster, tracking_uri=tracking_uri, poll_s=poll_s, say=_stderr().print,
+                                    force_conflicts=force_conflicts)
         _drive(sweep, LocalStore.default(), uri, launcher, register=False)
+
+
+def _dry_run(sweep: Any, cluster: Any, tracking_uri: str | None, force_conflicts: bool) -> None:
+    """Each planned trial of ``sweep`` as ``ferry render`` plans it: printed (``cluster`` None:
+    a client dry run), or judged by the API server, which stores nothing."""
+    from ferry.kube import plan_submission, tracking_configmap
+    from ferry.render import dump_yaml
+    from ferry.sweep._render import planned_trials
+    from ferry.sweep._trials import trial_job, with_trial
+    from ferry.validate import find_crd_dir, validate_manifests
+
+    trials = []
+    for number, values in enumerate(planned_trials(sweep)):
+        job = trial_job(sweep, values, number)
+        submission, manifest = plan_submission(job)
+        trials.append((job, submission, with_trial(manifest, sweep, number)))
+    validate_manifests([(f"{sweep.name}/trial-{n}/pytorchjob.yaml", m) for n, (_, _, m) in enumerate(trials)],
+                       find_crd_dir())
+    err = _stderr()
+    if cluster is None:
+        config = [tracking_configmap(sweep.job, sweep.job.namespace, tracking_uri)] if tracking_uri is not None else []
+        _stdout().file.write(dump_yaml(config + [manifest for _, _, manifest in trials]))
+        err.print(f"dry run (client): sweep {sweep.name}, {len(trials)} planned trial(s); nothing sent")
+        return
+    from ferry.kube import submit
+
+    with cluster:
+        for job, submission, manifest in trials:
+            done = submit(cluster, job, manifest, submission, dry_run=True, replace=True, force_conflicts=force_conflicts,
+                          tracking_uri=tracking_uri, say=err.print)
+            for item in done.applied:
+                err.print(f"accepted (dry run, server): {item}")
+    _stdout().print(f"dry run: the API server accepts the {len(trials)} planned trial(s) of sweep {sweep.name}; "
+                    "nothing was stored")
 
 
 def _drive(sweep: Any, store: Any, uri: str, launcher: Any, *, register: bool) -> None:

@@ -13,16 +13,18 @@ from ferry.sweep._trials import with_env
 
 
 def cluster_launcher(cluster: Any, *, tracking_uri: str | None, poll_s: float,
-                     say: Callable[[str], None] = lambda line: None) -> Launcher:
+                     say: Callable[[str], None] = lambda line: None, force_conflicts: bool = False) -> Launcher:
     """Trials as PyTorchJobs: ``tracking_uri`` (when given) is written to the ConfigMap the jobs
-    read their tracking URI from, as ``ferry submit --tracking-uri`` does."""
+    read their tracking URI from, as ``ferry submit --tracking-uri`` does; ``force_conflicts``
+    takes over fields another field manager owns, as ``--force-conflicts`` does."""
 
     def launch(job: Any, submission: str, env: dict[str, str], stop: threading.Event) -> str | None:
         from ferry.kube import delete_job, job_state, plan_submission, submit
 
         _, manifest = plan_submission(job, submission)
         manifest = with_env(manifest, env)
-        submit(cluster, job, manifest, submission, replace=True, tracking_uri=tracking_uri, say=say, poll_s=poll_s)
+        submit(cluster, job, manifest, submission, replace=True, force_conflicts=force_conflicts,
+               tracking_uri=tracking_uri, say=say, poll_s=poll_s)
         say(f"submitted trial {env.get('FERRY_TRIAL')}: PyTorchJob {job.namespace}/{job.name} (submission {submission})")
         while True:
             if stop.wait(poll_s):
