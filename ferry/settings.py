@@ -27,7 +27,9 @@ class EnvSetting:
 
 
 FERRY_CRD_DIR = EnvSetting(
-    "FERRY_CRD_DIR", None, "Directory of CustomResourceDefinition YAMLs used for validation (default: the packaged copies)."
+    "FERRY_CRD_DIR", None, "A folder of extra CustomResourceDefinition YAMLs that validation reads beside the shipped "
+    "schemas and Ferry's own (ModelPipeline); where both define a group/version/kind, the folder's wins "
+    "(--crd-dir, where a command takes it, comes first)."
 )
 FERRY_HOME = EnvSetting(
     "FERRY_HOME", ".ferry", "Embedded default store: MLflow SQLite DB, artifacts, logs."
@@ -109,8 +111,9 @@ PACKAGED_CRD_DIR = Path(__file__).resolve().parent / "validate" / "crds"
 
 
 def find_crd_dir() -> Path:
-    """The CRD directory: ``$FERRY_CRD_DIR`` when set, else the schemas shipped inside the
-    package (``ferry/validate/crds``, listed with their upstream versions in its SOURCES.md)."""
+    """The user's CRD directory, ``$FERRY_CRD_DIR``, when set (read beside the shipped ones,
+    winning on the same group/version/kind), else the schemas shipped inside the package
+    (``ferry/validate/crds``, listed with their upstream versions in its SOURCES.md)."""
     if FERRY_CRD_DIR.is_set():
         return Path(FERRY_CRD_DIR.get() or "")
     return PACKAGED_CRD_DIR

@@ -368,3 +368,75 @@ def test_deploy_dry_runs_mean_what_submits_do(small_registry, tmp_path, monkeypa
     for args in (["--dry-run", "server"], ["--dry-run", "server", "--apply"]):
         server = ferry("deploy", str(tmp_path / "deploy.py"), *args)
         assert server.exit_code == 8 and "no-kubeconfig" in server.stderr, server.output
+
+
+# ---- help that reads cleanly at 80 columns -------------------------------------------------------
+def _help(words: str, columns: int = 80) -> str:
+    result = ferry(*words.split(), "--help", env={"COLUMNS": str(columns), "TERMINAL_WIDTH": str(columns)})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _prose(text: str) -> list[list[str]]:
+    """The paragraphs of a help's own text (outside the boxes, before the exit codes; an example
+    kept as written, indented, is not prose)."""
+    paragraphs: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.strip().startswith("Exit codes:"):
+            break
+        if line.startswith(" Usage:") or line.lstrip()[:1] in ("╭", "│", "╰") or not line.strip() \
+                or not re.match(r"^ \S", line):
+            paragraphs.append([])
+            continue
+        paragraphs[-1].append(line.strip())
+    return [p for p in paragraphs if p]
+
+
+def _mentioned_options(text: str) -> list[tuple[str, str | None]]:
+    """Each --option the help names, with the other command it belongs to when the help says
+    so (``ferry logs NAME --follow``; None: this command; "kubectl": not Ferry's)."""
+    flat = " ".join(text.replace("│", " ").replace("`", " ").split())
+    found = []
+    for match in re.finditer(r"(?<![\w-])--[a-z][a-z0-9-]*", flat):
+        before = flat[max(0, match.start() - 60):match.start()]
+        refs = list(re.finditer(r"ferry ((?:models |operator )?[a-z]+)|kubectl", before))
+        # the command line the option is part of: nothing but words and spaces between them
+        owner = (refs[-1].group(1) or "kubectl") if refs and re.fullmatch(r"[\w./<>|= -]*", before[refs[-1].end():]) \
+            else None
+        found.append((match.group(), owner))
+    return found
+
+
+@pytest.mark.parametrize("words", [w for w, _ in COMMANDS])
+def test_help_reads_cleanly_at_80_columns(words):
+    text = _help(words)
+    assert "…" not in text, "a cell too narrow for a word: shorten it"
+    assert all(len(line) <= 80 for line in text.splitlines())
+    examples = {line.strip() for p in (dict(COMMANDS)[words].help or "").split("\n\n") if p.startswith("\b")
+                for line in p.splitlines()}  # kept line by line, as written
+    for paragraph in _prose(text):
+        for line in paragraph[:-1]:
+            assert len(line) >= 50 or line in examples, f"a stray fragment of a paragraph: {line!r} in {paragraph}"
+    epilog = text[text.index("Exit codes:"):] if "Exit codes:" in text else ""
+    for line in epilog.splitlines()[1:]:
+        assert not line.strip() or re.match(r"^ (\d+ +| {4})\S", line), f"an exit code's line out of place: {line!r}"
+
+
+@pytest.mark.parametrize("words", [w for w, _ in COMMANDS])
+def test_help_names_only_options_there_are(words):
+    commands = dict(COMMANDS)
+    for option, owner in _mentioned_options(_help(words, 200)):
+        if owner == "kubectl" or option in ("--help", "--version"):
+            continue
+        of = owner if owner in commands else words
+        assert option in _options(commands[of]), f"ferry {of} has no {option}"
+
+
+def test_the_crd_folder_adds_to_the_shipped_schemas_everywhere_it_is_described():
+    from ferry import settings
+
+    said = [settings.FERRY_CRD_DIR.help, (REPO / "ferry/validate/crds/SOURCES.md").read_text(),
+            _option("validate", "--crd-dir").help]
+    for text in said:
+        flat = " ".join(text.split())
+        assert "beside" in flat and "replace" not in flat and "points elsewhere" not in flat, flat

@@ -40,11 +40,12 @@ CLUSTER_CODES = (3, 4, 5, 6, 7, 8, 9)  # what the Kubernetes API can answer (fer
 
 def exit_codes(*codes: int) -> str:
     """A command's epilog: ``codes`` as :data:`EXIT_CODES` describes them, each on its own line
-    (a long one continues indented under its text)."""
+    (a long one continues indented under its text); 0 names --wait only where 124 says the
+    command has it."""
     lines = ["Exit codes:"]
     for code in sorted(set(codes)):
-        lines += textwrap.wrap(EXIT_CODES[code], width=78, initial_indent=f"  {code:<4}",
-                               subsequent_indent=" " * 6)
+        what = EXIT_CODES[code] if code != 0 or 124 in codes else "ok"  # 124 goes with --wait
+        lines += textwrap.wrap(what, width=78, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 

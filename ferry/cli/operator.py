@@ -27,9 +27,9 @@ def _package() -> object:
 def run(
     namespace: Annotated[list[str], typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")] = [],  # noqa: B006
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
-    liveness: Annotated[str | None, typer.Option("--liveness", help="Serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+    liveness: Annotated[str | None, typer.Option("--liveness", metavar="<url>", help="Serve kopf's health endpoint at this URL (the chart gives http://0.0.0.0:8080/healthz here).")] = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="No peering: for one replica without the peering CRDs.")] = False,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus metrics on this port (/metrics).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", min=1, max=65535, metavar="<port>", help="Serve Prometheus metrics on this port (/metrics).")] = None,
 ) -> None:
     """Run the operator (blocking). Configure it with MLFLOW_TRACKING_URI and the FERRY_OPERATOR_* settings."""
     if not namespace and not all_namespaces:

@@ -74,11 +74,11 @@ def fetch(
 ) -> None:
     """Download a model through MLflow into a folder: Ferry's storage initializer for KServe.
 
-    KServe runs it as the predictor pod's init container (ClusterStorageContainer ``ferry``)
+    KServe runs it as the predictor pod's init container (ClusterStorageContainer 'ferry')
     with the InferenceService's storageUri and /mnt/models. MLFLOW_TRACKING_URI and MLflow's
     credentials come from the environment. The model is checked (an MLmodel with a flavour
-    Ferry serves) before it appears in DEST; nothing is left half-written. Exit 0 when every
-    model is in place, 2 with one line saying why when not, 143 when stopped."""
+    Ferry serves) before it appears in DEST; nothing is left half-written. A failure is one
+    line on stderr; the exit code says which kind."""
     import logging
     import os
 
@@ -115,8 +115,8 @@ def runtime(
 ) -> None:
     """Print (or --apply) Ferry's serving runtime and storage initializer, for clusters without the chart.
 
-    The ClusterServingRuntime ``ferry`` runs ``ferry serve``; the ClusterStorageContainer
-    ``ferry`` runs ``ferry fetch``, KServe's storage initializer for models:/, runs:/ and
+    The ClusterServingRuntime 'ferry' runs `ferry serve`; the ClusterStorageContainer 'ferry'
+    runs `ferry fetch`, KServe's storage initializer for models:/, runs:/ and
     mlflow-artifacts:/ URIs. Both are cluster-scoped: applying them needs cluster-wide rights.
 
     \b
@@ -186,7 +186,8 @@ def deploy(
     apply: Annotated[bool, typer.Option("--apply", help="Apply to the cluster (server-side, field manager 'ferry') instead of printing.")] = False,
     dry_run: DryRunOption = None,
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="With --apply: take over fields another field manager owns.")] = False,
-    runtime: Annotated[bool, typer.Option("--runtime/--no-runtime", help="Include Ferry's ClusterServingRuntime and ClusterStorageContainer (--no-runtime when the Helm chart manages them: applying them needs cluster-wide rights).")] = True,
+    no_runtime: Annotated[bool, typer.Option("--no-runtime", help="Leave out Ferry's ClusterServingRuntime and ClusterStorageContainer (when the Helm chart manages them: applying them needs cluster-wide rights).")] = False,
+    runtime: Annotated[bool, typer.Option("--runtime", hidden=True, help="Include them (the default).")] = False,
     status: Annotated[str | None, typer.Option("--status", help="Show this InferenceService's conditions, URL and traffic (no files needed).")] = None,
     output: Annotated[Output, typer.Option(
         "--output", case_sensitive=False,
@@ -214,6 +215,8 @@ def deploy(
         return
     if not deploy_files:
         raise typer.BadParameter("give one or more deploy files (or --status NAME)", param_hint="DEPLOY_FILES")
+    if runtime and no_runtime:
+        raise refuse("--runtime", "--runtime (the default) and --no-runtime contradict each other: give one")
     send = dry_run is DryRun.server or (apply and dry_run is None)  # what goes to the API server
     if out is not None and send:
         raise refuse("--out", "--out writes files; --apply (or --dry-run server) sends them to the cluster: "
@@ -240,7 +243,7 @@ def deploy(
                             "local path a cluster cannot fetch; track to a server that serves artifacts "
                             "(mlflow server --serve-artifacts) or stores them on S3 for cluster deployments")
         rendered += render_spec(spec, resolved)
-    if runtime:
+    if not no_runtime:
         rendered.append(Rendered("clusterservingruntime.yaml", render_serving_runtime(image)))
         rendered.append(Rendered("clusterstoragecontainer.yaml", render_storage_container(image)))
     if cluster is None:

@@ -76,7 +76,7 @@ def sweep_command(
 
     Each trial is one submission of the job through the local executor, tracked as a child run
     of the sweep's parent run. Ctrl-C stops cleanly; running it again continues the sweep of the
-    same name."""
+    same name. On a cluster, `ferry submit FILE` runs the trials as PyTorchJobs."""
     from ferry.local import LocalStore, embedded_tracking_uri
     from ferry.sweep._local import local_launcher
     from ferry.sweep._search import optuna
