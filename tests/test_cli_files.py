@@ -258,6 +258,50 @@ def test_a_job_file_imports_from_its_own_project_wherever_it_is_run_from(files, 
     assert loaded.spec.image == f"ghcr.io/acme/train:{tag}"
 
 
+RELATIVE = """
+from ferry import TrainingJob
+from {module} import IMAGE
+job = TrainingJob(name="a", image=IMAGE, module="train")
+"""
+RELATIVE_IMPORTS = [
+    # id, files of the project, the job file, image it must get (None: refused, and what stderr says)
+    ("a-sibling-module", {"pyproject.toml": "", "trainers/__init__.py": "", "trainers/x/__init__.py": "",
+                          "trainers/x/model.py": HELPER.format(tag="sibling"),
+                          "trainers/x/job.py": RELATIVE.format(module=".model")}, "trainers/x/job.py", "sibling", ""),
+    ("the-parent-package", {".git/HEAD": "ref: refs/heads/main\n", "trainers/__init__.py": "",
+                            "trainers/common.py": HELPER.format(tag="parent"), "trainers/x/__init__.py": "",
+                            "trainers/x/job.py": RELATIVE.format(module="..common")}, "trainers/x/job.py", "parent", ""),
+    ("a-namespace-package-above", {"pyproject.toml": "", "trainers/x/__init__.py": "",
+                                   "trainers/x/model.py": HELPER.format(tag="namespace"),
+                                   "trainers/x/job.py": RELATIVE.format(module=".model")}, "trainers/x/job.py",
+     "namespace", ""),
+    ("no-marker-above-its-packages", {"pkg/__init__.py": "", "pkg/jobs/__init__.py": "",
+                                      "pkg/jobs/common.py": HELPER.format(tag="pkg"),
+                                      "pkg/jobs/job.py": RELATIVE.format(module=".common")}, "pkg/jobs/job.py", "pkg", ""),
+    ("not-in-a-package", {"pyproject.toml": "", "trainers/model.py": HELPER.format(tag="x"),
+                          "trainers/job.py": RELATIVE.format(module=".model")}, "trainers/job.py", None,
+     "a relative import needs the job file's folder to be a package: add trainers/__init__.py"),
+]
+
+
+@pytest.mark.parametrize("files, job_file, tag, says", [r[1:] for r in RELATIVE_IMPORTS],
+                         ids=[r[0] for r in RELATIVE_IMPORTS])
+def test_a_job_file_in_a_package_imports_relatively(files, job_file, tag, says, tmp_path, own_modules):
+    project = write(tmp_path / "project", files)
+    (tmp_path / "elsewhere").mkdir()
+    result = ferry("render", project / job_file, cwd=tmp_path / "elsewhere")
+    if tag is None:
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert says in " ".join(result.stderr.split()), result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    assert f"image: ghcr.io/acme/train:{tag}" in result.stdout
+    from ferry.spec import load_specs
+
+    (loaded,) = load_specs([project / job_file])  # in this process too, sys.path put back after (own_modules)
+    assert loaded.spec.image == f"ghcr.io/acme/train:{tag}"
+
+
 def test_the_repositorys_sweep_renders_from_any_folder(tmp_path):
     result = ferry("render", REPO / "jobs/digits/sweep.py", "-o", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

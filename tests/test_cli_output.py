@@ -440,3 +440,40 @@ def test_the_crd_folder_adds_to_the_shipped_schemas_everywhere_it_is_described()
     for text in said:
         flat = " ".join(text.split())
         assert "beside" in flat and "replace" not in flat and "points elsewhere" not in flat, flat
+
+
+# ---- a job file is run, submitted or swept as what it defines -----------------------------------
+AS_DEFINED = [
+    # id, arguments ({file}: job 'base' and sweeps 'a' and 'b'; {one}: job 'base' and sweep 'a'), stderr
+    ("run-a-sweep", ["run", "{one}"], "defines a Sweep (a): `ferry run` runs one TrainingJob"),
+    ("run-a-sweep-says-how", ["run", "{one}"], "`ferry sweep"),
+    ("run-sweeps", ["run", "{file}"], "defines a Sweep (a, b)"),
+    ("run-no-such-job", ["run", "{file}", "--job", "nope"], "no TrainingJob named 'nope'"),
+    ("sweep-a-job", ["sweep", "{job}"], "defines no Sweep"),
+]
+
+
+@pytest.mark.parametrize("args, says", [r[1:] for r in AS_DEFINED], ids=[r[0] for r in AS_DEFINED])
+def test_a_file_is_run_as_what_it_defines(args, says, tmp_path, monkeypatch):
+    monkeypatch.setenv("FERRY_HOME", str(tmp_path / "home"))  # were it run after all, its store is the test's
+    (tmp_path / "sweeps.py").write_text(SWEEPS)
+    (tmp_path / "one.py").write_text(SWEEPS.split("b = Sweep")[0])
+    (tmp_path / "job.py").write_text(SWEEPS.split("a = Sweep")[0])
+    result = ferry(*[a.format(file=tmp_path / "sweeps.py", one=tmp_path / "one.py", job=tmp_path / "job.py")
+                     for a in args])
+    assert result.exit_code == 2, result.output
+    assert says in " ".join(result.stderr.split()), result.stderr
+
+
+def test_deploys_runtime_option_keeps_its_old_spelling(small_registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", small_registry)
+    (tmp_path / "deploy.py").write_text("from ferry import Deployment\nd = Deployment(name='tiny', model='models:/tiny/1')\n")
+    kinds = {}
+    for flag in ("--runtime", "--no-runtime", None):
+        result = ferry("deploy", str(tmp_path / "deploy.py"), *([flag] if flag else []))
+        assert result.exit_code == 0, result.output
+        kinds[flag] = sorted(d["kind"] for d in yaml.safe_load_all(result.stdout) if d)
+    assert kinds["--runtime"] == kinds[None] == ["ClusterServingRuntime", "ClusterStorageContainer", "InferenceService"]
+    assert kinds["--no-runtime"] == ["InferenceService"]
+    both = ferry("deploy", str(tmp_path / "deploy.py"), "--runtime", "--no-runtime")
+    assert both.exit_code == 2 and "give one" in both.stderr

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ferry.cli._util import _stderr, _stdout, exit_codes, fail_cleanly, select_job, validate_and_emit
-from ferry.errors import SpecError
+from ferry.errors import JobFileError, SpecError
 
 local_app = typer.Typer()
 
@@ -105,7 +105,7 @@ def validate(
 @local_app.command(epilog=exit_codes(0, 1, 2, 130))
 @fail_cleanly
 def run(
-    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob.")],
+    job_file: Annotated[Path, typer.Argument(help="Python file defining the TrainingJob (a Sweep's: `ferry sweep`).")],
     set_: SetOption = None,
     workers: WorkersOption = None,
     job_name: JobNameOption = None,
@@ -117,8 +117,15 @@ def run(
     checkpoints), unless --resume-from names where to start."""
     from ferry.local import apply_overrides, run_job
     from ferry.local._report import report
+    from ferry.spec import Sweep, TrainingJob, load_specs
 
-    job = apply_overrides(select_job(job_file, job_name), set_ or (), workers, resume_from)
+    loaded = [item.spec for item in load_specs([job_file], kinds=(TrainingJob, Sweep))]
+    if (sweeps := [s.name for s in loaded if isinstance(s, Sweep)]) and job_name is None:
+        raise JobFileError(f"{job_file} defines a Sweep ({', '.join(sweeps)}): `ferry run` runs one TrainingJob; "
+                           f"run the sweep's trials with `ferry sweep {job_file}` here or `ferry submit {job_file}` "
+                           "on a cluster (or one of the file's jobs with --job NAME)")
+    job = select_job(job_file, job_name, [s for s in loaded if isinstance(s, TrainingJob)])
+    job = apply_overrides(job, set_ or (), workers, resume_from)
     console = _stdout()
     result = run_job(job, console=console, progress=console.is_terminal)
     raise typer.Exit(report(job, result, console))

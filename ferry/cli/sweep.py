@@ -24,9 +24,15 @@ SweepNameOption = Annotated[str | None, typer.Option("--sweep", help="Which swee
 
 
 def load_sweep(path: Path, name: str | None = None) -> Any:
-    from ferry.spec import Sweep, load_specs
+    from ferry.spec import Sweep, TrainingJob, load_specs
 
-    return pick_sweep([s.spec for s in load_specs([path], kinds=(Sweep,))], path, name)
+    loaded = [s.spec for s in load_specs([path], kinds=(Sweep, TrainingJob))]
+    sweeps = [s for s in loaded if isinstance(s, Sweep)]
+    if not sweeps:
+        jobs = ", ".join(s.name for s in loaded)
+        raise JobFileError(f"{path}: defines no Sweep, only TrainingJob(s) ({jobs}): run one with `ferry run {path}`, "
+                           "or define sweep = Sweep(name=..., job=job, space={...}, objective=Objective(metric=...))")
+    return pick_sweep(sweeps, path, name)
 
 
 def pick_sweep(sweeps: list[Any], path: Path, name: str | None = None) -> Any:

@@ -42,13 +42,30 @@ def project_root(path: Path) -> Path:
     return folder
 
 
+def package_of(path: Path, root: Path) -> str | None:
+    """The dotted package a job file sits in, as its project root imports it (``jobs.digits``
+    for ``jobs/digits/job.py`` beside an ``__init__.py``), so that its relative imports
+    (``from .model import Net``) resolve; None when its folder is no package under the root."""
+    folder = path.resolve().parent
+    if not (folder / "__init__.py").is_file():
+        return None
+    try:
+        parts = folder.relative_to(root).parts
+    except ValueError:
+        return None
+    return ".".join(parts) if parts and all(part.isidentifier() for part in parts) else None
+
+
 def _import_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise JobFileError(f"{path}: no such job file; give the path to a .py file that defines a TrainingJob")
     if path.suffix != ".py":
         raise JobFileError(f"{path}: a job file must be a Python file ending in .py")
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    module_name = f"_ferry_jobfile_{digest}"
+    root = project_root(path)
+    package = package_of(path, root)
+    # inside its package (its parent, for relative imports), under a name of its own
+    module_name = f"{package}._ferry_jobfile_{digest}" if package else f"_ferry_jobfile_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - suffix checked above
         raise JobFileError(f"{path}: cannot be imported as a Python module")
@@ -56,7 +73,7 @@ def _import_file(path: Path) -> dict[str, Any]:
     # the file's project root first (`from jobs.digits.job import job` from any folder), then its
     # own folder (as `python file.py` sees it); the working directory last, as a fallback
     saved = list(sys.path)
-    sys.path[:0] = list(dict.fromkeys([str(project_root(path)), str(path.resolve().parent)]))
+    sys.path[:0] = list(dict.fromkeys([str(root), str(path.resolve().parent)]))
     sys.path.append(str(Path.cwd()))
     sys.modules[module_name] = module
     try:
@@ -72,6 +89,12 @@ def _import_file(path: Path) -> dict[str, Any]:
             raise
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path.resolve()]
         line = f":{frames[-1].lineno}" if frames else ""
+        if isinstance(exc, ImportError) and package is None and "no known parent package" in str(exc):
+            init = path.resolve().parent / "__init__.py"
+            where = init.relative_to(root) if init.is_relative_to(root) else init
+            raise JobFileError(f"{path}{line}: a relative import needs the job file's folder to be a package: add "
+                               f"{where} (an empty file will do), or import from the project root "
+                               f"({root}) by absolute name") from exc
         raise JobFileError(
             f"{path}{line}: raised {type(exc).__name__} while being imported: {exc}; "
             "fix the job file so that importing it only defines jobs"
@@ -91,6 +114,14 @@ def _imported_from(others: set[str]) -> list[dict[str, Any]]:
         if isinstance(file := getattr(module, "__file__", None), str) and os.path.basename(file) in names
         and os.path.realpath(file) in others
     ]
+
+
+_EXAMPLES = {  # what a file that defines none of a kind could say
+    "TrainingJob": "job = TrainingJob(name=..., image=..., module=...)",
+    "Sweep": "sweep = Sweep(name=..., job=job, space={...}, objective=Objective(metric=...))",
+    "Deployment": "deployment = Deployment(name=..., model='models:/NAME@ALIAS')",
+    "Promotion": "policy = Promotion(model=...)",
+}
 
 
 def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None) -> list[LoadedSpec]:
@@ -140,9 +171,8 @@ def load_specs(paths: Iterable[str | Path], kinds: Sequence[type] | None = None)
             in_file += 1
         if in_file == 0 and len(files) == 1:
             wanted = " or ".join(k.__name__ for k in kinds)
-            raise JobFileError(
-                f"{path}: defines no {wanted} at module level; add one, e.g. job = TrainingJob(name=..., image=..., module=...)"
-            )
+            raise JobFileError(f"{path}: defines no {wanted} at module level; add one, e.g. "
+                               f"{_EXAMPLES.get(kinds[0].__name__, _EXAMPLES['TrainingJob'])}")
     if not found and len(files) > 1:
         wanted = " or ".join(k.__name__ for k in kinds)
         raise JobFileError(f"{', '.join(str(p) for _, p in files)}: define no {wanted} at module level; "
