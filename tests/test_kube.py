@@ -459,8 +459,11 @@ def test_missing_crds_say_what_to_install(bare_control_plane, tmp_path, monkeypa
 def test_missing_tracking_configmap_is_named(kube, control_plane):
     result = ferry("submit", DIGITS)
     assert result.exit_code == 3, result.output
-    assert f"ConfigMap 'ferry-mlflow' (key 'tracking-uri') is missing in namespace '{kube.ns}'" in result.stderr
-    assert "--tracking-uri" in result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"ConfigMap 'ferry-mlflow' (key 'tracking-uri') is missing in namespace '{kube.ns}'" in said
+    # the Helm chart's value that creates it there (helm/ferry/values.yaml), and the other way
+    assert f"add {kube.ns} to the Helm chart's value tracking.extraNamespaces" in said and "helm upgrade" in said
+    assert "--tracking-uri" in said
     assert not kube.exists(job_path("digits", kube.ns))  # nothing half-applied
     cm_path = f"/api/v1/namespaces/{kube.ns}/configmaps"
     control_plane.raw("POST", cm_path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ferry-mlflow"},
@@ -471,6 +474,16 @@ def test_missing_tracking_configmap_is_named(kube, control_plane):
     assert ferry("submit", DIGITS).exit_code == 0  # the chart's ConfigMap is used as it is
     managers = {m["manager"] for m in kube.get(f"{cm_path}/ferry-mlflow")["metadata"]["managedFields"]}
     assert "ferry" not in managers
+
+
+def test_the_chart_values_the_missing_configmap_names_are_the_charts():
+    from ferry.kube._jobs import CHART_CONFIGMAP, CHART_KEY, chart_creates
+
+    tracking = yaml.safe_load((REPO / "helm/ferry/values.yaml").read_text())["tracking"]
+    assert (tracking["configMapName"], tracking["key"], tracking["extraNamespaces"]) == (CHART_CONFIGMAP, CHART_KEY, [])
+    template = (REPO / "helm/ferry/templates/mlflow/tracking-configmap.yaml").read_text()
+    assert ".Values.tracking.extraNamespaces" in template and ".Values.tracking.configMapName" in template
+    assert "tracking.configMapName=mine and tracking.key=uri" in chart_creates("mine", "uri", "team-a")
 
 
 def test_bad_options_are_refused_before_any_request(kube, control_plane):

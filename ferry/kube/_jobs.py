@@ -230,6 +230,20 @@ def tracking_configmap(job: Any, namespace: str, tracking_uri: str) -> dict[str,
             "data": {ref.key: tracking_uri}}
 
 
+# helm/ferry/values.yaml: the tracking ConfigMap the chart creates, in its release namespace and in
+# every namespace tracking.extraNamespaces lists
+CHART_CONFIGMAP, CHART_KEY = "ferry-mlflow", "tracking-uri"
+
+
+def chart_creates(name: str, key: str, namespace: str) -> str:
+    """How Ferry's Helm chart comes to create ConfigMap ``name`` (with ``key``) in ``namespace``."""
+    own = [f"tracking.configMapName={name}"] if name != CHART_CONFIGMAP else []
+    own += [f"tracking.key={key}"] if key != CHART_KEY else []
+    return (f"To have Ferry's Helm chart create it, add {namespace} to the Helm chart's value "
+            "tracking.extraNamespaces (the chart creates the ConfigMap in its release namespace and in each one "
+            f"listed there{'; with ' + ' and '.join(own) if own else ''}) and helm upgrade the release")
+
+
 def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri: str | None) -> dict[str, Any] | None:
     """The ConfigMap to apply for the job's tracking URI, or None: with ``tracking_uri``, unless the
     ConfigMap there already holds it. Without ``tracking_uri`` the
@@ -252,8 +266,9 @@ def _tracking_configmap(cluster: Cluster, job: Any, namespace: str, tracking_uri
     if existing is None or ref.key not in (existing.get("data") or {}):
         what = (f"ConfigMap {ref.name!r} has no key {ref.key!r}" if existing is not None
                 else f"ConfigMap {ref.name!r} (key {ref.key!r}) is missing")
-        raise NotFound(f"{what} in namespace {namespace!r}: it holds the MLflow tracking URI the job reads; install "
-                       "Ferry's Helm chart there, or pass --tracking-uri http://<mlflow-service>:5000 to create it",
+        raise NotFound(f"{what} in namespace {namespace!r}: it holds the MLflow tracking URI the job reads. "
+                       + chart_creates(ref.name, ref.key, namespace)
+                       + "; or pass --tracking-uri http://<mlflow-service>:5000 to create it here",
                        reason="TrackingConfigMissing")
     return None
 
