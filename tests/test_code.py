@@ -356,3 +356,112 @@ def test_bundles_of_this_repository_leave_out_what_git_ignores():
     assert "jobs/digits/train.py" in found and "ferry/code/__main__.py" in found
     assert not [name for name in found if name.startswith((".venv/", ".ferry/", ".git/")) or "__pycache__" in name]
     assert isinstance(build_bundle(REPO, 50 * MiB), Bundle)
+
+
+# ---- through the commands: submit on a real control plane, run on this machine ----------------------------
+def digits_project(tmp_path: Path) -> Path:
+    """A team's project: the digits job and its package, with a pyproject.toml at its root."""
+    import shutil
+
+    root = tmp_path / "team"
+    shutil.copytree(REPO / "jobs", root / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "pyproject.toml").write_text("[project]\nname = 'team'\nversion = '0'\n")
+    (root / ".ferryignore").write_text("notes/\n")
+    project(root, {"notes/big.txt": "x" * 100_000})
+    return root
+
+
+def ferry_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run([str(Path(sys.executable).with_name("ferry")), *args], capture_output=True, text=True,
+                          env=environ, cwd=cwd, timeout=300)
+
+
+@pytest.mark.integration
+def test_submit_ships_the_code_once_and_a_replica_from_a_bare_image_trains_from_it(
+        control_plane, namespace, tmp_path, moto_s3, mlflow_server):
+    import boto3
+    from mlflow import MlflowClient
+
+    from tests._journey import TrainingOperatorPlay, secret
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="code")
+    root = digits_project(tmp_path)
+    kubeconfig = control_plane.write_kubeconfig(tmp_path / "kubeconfig", "admin", namespace=namespace)
+    # what the pods need to reach the code store: the Secret jobs read their tracking credentials from
+    secret(control_plane, namespace, "ferry-mlflow-credentials", moto_s3.aws_env)
+    env = {"KUBECONFIG": str(kubeconfig), "FERRY_CODE_STORE": "s3://code/team", "MLFLOW_TRACKING_URI": ""}
+    job_file = str(root / "jobs" / "digits" / "job.py")
+    argv = ["submit", job_file, "-n", namespace, "--workers", "1", "--set", "epochs=1", "--tracking-uri", mlflow_server.url]
+
+    first = ferry_cli(*argv, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"from {root}, uploaded to s3://code/team/sha256-" in first.stderr
+    job = control_plane.raw("GET", f"/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs/digits")
+    digest = job["metadata"]["annotations"]["ferry.dev/code-digest"]
+    (key,) = [o["Key"] for o in s3.list_objects_v2(Bucket="code")["Contents"]]
+    assert key == f"team/sha256-{digest.removeprefix('sha256:')}.tar.gz"
+    assert job["metadata"]["labels"]["ferry.dev/code-digest"] == digest.removeprefix("sha256:")[:32]
+
+    player = TrainingOperatorPlay(control_plane, namespace, tmp_path / "pods", bare=True)
+    code = player.run("digits", timeout=300)
+    log = player.logs["digits"].read_text(errors="replace")
+    assert code == 0, log[-3000:]
+    assert f"ferry.code: {digest}" in log
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert run.data.tags["ferry.code.digest"] == digest and run.data.tags["ferry.code.uri"] == f"s3://code/{key}"
+
+    # the same code again: nothing uploaded; a changed file: a new bundle beside the first
+    assert ferry_cli("delete", "digits", "-n", namespace, "--wait", env=env).returncode == 0
+    again = ferry_cli(*argv, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and f"already in s3://code/{key}" in again.stderr, again.stderr
+    (root / "jobs" / "digits" / "model.py").write_text((root / "jobs" / "digits" / "model.py").read_text() + "\n# wider\n")
+    assert ferry_cli("delete", "digits", "-n", namespace, "--wait", env=env).returncode == 0
+    changed = ferry_cli(*argv, env=env, cwd=tmp_path)
+    assert changed.returncode == 0 and "uploaded to" in changed.stderr, changed.stderr
+    assert len(s3.list_objects_v2(Bucket="code")["Contents"]) == 2
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["--no-code", "--code", "."], {}, "--no-code ships nothing"),
+    (["--code", "."], {"FERRY_CODE_STORE": "", "MLFLOW_TRACKING_URI": ""}, "--code needs a code store"),
+    (["--code-store", "ftp://x/y"], {}, "--code-store='ftp://x/y': a code store is s3://"),
+    (["--code", "/no/such/folder"], {"FERRY_CODE_STORE": "file:///tmp/x"}, "/no/such/folder is not a folder"),
+])
+def test_code_options_that_do_not_fit_are_refused_before_anything_is_sent(tmp_path, args, env, expected):
+    out = ferry_cli("submit", str(REPO / "jobs" / "digits" / "job.py"), *args,
+                    env={"KUBECONFIG": str(tmp_path / "none"), **env})
+    assert out.returncode == 2, out.stderr
+    assert expected in " ".join(out.stderr.split())
+
+
+def test_a_dry_run_names_the_bundle_and_uploads_nothing_and_a_sweeps_trials_carry_it(tmp_path):
+    import yaml
+
+    store = tmp_path / "store"
+    out = ferry_cli("submit", str(REPO / "jobs" / "digits" / "sweep.py"), "--dry-run", "client",
+                    "--code-store", store.as_uri(), env={"KUBECONFIG": str(tmp_path / "none")})
+    assert out.returncode == 0, out.stderr
+    assert "would go to (dry run)" in out.stderr and not store.exists()
+    trials = [doc for doc in yaml.safe_load_all(out.stdout) if doc and doc["kind"] == "PyTorchJob"]
+    assert trials
+    digests = {doc["metadata"]["annotations"]["ferry.dev/code-digest"] for doc in trials}
+    assert len(digests) == 1 and next(iter(digests)).startswith("sha256:")
+
+
+@pytest.mark.integration
+def test_run_with_code_runs_the_replicas_from_the_bundle_in_the_local_store(tmp_path):
+    from mlflow import MlflowClient
+
+    root = digits_project(tmp_path)
+    home = tmp_path / "home"
+    out = ferry_cli("run", "jobs/digits/job.py", "--code", ".", "--workers", "1", "--set", "epochs=1",
+                    env={"FERRY_HOME": str(home), "MLFLOW_TRACKING_URI": "", "FERRY_CODE_STORE": ""}, cwd=root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (bundle,) = (home / "code").glob("sha256-*.tar.gz")
+    digest = "sha256:" + hashlib.sha256(bundle.read_bytes()).hexdigest()
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert run.data.tags["ferry.code.digest"] == digest

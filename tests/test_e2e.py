@@ -153,10 +153,31 @@ def platform(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         assert denied == [], f"the API server refused the chart's operator role: {denied}"
 
 
-def pipeline_file(platform: Platform, name: str, *, epochs: int, model: str, namespace: str | None = None) -> Path:
+def bundle(platform: Platform) -> dict[str, str]:
+    """``ferry bundle`` of this project as a team runs it before committing its pipeline: the
+    code goes to the platform's MLflow (its artifact proxy), the ``code`` block comes back."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([str(Path(sys.executable).with_name("ferry")), "bundle", str(REPO), "-o", "json"],
+                         capture_output=True, text=True, timeout=120, cwd=platform.workdir,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": platform.mlflow_url, "FERRY_CODE_STORE": ""})
+    assert out.returncode == 0, out.stderr
+    code = json.loads(out.stdout)["code"]
+    assert code["uri"].startswith("mlflow-artifacts:/ferry-code/sha256-")
+    return code
+
+
+def pipeline_file(platform: Platform, name: str, *, epochs: int, model: str, namespace: str | None = None,
+                  code: dict[str, str] | None = None) -> Path:
     """The example pipeline as a team keeps it in its GitOps repository, adjusted for one machine:
-    the team's namespace, one worker (the Master alone: the one pod this test runs), a few epochs."""
+    the team's namespace, one worker (the Master alone: the one pod this test runs), a few epochs;
+    with ``code``, its job runs that code bundle."""
     text = EXAMPLE.read_text()
+    if code is not None:
+        text = text.replace("  job:\n", f"  job:\n    code:\n      uri: {code['uri']}\n      digest: {code['digest']}\n", 1)
     namespace = namespace or platform.ns
     for old, new in (("  name: digits\n", f"  name: {name}\n"), ("  namespace: ml\n", f"  namespace: {namespace}\n"),
                      ("    workers: 2\n", "    workers: 1\n"), ("      epochs: 15\n", f"      epochs: {epochs}\n"),
@@ -175,12 +196,13 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-def train(platform: Platform, job: str) -> None:
-    """The training operator's part for ``job``, once the operator has created it."""
+def train(platform: Platform, job: str, *, bare: bool = False) -> None:
+    """The training operator's part for ``job``, once the operator has created it; ``bare``: its
+    pod's image holds Ferry but not this project (the job's code bundle must bring it)."""
     found = j.wait_for(lambda: platform.job(job), f"PyTorchJob {job}", timeout=60, also=platform.operator_log)
     (owner,) = found["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["controller"]) == ("ModelPipeline", True)
-    player = j.TrainingOperatorPlay(platform.plane, platform.ns, platform.workdir)
+    player = j.TrainingOperatorPlay(platform.plane, platform.ns, platform.workdir, bare=bare)
     code = player.run(job, timeout=TRAIN_TIMEOUT_S)
     assert code == 0, f"the Master of {job} exited {code}:\n" + "\n".join(
         player.logs[job].read_text(errors="replace").splitlines()[-30:])
@@ -200,10 +222,12 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
     p, name, model = platform, "digits", "digits-classifier"
     client = registry(p)
     with j.PipelineWatch(p.plane, p.ns, p.workdir / "kubectl-get-modelpipelines.log") as watch:
-        # Generation 1: applied, trained, gated, registered, deployed.
-        path = pipeline_file(p, name, epochs=4, model=model)
+        # Generation 1: applied, trained, gated, registered, deployed. Its code is the project's
+        # bundle, not the image's copy: the Master runs from an image without the project.
+        code = bundle(p)
+        path = pipeline_file(p, name, epochs=4, model=model, code=code)
         p.apply_file(path)
-        train(p, f"{name}-g1")
+        train(p, f"{name}-g1", bare=True)
         isvc = j.wait_for(lambda: p.isvc_serving(name, "1"), "the InferenceService of version 1", timeout=120,
                           also=p.operator_log)
         j.wait_for(lambda: p.status(name).get("phase") == "Deploying", "phase Deploying", also=p.operator_log)
@@ -212,6 +236,8 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
         job = p.job(f"{name}-g1")
         assert run.data.tags[SUBMISSION_TAG] == job["metadata"]["labels"]["ferry.dev/submission"]
         assert run.data.params["epochs"] == "4" and run.data.metrics["test_accuracy"] >= 0.95
+        assert (run.data.tags["ferry.code.digest"], run.data.tags["ferry.code.uri"]) == (code["digest"], code["uri"])
+        assert job["metadata"]["labels"]["ferry.dev/code-digest"] == code["digest"].removeprefix("sha256:")[:32]
         assert client.get_model_version_by_alias(model, "staging").version == "1"
         predictor = isvc["spec"]["predictor"]
         assert predictor["model"]["storageUri"] == f"models:/{model}/1"  # pinned, what Ferry's storage initializer fetches
@@ -225,7 +251,7 @@ def test_the_journey_from_the_chart_to_a_canary_and_back(platform: Platform) -> 
         # the gate against version 1 and goes out as a canary beside it (version 1 keeps serving).
         edit(path, "      epochs: 4\n", "      epochs: 5\n")
         p.apply_file(path)
-        train(p, f"{name}-g2")
+        train(p, f"{name}-g2", bare=True)
         isvc = j.wait_for(lambda: p.isvc_serving(name, "2"), "the InferenceService of version 2", timeout=120,
                           also=p.operator_log)
         j.wait_for(lambda: p.status(name).get("phase") == "Canary" and p.status(name).get("modelVersion") == "2",

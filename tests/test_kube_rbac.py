@@ -1,4 +1,4 @@
-"""The RBAC a person or CI account needs (manifests/rbac/ferry-user.yaml, the README's table),
+"""The RBAC a person or CI account needs (manifests/rbac/ferry-user.yaml, the table in docs/cli.md),
 proved on the real control plane: bound to a user with no other rights, every cluster command
 works; without it, each command exits 5 and names the verb, the resource and the namespace."""
 
@@ -33,8 +33,8 @@ def _grants(doc: dict) -> set[tuple[str, str, str]]:
 
 
 def _readme_grants() -> set[tuple[str, str, str]]:
-    """The README's RBAC table, as (api group, resource, verb)."""
-    text = (REPO / "README.md").read_text()
+    """The RBAC table of docs/cli.md, as (api group, resource, verb)."""
+    text = (REPO / "docs" / "cli.md").read_text()
     table = text[text.index("| API group", text.index("**RBAC.**")):]
     table = table[:table.index("\n\n")]
     grants = set()

@@ -1,6 +1,6 @@
 """The shape of the package, read from its own imports (``ast``: nothing is imported).
 
-Two rules, both written in the README's Layout table (checked below to say the same):
+Two rules, both written in the Layout table of docs/development.md (checked below to say the same):
 - no import loops between ferry's modules: every import counts, at the top of a module, inside
   a function or under ``TYPE_CHECKING``;
 - one direction of dependency: each part of ferry (a subpackage, a module at the top, or the
@@ -206,7 +206,7 @@ def test_a_loop_is_found_and_named():
 def test_every_part_has_its_rule():
     parts = {part(module) for module in modules()}
     ruled = GROUND | set(MAY_IMPORT)
-    assert parts - ruled == set(), "a new part of ferry: give it its row in MAY_IMPORT (and in the README's table)"
+    assert parts - ruled == set(), "a new part of ferry: give it its row in MAY_IMPORT (and in the Layout table of docs/development.md)"
     assert ruled - parts == set(), "MAY_IMPORT or GROUND names a part that no longer exists"
 
 
@@ -234,11 +234,11 @@ def test_imports_run_down_the_layers():
             if there != here and there not in allowed:
                 wrong.append(f"{module} (line {line}) imports {target}: {here} may import "
                              f"{', '.join(sorted(allowed)) or 'nothing of ferry'}")
-    assert not wrong, "imports against the layering (see MAY_IMPORT and the README's Layout):\n" + "\n".join(wrong)
+    assert not wrong, "imports against the layering (see MAY_IMPORT and the Layout table of docs/development.md):\n" + "\n".join(wrong)
 
 
 def _readme_rule() -> tuple[set[str], dict[str, set[str]]]:
-    """The ground and the rows of the README's Layout table, as written there: a row's paths
+    """The ground and the rows of the Layout table of docs/development.md, as written there: a row's paths
     (``ferry/kube``, ``ferry/cli/``, ``ferry/images.py``, ``ferry/__init__.py``) and what they
     may import (``nothing of Ferry``: the ground; ``—``; ``everything above``; or the names)."""
     header_line = "| path | imports (besides the ground) | what |"
@@ -271,7 +271,7 @@ def test_the_readme_states_the_rule():
     ground, rows = _readme_rule()
     assert ground == GROUND
     assert rows == MAY_IMPORT
-    assert list(rows) == list(MAY_IMPORT), "the README's rows are in MAY_IMPORT's order (each imports only rows above it)"
+    assert list(rows) == list(MAY_IMPORT), "the Layout table's rows are in MAY_IMPORT's order (each imports only rows above it)"
 
 
 @pytest.mark.parametrize("module", sorted(f"ferry.{name}" for name in GROUND))

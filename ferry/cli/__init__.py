@@ -4,6 +4,7 @@ module and imports what is heavy inside the commands that need it, so ``ferry --
 
     cli_local     render, validate, run, ui           jobs as manifests, and on this machine
     cli_cluster   submit, status, list, logs, delete  jobs on a cluster
+    cli_code      bundle (and submit/run --code)      a project's code to the replicas, no image rebuild
     cli_serving   serve, deploy                       models behind the Open Inference Protocol
     cli_models    promote, rollback, optimize         the registry; ``ferry models ...``
     cli_sweep     sweep                               hyperparameter searches, tracked side by side
@@ -16,6 +17,7 @@ from __future__ import annotations
 import typer
 
 from ferry.cli.cluster import cluster_app
+from ferry.cli.code import code_app
 from ferry.cli.local import local_app
 from ferry.cli.models import models_app, registry_app
 from ferry.cli.operator import operator_app
@@ -50,6 +52,7 @@ def _options(
 app.add_typer(project_app)
 app.add_typer(local_app)
 app.add_typer(cluster_app)
+app.add_typer(code_app)
 app.add_typer(serving_app)
 app.add_typer(sweep_app)
 app.add_typer(registry_app)

@@ -32,6 +32,7 @@ from ferry.cli._util import (
     target_namespace,
     timestamp,
 )
+from ferry.cli.code import CodeOption, CodeStoreOption, NoCodeOption, with_code
 from ferry.cli.local import JobNameOption, ResumeOption, SetOption, WorkersOption
 from ferry.cli.sweep import SweepNameOption
 
@@ -205,12 +206,20 @@ def submit(
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager owns.")] = False,
     tracking_uri: Annotated[str | None, typer.Option(
         "--tracking-uri", help="Create/update the ConfigMap the job reads MLFLOW_TRACKING_URI from (default: it must exist).")] = None,
+    code: CodeOption = None,
+    no_code: NoCodeOption = False,
+    code_store: CodeStoreOption = None,
 ) -> None:
     """Submit a job to the cluster as a new submission.
 
     Each call is a new submission (a fresh id, fresh checkpoints), applied server-side as field
     manager 'ferry'. A PyTorchJob of the same name is never reused: without --replace, an
     existing one (running or finished) is a conflict.
+
+    The job's code goes with it when a code store is set (--code-store, $FERRY_CODE_STORE, or an
+    MLflow server as MLFLOW_TRACKING_URI): the job file's project root (or --code DIR) is bundled,
+    uploaded once per digest, and every replica runs it instead of the image's copy; --no-code
+    runs the image's own code.
 
     A file defining a Sweep submits its trials (--sweep NAME when it defines several; --job
     NAME submits one of its jobs instead), at most the sweep's parallel at once, and follows
@@ -239,7 +248,8 @@ def submit(
     if sweep_name is not None or (sweeps and job_name is None):
         from ferry.cli.sweep import pick_sweep, submit_sweep
 
-        sweep = pick_sweep(sweeps, job_file, sweep_name)
+        sweep = with_code(pick_sweep(sweeps, job_file, sweep_name), job_file, code, no_code, code_store,
+                          default_on=True, dry_run=dry_run is not None)
         for option, given, why in [
                 ("--resume-from", resume_from is not None, "each trial of a sweep starts fresh"),
                 ("--follow", follow, "a sweep's trials run side by side: follow one with `ferry logs NAME --follow`"),
@@ -251,7 +261,8 @@ def submit(
                      workers=workers, dry_run=dry_run, force_conflicts=force_conflicts, tracking_uri=tracking_uri,
                      poll_s=_poll_s())
         return
-    spec = select_job(job_file, job_name, jobs)
+    spec = with_code(select_job(job_file, job_name, jobs), job_file, code, no_code, code_store, default_on=True,
+                     dry_run=dry_run is not None)
     cluster = None if dry_run is DryRun.client else connect(kubeconfig, context, namespace)
     target = target_namespace(spec, namespace, cluster.namespace if cluster is not None else None)
     job = in_namespace(apply_overrides(spec, set_ or (), workers, resume_from), target)

@@ -110,6 +110,9 @@ def run(
     workers: WorkersOption = None,
     job_name: JobNameOption = None,
     resume_from: ResumeOption = None,
+    code: Annotated[Path | None, typer.Option(
+        "--code", help="Run the replicas from a code bundle of this folder (e.g. .), kept in the local store "
+                       "(.ferry/code), as a cluster's replicas run a submitted job's code.")] = None,
 ) -> None:
     """Run a job on this machine exactly as the training operator would run it on a cluster.
 
@@ -126,6 +129,11 @@ def run(
                            "on a cluster (or one of the file's jobs with --job NAME)")
     job = select_job(job_file, job_name, [s for s in loaded if isinstance(s, TrainingJob)])
     job = apply_overrides(job, set_ or (), workers, resume_from)
+    if code is not None:
+        from ferry.cli.code import with_code
+        from ferry.local import LocalStore
+
+        job = with_code(job, job_file, code, False, LocalStore.default().code_store, default_on=False)
     console = _stdout()
     result = run_job(job, console=console, progress=console.is_terminal)
     raise typer.Exit(report(job, result, console))

@@ -40,6 +40,8 @@ def ship(job: TrainingJob, root: Path, store: str, *, upload: bool = True) -> Sh
     from ferry.spec import Code
 
     root = Path(root).resolve()
+    if not root.is_dir():
+        raise BundleError(f"code bundle: {root} is not a folder; give --code the folder to ship (the project root)")
     if job.module is not None and not _module_in(root, job.module):
         raise BundleError(f"code bundle: module {job.module!r} (the job's entry point) is not in {root}; "
                           f"give --code the folder it is imported from")

@@ -126,7 +126,7 @@ def translate(exc: Any, action: Action, *, context: str | None = None,
         where = f"in namespace {action.namespace!r}" if action.namespace else "cluster-wide"
         return Forbidden(f"forbidden: you{who} may not {action.verb} {action.resource()} {where}; ask a cluster "
                          f"admin for a Role granting '{action.verb}' on {action.resource()} (Ferry's needs are "
-                         "listed in the README under RBAC)", status=code, reason="Forbidden")
+                         "listed in docs/cli.md under RBAC)", status=code, reason="Forbidden")
     if code == 404:
         if details.get("kind") == "namespaces" or message.startswith("namespaces "):
             ns = details.get("name") or action.namespace
