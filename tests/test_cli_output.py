@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import textwrap
-import uuid
 from pathlib import Path
 from typing import Any
 

@@ -7,7 +7,6 @@ codes of :data:`ferry.cli._util.EXIT_CODES` its epilog lists.
 
 from __future__ import annotations
 
-import signal
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,8 +29,8 @@ from ferry.cli._util import (
     replica_line,
     select_job,
     target_namespace,
-    timestamp,
 )
+from ferry.cli._watch import LIST_SCHEMA, STATUS_SCHEMA, job_doc, poll_s, state_table, status_doc, watch
 from ferry.cli.code import CodeOption, CodeStoreOption, NoCodeOption, with_code
 from ferry.cli.local import JobNameOption, ResumeOption, SetOption, WorkersOption
 from ferry.cli.sweep import SweepNameOption
@@ -64,124 +63,6 @@ def connect(kubeconfig: Path | None, context: str | None, namespace: str | None)
     from ferry.kube import Cluster
 
     return Cluster.connect(kubeconfig, context, namespace)
-
-
-def _poll_s() -> float:
-    from ferry import settings
-
-    return float(settings.FERRY_POLL_INTERVAL_S.get() or 2)
-
-
-def _state_table(state: Any) -> Any:
-    from rich.table import Table
-
-    colour = {"Succeeded": "green", "Failed": "red", "Restarting": "yellow", "Running": "cyan"}.get(state.phase, "white")
-    table = Table(title=f"PyTorchJob {state.namespace}/{state.name}  [{colour}]{state.phase}[/]  "
-                        f"age {state.age()}  restarts {state.restarts}", title_justify="left")
-    for column in ("replica", "active", "succeeded", "failed"):
-        table.add_column(column, justify="left" if column == "replica" else "right")
-    for role, counts in state.replicas.items():
-        table.add_row(role.lower(), str(counts.active), str(counts.succeeded), str(counts.failed))
-    if not state.replicas:
-        table.add_row("(no replicas yet)", "-", "-", "-")
-    return table
-
-
-# what -o json|yaml prints, as the help says it (times: ISO 8601 in UTC)
-JOB_KEYS = "name, namespace, submission, phase, reason, message, created, finished"
-LIST_SCHEMA = f"a list of {{{JOB_KEYS}}}, newest first"
-STATUS_SCHEMA = (f"an object {{{JOB_KEYS}, restarts, replicas: {{ROLE: {{active, succeeded, failed}}}}, "
-                 "pods: a list of {replica, name, phase, restarts, node}}")
-
-
-def job_doc(state: Any) -> dict[str, Any]:
-    """A job's state as ``-o json|yaml`` prints it (the keys of JOB_KEYS)."""
-    return {"name": state.name, "namespace": state.namespace, "submission": state.submission, "phase": state.phase,
-            "reason": state.reason or None, "message": state.message or None, "created": timestamp(state.created),
-            "finished": timestamp(state.finished_at)}
-
-
-def status_doc(state: Any, pods: list[dict[str, Any]]) -> dict[str, Any]:
-    """``ferry status -o json|yaml``: the job, its restarts, replicas per role and pods."""
-    from ferry.kube import pod_restarts, replica_name
-
-    return {**job_doc(state), "restarts": state.restarts,
-            "replicas": {role: {"active": c.active, "succeeded": c.succeeded, "failed": c.failed}
-                         for role, c in state.replicas.items()},
-            "pods": [{"replica": replica_name(pod), "name": pod["metadata"]["name"],
-                      "phase": (pod.get("status") or {}).get("phase"), "restarts": pod_restarts(pod),
-                      "node": (pod.get("spec") or {}).get("nodeName")} for pod in pods]}
-
-
-def _report_outcome(cluster: Any, state: Any, out: Any = None) -> int:
-    """Print how the job ended (on ``out``, default stdout); its exit code (0 succeeded, 1 failed)."""
-    from rich.markup import escape
-
-    from ferry.kube import failed_replica_logs
-
-    out = out or _stdout()
-    if state.succeeded:
-        out.print(f"[green]{state.name} succeeded[/] (submission {state.submission}, {state.age()} old)")
-        return 0
-    err = _stderr()
-    err.print(f"[bold red]{state.name} failed[/]: {escape(state.reason or 'Failed')}: {escape(state.message or 'no message')}")
-    for replica, lines in failed_replica_logs(cluster, state.name, state.namespace):
-        err.print(f"--- last lines of {replica} ---")
-        for line in lines:
-            err.print(replica_line(replica, line))
-    return 1
-
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
-def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow: bool, out: Any = None) -> int:
-    """Follow the job to its end with a live status (a line per change when not on a terminal),
-    streaming its replicas' logs with ``follow``, on ``out`` (default: stdout); the exit code
-    of its outcome."""
-    from rich.live import Live
-
-    from ferry.kube import follow_logs, wait_for
-
-    out = out or _stdout()
-    stop = threading.Event()
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _interrupt)
-    log_thread = None
-    if follow:
-        def emit(replica: str, line: str) -> None:
-            out.print(replica_line(replica, line), highlight=False, soft_wrap=True)
-
-        log_thread = threading.Thread(target=follow_logs, args=(cluster, name, namespace, emit, stop),
-                                      kwargs={"poll_s": _poll_s()}, daemon=True)
-        log_thread.start()
-    live = out.is_terminal and not follow
-    last: list[str] = []
-
-    def show(state: Any) -> None:
-        if live:
-            display.update(_state_table(state))
-        elif state.summary() not in last:
-            last[:] = [state.summary()]
-            out.print(state.summary())
-
-    try:
-        if live:
-            with Live(console=out, refresh_per_second=4, transient=False) as display:
-                state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=_poll_s(), on_state=show)
-        else:
-            display = None
-            state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=_poll_s(), on_state=show)
-    except KeyboardInterrupt:
-        _stderr().print(f"stopped watching; {name} goes on: `ferry status {name} -n {namespace}`")
-        return 130
-    finally:
-        stop.set()
-        if log_thread is not None:
-            log_thread.join(timeout=_poll_s() + 5)
-        signal.signal(signal.SIGTERM, previous)
-    return _report_outcome(cluster, state, out)
 
 
 @cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 1, 2, *CLUSTER_CODES, 10, 124, 130))
@@ -259,7 +140,7 @@ def submit(
                 raise refuse(option, f"{why}; {option} does not apply to sweep {sweep.name}")
         submit_sweep(sweep, lambda: connect(kubeconfig, context, namespace), namespace, sets=set_ or (),
                      workers=workers, dry_run=dry_run, force_conflicts=force_conflicts, tracking_uri=tracking_uri,
-                     poll_s=_poll_s())
+                     poll_s=poll_s())
         return
     spec = with_code(select_job(job_file, job_name, jobs), job_file, code, no_code, code_store, default_on=True,
                      dry_run=dry_run is not None)
@@ -282,7 +163,7 @@ def submit(
 
     with cluster:
         done = do_submit(cluster, job, manifest, submission, dry_run=dry_run is DryRun.server, replace=replace,
-                         force_conflicts=force_conflicts, tracking_uri=tracking_uri, say=err.print, poll_s=_poll_s())
+                         force_conflicts=force_conflicts, tracking_uri=tracking_uri, say=err.print, poll_s=poll_s())
         for item in done.applied:
             err.print(f"{'accepted (dry run, server)' if done.dry_run else 'applied'}: {item}")
         if done.dry_run:
@@ -330,7 +211,7 @@ def status(
 
         def table() -> None:
             out = _stdout()
-            out.print(_state_table(state))
+            out.print(state_table(state))
             out.print(f"submission {state.submission or '-'}" + (f"; {escape(state.reason)}: {escape(state.message)}"
                                                                 if state.message else ""))
             if pods:
@@ -422,16 +303,16 @@ def logs(
             return
         stop = threading.Event()
         thread = threading.Thread(target=follow_logs, args=(cluster, name, cluster.namespace, emit, stop),
-                                  kwargs={"poll_s": _poll_s()}, daemon=True)
+                                  kwargs={"poll_s": poll_s()}, daemon=True)
         thread.start()
         try:
-            wait_for(cluster, name, poll_s=_poll_s())
-            stop.wait(_poll_s())  # the last lines
+            wait_for(cluster, name, poll_s=poll_s())
+            stop.wait(poll_s())  # the last lines
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         finally:
             stop.set()
-            thread.join(timeout=_poll_s() + 5)
+            thread.join(timeout=poll_s() + 5)
 
 
 @cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 2, 3, 5, 7, 8, 9, 124, 130))
@@ -451,5 +332,5 @@ def delete(
 
     check_wait(wait, timeout)
     with connect(kubeconfig, context, namespace) as cluster:
-        delete_job(cluster, name, wait=wait, timeout_s=timeout or 300, poll_s=_poll_s())
+        delete_job(cluster, name, wait=wait, timeout_s=timeout or 300, poll_s=poll_s())
         _stdout().print(f"deleted PyTorchJob {cluster.namespace}/{name}" + ("" if wait else " (going)"))

@@ -25,7 +25,7 @@ from ferry.cli._util import (
     target_namespace,
     validate_and_emit,
 )
-from ferry.cli.cluster import ContextOption, KubeconfigOption, NamespaceOption, connect
+from ferry.cli.cluster import ContextOption, KubeconfigOption, connect
 from ferry.cli.local import CrdDirOption
 
 serving_app = typer.Typer()
