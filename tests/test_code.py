@@ -8,6 +8,7 @@ refuses a bundle whose bytes are not the digest the job names.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import subprocess
@@ -57,7 +58,7 @@ def test_the_same_files_give_the_same_bytes_wherever_and_whenever_they_were_writ
     os.chmod(second / "demo" / "model.py", 0o600)  # only "executable or not" is kept
     one, two = build_bundle(first, MiB), build_bundle(second, MiB)
     assert one.digest == two.digest and one.data == two.data
-    assert one.digest == "sha256:" + hashlib.sha256(one.data).hexdigest()
+    assert one.digest == "sha256:" + hashlib.sha256(gzip.decompress(one.data)).hexdigest()  # the tar's, not its gzip's
     assert one.files == 4 and one.name == f"sha256-{one.hex}.tar.gz"
 
 
@@ -304,6 +305,16 @@ def test_the_step_unpacks_the_bundle_runs_the_command_inside_it_and_reuses_it_af
     assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
 
 
+def test_a_store_that_hands_the_tar_back_decompressed_still_gives_the_jobs_digest(tmp_path):
+    """An S3 object served with Content-Encoding: gzip (MLflow's proxy on S3 does so for .tar.gz)
+    arrives as the bare tar: the digest is the tar's, so it matches, and it unpacks."""
+    bundle = build_bundle(project(tmp_path / "p", SMALL), MiB)
+    uri, _ = publish(bundle, (tmp_path / "store").as_uri())
+    (tmp_path / "store" / bundle.name).write_bytes(gzip.decompress(bundle.data))
+    out = fetch_step(tmp_path, uri, bundle.digest, ["python", "-c", "import demo.model as m; print(m.WIDTH)"])
+    assert (out.returncode, out.stdout) == (0, "8\n"), out.stderr
+
+
 def test_without_a_bundle_the_step_runs_the_command_as_it_is(tmp_path):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_CODE_")}
     out = subprocess.run([sys.executable, "-m", "ferry.code", "--", "python", "-c", "print('plain')"],
@@ -461,7 +472,7 @@ def test_run_with_code_runs_the_replicas_from_the_bundle_in_the_local_store(tmp_
                     env={"FERRY_HOME": str(home), "MLFLOW_TRACKING_URI": "", "FERRY_CODE_STORE": ""}, cwd=root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (bundle,) = (home / "code").glob("sha256-*.tar.gz")
-    digest = "sha256:" + hashlib.sha256(bundle.read_bytes()).hexdigest()
+    digest = "sha256:" + hashlib.sha256(gzip.decompress(bundle.read_bytes())).hexdigest()
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert run.data.tags["ferry.code.digest"] == digest

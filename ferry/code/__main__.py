@@ -12,7 +12,6 @@ settings), 10 its store did not answer after the retries. One line on stderr say
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -48,7 +47,7 @@ def _fetch(uri: str) -> bytes:
 
 def prepare(uri: str, digest: str, base: Path) -> Path:
     """The folder holding the bundle ``uri`` unpacked, checked against ``digest``."""
-    from ferry.code._bundle import unpack
+    from ferry.code._bundle import digest_of, unpack
 
     expected = digest.partition(":")[2]
     if not digest.startswith("sha256:") or len(expected) != 64:
@@ -58,7 +57,7 @@ def prepare(uri: str, digest: str, base: Path) -> Path:
     if dest.is_dir() and marker.is_file() and marker.read_text().strip() == digest:
         return dest  # this pod unpacked it before (a restarted container)
     data = _fetch(uri)
-    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    actual = digest_of(data)
     if actual != digest:
         raise FerryError(f"the bundle at {uri} has digest {actual}, not the job's {digest}: refusing to run it "
                          "(it was changed in its store); submit the job again to upload the code")

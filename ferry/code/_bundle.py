@@ -1,8 +1,10 @@
 """A folder of code as one deterministic, content-addressed ``.tar.gz``.
 
-The same files give the same bytes, hence the same digest, on any machine: entries in sorted
-order, no timestamps, owners or permissions beyond "executable or not", and a gzip header
-without a name or a time. What goes in follows the folder's own rules: every ``.gitignore``
+The same files give the same archive, hence the same digest, on any machine: entries in sorted
+order, no timestamps, owners or permissions beyond "executable or not". The digest is the
+sha256 of the tar itself, not of its gzip, so it names the content whatever compressed it, and
+a store or proxy that hands the tar back decompressed (an S3 object served with
+``Content-Encoding: gzip``) still matches. What goes in follows the folder's own rules: every ``.gitignore``
 and ``.ferryignore`` on the way down (git's syntax; ``.ferryignore`` is read after
 ``.gitignore`` in the same folder, so it can also re-include with ``!``), and never ``.git/``,
 ``.ferry/`` (the local store) or ``__pycache__/``.
@@ -36,8 +38,8 @@ class Bundle:
     """The bundled code: the archive's bytes and what identifies it."""
 
     root: Path
-    data: bytes
-    digest: str  # sha256:<64 hex digits> of ``data``
+    data: bytes  # the .tar.gz as stored
+    digest: str  # sha256:<64 hex digits> of the tar inside ``data``
     files: int
     unpacked_bytes: int
 
@@ -139,17 +141,23 @@ def build_bundle(root: Path, max_bytes: int) -> Bundle:
     if unpacked > 8 * max_bytes:  # too large whatever gzip makes of it: say so before reading it all
         raise _too_large(root, sizes, unpacked, max_bytes, "unpacked")
     raw = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name, path in entries:
-                _add(tar, name, path, root.resolve())
-                if raw.tell() > max_bytes:
-                    raise _too_large(root, sizes, unpacked, max_bytes, "compressed")
-    data = raw.getvalue()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in entries:
+            _add(tar, name, path, root.resolve())
+    data = gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
     if len(data) > max_bytes:
         raise _too_large(root, sizes, unpacked, max_bytes, "compressed")
-    return Bundle(root=root, data=data, digest="sha256:" + hashlib.sha256(data).hexdigest(),
-                  files=len(entries), unpacked_bytes=unpacked)
+    return Bundle(root=root, data=data, digest=digest_of(data), files=len(entries), unpacked_bytes=unpacked)
+
+
+def as_tar(data: bytes) -> bytes:
+    """A bundle's tar, whether ``data`` is the stored .tar.gz or the tar a store decompressed."""
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def digest_of(data: bytes) -> str:
+    """The digest of a bundle's bytes (gzipped or not): sha256:<hex> of its tar."""
+    return "sha256:" + hashlib.sha256(as_tar(data)).hexdigest()
 
 
 def _add(tar: tarfile.TarFile, name: str, path: Path, root: Path) -> None:
@@ -184,7 +192,7 @@ def unpack(data: bytes, dest: Path) -> int:
     """Unpack a bundle's bytes into the empty folder ``dest`` (made if absent); the number of
     files. tarfile's ``data`` filter refuses absolute names, ``..``, devices and links out."""
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(as_tar(data)), mode="r:") as tar:
         members = tar.getmembers()
         tar.extractall(dest, members=members, filter="data")
     return len(members)

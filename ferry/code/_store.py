@@ -8,6 +8,7 @@ there": the same code is uploaded once, whoever submits it, and an object is nev
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,7 @@ class _MlflowArtifacts:
     def get(self, name: str) -> bytes | None:
         if not self.exists(name):
             return None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line of ours instead
         with tempfile.TemporaryDirectory(prefix="ferry-code-") as tmp:
             return Path(self.repo.download_artifacts(name, tmp)).read_bytes()
 
