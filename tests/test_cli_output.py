@@ -484,3 +484,23 @@ def test_deploys_runtime_option_keeps_its_old_spelling(small_registry, tmp_path,
     assert kinds["--no-runtime"] == ["InferenceService"]
     both = ferry("deploy", str(tmp_path / "deploy.py"), "--runtime", "--no-runtime")
     assert both.exit_code == 2 and "give one" in both.stderr
+
+
+BROKEN_SWEEP = """
+from ferry import Choice, Objective, RunPolicy, Sweep, Tracking, TrainingJob
+job = TrainingJob(name="broken", image="i", module="no_such_module_here", run_policy=RunPolicy(backoff_limit=0),
+                  hyperparameters={"lr": 0.1}, tracking=Tracking(experiment="broken"))
+sweep = Sweep(name="broken", job=job, space={"lr": Choice([0.1])}, sampler="grid", trials=1,
+              objective=Objective(metric="loss", goal="min"))
+"""
+
+
+def test_a_sweep_whose_trials_all_failed_exits_1(tmp_path, monkeypatch):
+    """Failed, as a job that failed is (1): not bad input (2)."""
+    monkeypatch.setenv("FERRY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # the embedded store; whatever MLflow sets here is undone after
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.py").write_text(BROKEN_SWEEP)
+    result = ferry("sweep", "broken.py")
+    assert result.exit_code == 1, result.output
+    assert "trial 0 failed" in result.stdout and "no trial finished" in result.stderr
