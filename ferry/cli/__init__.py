@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import typer
 
+from ferry.cli._util import exit_codes
 from ferry.cli.cluster import cluster_app
 from ferry.cli.code import code_app
 from ferry.cli.local import local_app
@@ -62,7 +63,7 @@ about_app = typer.Typer()
 app.add_typer(about_app)
 
 
-@about_app.command()
+@about_app.command(epilog=exit_codes(0))
 def version() -> None:
     """Print Ferry's version."""
     from ferry import __version__

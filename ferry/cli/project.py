@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from ferry.cli._util import _stdout, fail_cleanly
+from ferry.cli._util import _stdout, exit_codes, fail_cleanly
 
 project_app = typer.Typer()
 
 
-@project_app.command()
+@project_app.command(epilog=exit_codes(0, 2, 130))
 @fail_cleanly
 def init(
     name: Annotated[str, typer.Argument(help="The project's name: a DNS-1035 label such as fraud-detector (it names "
