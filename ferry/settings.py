@@ -34,6 +34,11 @@ FERRY_CRD_DIR = EnvSetting(
 FERRY_HOME = EnvSetting(
     "FERRY_HOME", ".ferry", "Embedded default store: MLflow SQLite DB, artifacts, logs."
 )
+FERRY_TARGET = EnvSetting(
+    "FERRY_TARGET", None, "What a TrainingJob that names no target= renders as: pytorchjob (Kubeflow training operator, "
+    "kubeflow.org/v1; the default) or trainjob (Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1); "
+    "`ferry render --target` wins over both."
+)
 FERRY_K8S_VERSION = EnvSetting(
     "FERRY_K8S_VERSION", None, "Kubernetes version whose schemas validate built-in kinds."
 )
