@@ -5,17 +5,18 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from ferry import _k8s
 from ferry._submission import submission_problem
+from ferry.errors import SpecError
 from ferry.spec._base import Spec
 from ferry.spec._code import CODE_DIR, CODE_VOLUME, Code
 from ferry.spec._pod import Resources, SecretRef, Toleration, Volume
 from ferry.spec._policy import Elastic, GangScheduling, RunPolicy
 from ferry.spec._tracking import Checkpointing, Tracking
 
-__all__ = ["RESERVED_ENV", "TrainingJob"]
+__all__ = ["DEFAULT_RUNTIME", "RESERVED_ENV", "TARGETS", "TrainingJob"]
 
 Scalar = bool | int | float | str
 
@@ -27,10 +28,19 @@ RESERVED_ENV = frozenset(
         "PYTHONUNBUFFERED", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
     }
 )
-RESERVED_ENV_PREFIXES = ("PET_", "FERRY_")
+# PET_*: torchrun's settings (the training operator and Kubeflow Trainer set them); KUBEFLOW_TRAINER_*:
+# what Kubeflow Trainer v2 tells a trainer about its status server.
+RESERVED_ENV_PREFIXES = ("PET_", "FERRY_", "KUBEFLOW_TRAINER_")
 # Env names that almost always hold a credential: inline values are refused (use secret_env).
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.I)
 _HPARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+TARGETS = ("pytorchjob", "trainjob")  # what a job renders as: kubeflow.org/v1 PyTorchJob, trainer.kubeflow.org/v1alpha1 TrainJob
+DEFAULT_RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer installs for PyTorch
+TRAINJOB_PORT = 29500  # the rendezvous port Kubeflow Trainer fixes (PET_MASTER_PORT)
+# The fields only a PyTorchJob expresses (trainjob_problem refuses them set): a TrainJob's dump leaves
+# them out, so that it reads back as the same job.
+_PYTORCHJOB_ONLY = ("elastic", "gang", "restart_policy", "port")
+_PYTORCHJOB_ONLY_RUN_POLICY = ("backoff_limit", "ttl_seconds_after_finished", "clean_pod_policy")
 MANAGED_LABELS = ("app.kubernetes.io/managed-by", "ferry.dev/job", "ferry.dev/submission", "kueue.x-k8s.io/queue-name")
 
 
@@ -41,6 +51,15 @@ class TrainingJob(Spec):
     (one per GPU on GPU jobs). Give the entry point as ``module`` (run as ``python -m``, or
     through torchrun when there are several processes per worker or the job is elastic) or
     as an explicit ``command``; ``args`` follow either.
+
+    ``target`` picks what the job renders as: ``"pytorchjob"`` (a Kubeflow training operator
+    PyTorchJob, kubeflow.org/v1) or ``"trainjob"`` (a Kubeflow Trainer v2 TrainJob,
+    trainer.kubeflow.org/v1alpha1, on the ClusterTrainingRuntime ``runtime``); None leaves it to
+    the project (``FERRY_TARGET``, else pytorchjob). A TrainJob starts ``module`` through torchrun
+    always, since the Trainer only sets torchrun's ``PET_*`` settings; a ``command`` runs as it
+    is there and must start torchrun itself (``python -m torch.distributed.run ...``). What a
+    TrainJob cannot express is refused, with the alternative: elastic, gang, restart_policy,
+    port, and run_policy's backoff_limit, ttl_seconds_after_finished and clean_pod_policy.
 
     ``code`` runs the replicas from a bundle of the project instead of the code in ``image``
     (``ferry submit`` bundles and uploads it and sets this field; see :mod:`ferry.code`).
@@ -81,6 +100,8 @@ class TrainingJob(Spec):
     port: int = 23456
     shm_size: str = "1Gi"
     run_as_user: int = 1000
+    target: Literal["pytorchjob", "trainjob"] | None = None
+    runtime: str = DEFAULT_RUNTIME
 
     # ---- single fields -------------------------------------------------------------------
     @field_validator("name")
@@ -123,6 +144,13 @@ class TrainingJob(Spec):
     def _port(cls, v: int) -> int:
         if not 1024 <= v <= 65535:
             raise ValueError(f"must be in 1024..65535 (got {v}); pods run as non-root and cannot bind below 1024")
+        return v
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        if problem := _k8s.dns1123_problem(v, subdomain=True):
+            raise ValueError(f"must name a ClusterTrainingRuntime: {problem} (got {v!r}); e.g. runtime={DEFAULT_RUNTIME!r}")
         return v
 
     @field_validator("run_as_user")
@@ -272,7 +300,46 @@ class TrainingJob(Spec):
         paths = [volume.mount_path.rstrip("/") for volume in self.volumes] + ([CODE_DIR] if self.code else [])
         if dupes := sorted({p for p in paths if paths.count(p) > 1}):
             raise ValueError(f"mount_path {dupes[0]!r} is used by two volumes; mount each at its own path")
+        if self.target == "pytorchjob" and "runtime" in self.model_fields_set:
+            raise ValueError(f"runtime={self.runtime!r} names a Kubeflow Trainer runtime, which only target='trainjob' "
+                             "uses; remove runtime= or set target='trainjob'")
+        if self.target == "trainjob" and (problem := trainjob_problem(self)):
+            raise ValueError(problem)
         return self
+
+    # ---- what is recorded -----------------------------------------------------------------
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The fields as they are, less the render target's when they are at their defaults (a job
+        that names none dumps, and so hashes to its submission id, as before they existed), and,
+        for a TrainJob, less the fields only a PyTorchJob expresses: they cannot be set there,
+        and leaving them out makes the dump read back as the same job."""
+        data: dict[str, Any] = handler(self)
+        if self.target is None:
+            data.pop("target", None)
+        if self.runtime == DEFAULT_RUNTIME:
+            data.pop("runtime", None)
+        if self.target == "trainjob":
+            for name in _PYTORCHJOB_ONLY:
+                data.pop(name, None)
+            if isinstance(data.get("run_policy"), dict):
+                data["run_policy"] = {k: v for k, v in data["run_policy"].items() if k not in _PYTORCHJOB_ONLY_RUN_POLICY}
+        return data
+
+    def replace(self, **changes: Any) -> TrainingJob:
+        """A copy with ``changes``, validated like a new spec, that keeps which fields the user set
+        (a TrainJob refuses some fields when set, whatever their value)."""
+        return type(self)(**{**{name: getattr(self, name) for name in self.model_fields_set}, **changes})
+
+    def with_target(self, target: str) -> TrainingJob:
+        """This job rendered as ``target`` (``"pytorchjob"`` or ``"trainjob"``): the same job when it
+        already renders so, else a copy naming it, validated: a TrainJob refuses what it cannot
+        express, a PyTorchJob a ``runtime``."""
+        if target not in TARGETS:
+            raise SpecError(f"TrainingJob.target: must be one of {', '.join(TARGETS)} (got {target!r})")
+        if target == self.target or (target == "pytorchjob" and self.target is None and "runtime" not in self.model_fields_set):
+            return self
+        return self.replace(target=target)
 
     # ---- derived values used by the renderer and the local executor ------------------------
     @property
@@ -281,8 +348,10 @@ class TrainingJob(Spec):
 
     @property
     def uses_torchrun(self) -> bool:
-        """Several processes per pod, or elastic membership, need torchrun as the launcher."""
-        return self.procs_per_worker > 1 or self.elastic is not None
+        """Several processes per pod, or elastic membership, need torchrun as the launcher; so does
+        every TrainJob: Kubeflow Trainer sets only torchrun's settings (PET_*), never the
+        RANK/WORLD_SIZE/MASTER_ADDR a plain ``python -m`` process reads."""
+        return self.procs_per_worker > 1 or self.elastic is not None or self.target == "trainjob"
 
     def entrypoint(self) -> list[str]:
         """The container's full argv: with ``code``, the job's own behind ``python -m ferry.code``,
@@ -296,6 +365,46 @@ class TrainingJob(Spec):
             assert self.module is not None
             argv = ["python", "-m", self.module, *self.args]
         return ["python", "-m", "ferry.code", "--", *argv] if self.code is not None else argv
+
+
+def trainjob_problem(job: TrainingJob) -> str | None:
+    """Why ``job`` cannot be a Kubeflow Trainer v2.3 TrainJob (on a runtime such as
+    torch-distributed), naming the field and the alternative; None when it can. Fields whose
+    default a TrainJob does not honour either (port, run_policy.backoff_limit) are refused only
+    when the user set them."""
+    if job.elastic is not None:
+        return ("elastic: Kubeflow Trainer v2 (target='trainjob') has no elastic training; use a fixed size "
+                "(workers=N, no elastic=), or target='pytorchjob'")
+    if job.gang is not None:
+        return ("gang: a TrainJob is gang-scheduled only by its runtime's podGroupPolicy (torch-distributed has "
+                "none); use queue= (Kueue), a ClusterTrainingRuntime with a podGroupPolicy (runtime=...), "
+                "or target='pytorchjob'")
+    if job.restart_policy != "OnFailure":
+        return (f"restart_policy={job.restart_policy!r}: a TrainJob's pods restart OnFailure, as its runtime's "
+                "JobSet sets (a TrainJob cannot change it); remove restart_policy=, use a ClusterTrainingRuntime "
+                "that sets it (runtime=...), or target='pytorchjob'")
+    if "port" in job.model_fields_set:
+        return (f"port: Kubeflow Trainer fixes the rendezvous port at {TRAINJOB_PORT}; remove port=, "
+                "or target='pytorchjob'")
+    policy = job.run_policy
+    if "backoff_limit" in policy.model_fields_set:
+        return ("run_policy.backoff_limit: a TrainJob has no retry limit of its own (its runtime's Job "
+                "backoffLimit and JobSet failurePolicy decide); remove it and use a ClusterTrainingRuntime that "
+                "sets them (runtime=...), or target='pytorchjob'")
+    if policy.ttl_seconds_after_finished is not None:
+        return ("run_policy.ttl_seconds_after_finished: a finished TrainJob stays until it is deleted (the "
+                "TTL belongs to its runtime's JobSet); remove it and delete finished jobs (ferry delete), "
+                "or target='pytorchjob'")
+    if policy.clean_pod_policy != "Running":
+        return (f"run_policy.clean_pod_policy={policy.clean_pod_policy!r}: a finished TrainJob always deletes "
+                "the pods still running and keeps the others until it is deleted (clean_pod_policy='Running'); "
+                "remove it, or target='pytorchjob'")
+    # JobSet names each pod <name>-node-0-<index>-<5 random characters>, a DNS-1035 label
+    longest = len(f"{job.name}-node-0-{job.workers - 1}-xxxxx")
+    if longest > 63:
+        return (f"name: a TrainJob's pods are named {job.name}-node-0-<index>-xxxxx, at most 63 characters; "
+                f"shorten name to at most {len(job.name) - (longest - 63)} characters")
+    return None
 
 
 def resume_ref_problem(ref: str) -> str | None:
