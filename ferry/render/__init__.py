@@ -1,5 +1,6 @@
 """Specs → Kubernetes objects. One function per kind builds the wire object with the field's
-own client models (kubeflow-training, kubernetes); output is deterministic YAML."""
+own client models (kubeflow-training, kubernetes; a TrainJob as plain dicts around kubernetes
+models); output is deterministic YAML."""
 
 from ferry.render._inferenceservice import (
     CREDENTIALS_SECRET,
@@ -11,6 +12,7 @@ from ferry.render._inferenceservice import (
 )
 from ferry.render._output import Rendered, dump_yaml, render_spec, write_rendered
 from ferry.render._pytorchjob import build_pytorchjob, ferry_env, render_pytorchjob
+from ferry.render._trainjob import render_trainjob
 
 __all__ = [
     "CREDENTIALS_SECRET",
@@ -25,5 +27,6 @@ __all__ = [
     "render_serving_runtime",
     "render_spec",
     "render_storage_container",
+    "render_trainjob",
     "write_rendered",
 ]

@@ -45,15 +45,34 @@ def dump_yaml(docs: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def render_spec(spec: Any, resolved: Any = None) -> list[Rendered]:
+def job_target(job: Any, target: str | None = None) -> str:
+    """What ``job`` renders as: ``target`` (``ferry render --target``), else the job's own
+    ``target``, else ``$FERRY_TARGET``, else ``"pytorchjob"``."""
+    from ferry.settings import FERRY_TARGET
+    from ferry.spec._job import TARGETS
+
+    if target is None and job.target is None and FERRY_TARGET.is_set():
+        target = FERRY_TARGET.get()
+        if target not in TARGETS:
+            raise ConfigError(f"FERRY_TARGET={target!r}: must be one of {', '.join(TARGETS)}; or unset it (pytorchjob)")
+    return target or job.target or "pytorchjob"
+
+
+def render_spec(spec: Any, resolved: Any = None, target: str | None = None) -> list[Rendered]:
     """Every manifest a TrainingJob or a Deployment turns into (a Deployment needs its resolved
-    model). A Sweep's trials are rendered by ``ferry.sweep``, which calls this package."""
+    model). A TrainingJob renders as :func:`job_target` says, ``target`` first: a PyTorchJob
+    (``<name>/pytorchjob.yaml``) or a TrainJob (``<name>/trainjob.yaml``). A Sweep's trials are
+    rendered by ``ferry.sweep``, which calls this package."""
     from ferry.render._inferenceservice import render_inferenceservice
     from ferry.render._pytorchjob import render_pytorchjob
+    from ferry.render._trainjob import render_trainjob
     from ferry.spec import Deployment, TrainingJob
 
     if isinstance(spec, TrainingJob):
-        return [Rendered(f"{spec.name}/pytorchjob.yaml", render_pytorchjob(spec))]
+        job = spec.with_target(job_target(spec, target))
+        if job.target == "trainjob":
+            return [Rendered(f"{job.name}/trainjob.yaml", render_trainjob(job))]
+        return [Rendered(f"{job.name}/pytorchjob.yaml", render_pytorchjob(job))]
     if isinstance(spec, Deployment):
         return [Rendered(f"{spec.name}/inferenceservice.yaml", render_inferenceservice(spec, resolved))]
     raise TypeError(f"no renderer for {type(spec).__name__}")  # pragma: no cover - callers choose the kinds
