@@ -1,6 +1,7 @@
 """Check manifests before they reach a cluster: custom resources against the real CRD
 schemas, built-in kinds with ``kubernetes-validate``, every pod against Pod Security
-'restricted'. Errors carry the JSON path of the offending field.
+'restricted' (a Kubeflow Trainer TrainJob: the pod its runtimePatches describe, with the rules
+its CRD's CEL and the Trainer's webhooks add). Errors carry the JSON path of the offending field.
 
 A custom resource's CRD is looked up in a user's folder of CRDs first (``--crd-dir``,
 ``$FERRY_CRD_DIR``), then in the upstream schemas shipped with Ferry, then in Ferry's own
@@ -20,6 +21,7 @@ from ferry.errors import ConfigError, ManifestInvalid, ManifestIssue
 from ferry.settings import FERRY_K8S_VERSION, find_crd_dir
 from ferry.validate._crd import crd_dirs, crd_issues, find_validator, json_path
 from ferry.validate._pss import restricted_issues
+from ferry.validate._trainjob import trainjob_issues
 
 __all__ = ["find_crd_dir", "load_manifest_file", "manifest_issues", "validate_manifests"]
 
@@ -55,6 +57,7 @@ def manifest_issues(doc: Any, crd_dir: Path | None = None, source: str = "<manif
                                                      "pass --crd-dir with a folder that holds its CRD"))
         else:
             issues.extend(crd_issues(doc, validator, source))
+            issues.extend(trainjob_issues(doc, source))  # its CEL and admission rules
     else:
         issues.extend(_builtin_issues(doc, source))
     issues.extend(restricted_issues(doc, source))

@@ -28,6 +28,17 @@ def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[list[Any], dict[str, Any]]]
     elif kind == "PyTorchJob":
         for role, replica in (spec.get("pytorchReplicaSpecs") or {}).items():
             yield ["spec", "pytorchReplicaSpecs", role, "template", "spec"], (replica.get("template") or {}).get("spec") or {}
+    elif kind == "TrainJob":
+        # The pod comes from the runtime the TrainJob names, with each runtimePatches entry
+        # merged in: what the job itself says about a pod is in those patches.
+        for i, patch in enumerate(spec.get("runtimePatches") or []):
+            jobs = ((((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {})
+                    .get("replicatedJobs") or [])
+            for j, job in enumerate(jobs):
+                pod = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")
+                if pod is not None:
+                    yield (["spec", "runtimePatches", i, "trainingRuntimeSpec", "template", "spec", "replicatedJobs", j,
+                            "template", "spec", "template", "spec"], pod)
     elif kind == "InferenceService":
         for component in ("predictor", "transformer", "explainer"):
             if component in spec:
