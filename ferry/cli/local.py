@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,15 @@ CrdDirOption = Annotated[
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: key=value (repeatable).")]
 WorkersOption = Annotated[int | None, typer.Option("--workers", help="Override the number of workers.")]
 JobNameOption = Annotated[str | None, typer.Option("--job", help="Which job, when the file defines several.")]
+
+
+class Target(str, Enum):
+    """What a TrainingJob renders as."""
+
+    pytorchjob = "pytorchjob"  # Kubeflow training operator, kubeflow.org/v1
+    trainjob = "trainjob"  # Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1
+
+
 ResumeOption = Annotated[str | None, typer.Option(
     "--resume-from", help="Start from another submission's latest checkpoint: its id, runs:/<run id>, or a checkpoint folder.")]
 
@@ -32,13 +42,18 @@ ResumeOption = Annotated[str | None, typer.Option(
 def render(
     job_files: Annotated[list[Path], typer.Argument(
         help="Python files defining TrainingJob (or Sweep) objects; of several (jobs/digits/*.py), those defining none are skipped.")],
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write OUT/<name>/pytorchjob.yaml; default: YAML on stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "-o", "--out", help="Write OUT/<name>/pytorchjob.yaml (a TrainJob: trainjob.yaml); default: YAML on stdout.")] = None,
     namespace: Annotated[str | None, typer.Option(
         "--namespace", "-n", help="Namespace of every manifest (default: the job's own, else 'default'); "
                                   "as with submit, -n wins over a namespace the job sets.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a hyperparameter of every job rendered (a Sweep's: its job's): key=value (repeatable).")] = None,
     crd_dir: CrdDirOption = None,
+    target: Annotated[Target | None, typer.Option(
+        "--target", case_sensitive=False,
+        help="What every job renders as: pytorchjob (Kubeflow training operator) or trainjob (Kubeflow Trainer v2 "
+             "TrainJob); default: the job's own target=, else $FERRY_TARGET, else pytorchjob.")] = None,
 ) -> None:
     """Render job files into validated Kubernetes manifests (a Sweep: one PyTorchJob per trial)."""
     from ferry.render import render_spec
@@ -55,20 +70,26 @@ def render(
     specs = [as_asked(item.spec, namespace, set_ or ())
              for item in loaded if isinstance(item.spec, Sweep) or item.path not in with_sweeps]
     rendered = []
+    chosen = target.value if target is not None else None
     for spec in specs:
         if isinstance(spec, Sweep):  # a PyTorchJob per trial, rendered by the sweep package
+            from ferry.render._output import job_target
             from ferry.sweep._render import render_sweep
 
+            if job_target(spec.job, chosen) == "trainjob":
+                why = "--target trainjob" if chosen else ("its job's target='trainjob'" if spec.job.target else "FERRY_TARGET=trainjob")
+                raise SpecError(f"sweep {spec.name}: {why}, but a sweep's trials render as PyTorchJobs only; "
+                                "render it with --target pytorchjob")
             rendered += render_sweep(spec)
         else:
-            rendered += render_spec(spec)
+            rendered += render_spec(spec, target=chosen)
     validate_and_emit(rendered, out, crd_dir)
 
 
 def as_asked(spec: Any, namespace: str | None, sets: Sequence[str]) -> Any:
     """A TrainingJob, or a Sweep's job, with ``--set`` applied and in the namespace ``-n`` says
     (as ``submit`` places it); the same spec when neither changes it."""
-    from ferry.cli._util import in_namespace, target_namespace
+    from ferry.cli._util import target_namespace
     from ferry.spec import Sweep
 
     job = spec.job if isinstance(spec, Sweep) else spec
@@ -80,7 +101,8 @@ def as_asked(spec: Any, namespace: str | None, sets: Sequence[str]) -> Any:
             raise SpecError(f"--set {searched[0]}: sweep {spec.name} searches {searched[0]}; "
                             "each trial sets it, so leave it out of --set (or out of the sweep's space)")
         job = apply_overrides(job, sets)
-    job = in_namespace(job, target_namespace(job, namespace, None))
+    if job.namespace != (where := target_namespace(job, namespace, None)):
+        job = job.replace(namespace=where)  # keeps which fields the job sets (a TrainJob refuses some set)
     if not isinstance(spec, Sweep):
         return job
     return spec if job is spec.job else spec.replace(job=job)
