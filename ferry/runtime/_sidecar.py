@@ -11,6 +11,10 @@ It buffers points (bounded; the oldest are dropped past the bound, with a warnin
 them in batches, keeps them while the tracking server is unreachable, and on end of input
 (the trainer closed the pipe, or died) flushes what is left, waiting for the server up to
 ``--flush-timeout`` seconds. Exit code 0: everything sent; 3: points were given up.
+
+Under Kubeflow Trainer v2 with its status server (``KUBEFLOW_TRAINER_SERVER_URL``), the sidecar
+also posts the job's progress, time left and latest metrics to the TrainJob's status
+(``_trainer_status.py``), from a thread of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ferry.runtime import _trainer_status
 from ferry.runtime._exit import skip_exit_collection
 
 log = logging.getLogger("ferry.tracking")
@@ -47,10 +52,13 @@ class Sender:
         self.eof = threading.Event()
         self.dropped = 0
         self.unreachable_since: float | None = None
+        self.status: _trainer_status.StatusReporter | None = None  # Kubeflow Trainer's progress, when it asks
 
     def read(self, stream: Any) -> None:
         for line in stream:
             message = json.loads(line)
+            if self.status is not None:
+                self.status.observe(message)
             with self.lock:
                 self.params.update(message.get("p", {}))
                 self.tags.update(message.get("t", {}))
@@ -319,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     # Read the trainer's points from the start (they wait in memory for MLflow's client), so
     # that its closing the pipe is seen at once, however far the start below has got.
     sender = Sender(None, args.run_id, args.buffer, args.interval)
+    sender.status = _trainer_status.from_env()
+    if sender.status is not None:
+        sender.status.start()
     reader = threading.Thread(target=_read_input, args=(sender, sys.stdin.buffer), daemon=True)
     reader.start()
     # MLflow's usage telemetry runs a consumer thread that took a fifth of this process's CPU
@@ -342,10 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_texts(sender, job_spec_artifact)
     _add_texts(sender, manifest_artifact)
     sender.eof.wait()
+    if sender.status is not None:
+        sender.status.stop()  # its last post (100 % when the trainer finished) goes out beside MLflow's flush
     if sampler is not None:
         sampler.finish()  # a last sample, so even a short job has system metrics
     flusher.join()
-    return sender.run(args.flush_timeout)
+    code = sender.run(args.flush_timeout)
+    if sender.status is not None:
+        sender.status.join(timeout=sender.status.client.timeout + 1)
+    return code
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ TRIAL_TAG = "ferry.trial"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 RESUME_TAG = "ferry.resume_from"  # + .run_id and .checkpoint_dir: the lineage of an explicit resume
 RUN_PREFIX = "[ferry] run "  # + JSON: the finished run as MLflow holds it (Tracker._announce)
+_started: Tracker | None = None  # this process's started primary Tracker, which report_progress feeds
+
+
+def report_progress(step: int, total: int) -> None:
+    """Hand ``step`` of ``total`` to the started Tracker's sidecar (it posts progress to Kubeflow
+    Trainer's status server when the pod has one); nothing without a started Tracker."""
+    if _started is not None and _started._pipe is not None:
+        _started._pipe.put_fields("g", {"step": int(step), "total": int(total), "ts": int(time.time() * 1000)})
 
 
 def _default_mlflow_http_env() -> None:
@@ -132,6 +140,8 @@ class Tracker:
                                  resume=self.resumed, flush_timeout=_flush_timeout())
         self._log_job_identity()
         _exit_cleanly_on_sigterm()
+        global _started
+        _started = self
         return self.run_id
 
     def _sweep_tags(self) -> dict[str, str]:
@@ -217,6 +227,8 @@ class Tracker:
             mlflow.end_run(status=status)
         sent = True
         if self._pipe is not None:
+            if status == "FINISHED":
+                self._pipe.put_fields("g", {"done": True})  # the job's progress ends at 100 %
             if self._pipe.close(timeout=max(1.0, deadline - time.monotonic()) + 15) != 0:
                 sent = False
                 log.error("some metrics could not be sent to %s (see the sidecar's messages above)", self.tracking_uri)
@@ -391,7 +403,7 @@ class _MetricPipe:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self.interval = interval
         self._points: list[tuple[str, float, int, int]] = []
-        self._fields: dict[str, dict[str, str]] = {"p": {}, "t": {}, "d": {}}
+        self._fields: dict[str, dict[str, Any]] = {"p": {}, "t": {}, "d": {}, "g": {}}
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._broken = False
@@ -409,8 +421,8 @@ class _MetricPipe:
         with self._lock:
             self._points.extend(points)
 
-    def put_fields(self, kind: str, values: dict[str, str]) -> None:
-        """Params ("p"), tags ("t") or dataset inputs ("d"), sent with the next batch."""
+    def put_fields(self, kind: str, values: dict[str, Any]) -> None:
+        """Params ("p"), tags ("t"), dataset inputs ("d") or progress ("g"), sent with the next batch."""
         with self._lock:
             self._fields[kind].update(values)
 
@@ -419,7 +431,7 @@ class _MetricPipe:
 
         with self._lock:
             message = {"m": self._points, **{k: v for k, v in self._fields.items() if v}}
-            self._points, self._fields = [], {"p": {}, "t": {}, "d": {}}
+            self._points, self._fields = [], {"p": {}, "t": {}, "d": {}, "g": {}}
         if len(message) == 1 and not message["m"] or self._broken:
             return
         try:
