@@ -269,8 +269,13 @@ def test_what_a_trainjob_refuses_set_is_taken_at_its_meaning():
 
 
 def test_a_runtime_only_goes_with_a_trainjob():
-    with pytest.raises(SpecError, match=r"runtime='torch-distributed' names a Kubeflow Trainer runtime.*target='trainjob'"):
-        TrainingJob(**BASE, target="pytorchjob", runtime="torch-distributed")
+    with pytest.raises(SpecError, match=r"runtime='torch-gang' names a Kubeflow Trainer runtime.*target='trainjob'"):
+        TrainingJob(**BASE, target="pytorchjob", runtime="torch-gang")
+    # the default runtime names nothing a PyTorchJob would lose, even set: a job copied field by
+    # field (every field then set) renders as it did
+    plain = TrainingJob(**BASE)
+    copied = TrainingJob(**{name: getattr(plain, name) for name in TrainingJob.model_fields})
+    assert render_spec(copied, target="pytorchjob") == render_spec(plain) and copied.model_dump() == plain.model_dump()
     job = TrainingJob(**BASE, runtime="torch-gang")  # the project decides the target
     with pytest.raises(SpecError, match="runtime="):
         render_spec(job, target="pytorchjob")

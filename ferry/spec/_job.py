@@ -300,7 +300,7 @@ class TrainingJob(Spec):
         paths = [volume.mount_path.rstrip("/") for volume in self.volumes] + ([CODE_DIR] if self.code else [])
         if dupes := sorted({p for p in paths if paths.count(p) > 1}):
             raise ValueError(f"mount_path {dupes[0]!r} is used by two volumes; mount each at its own path")
-        if self.target == "pytorchjob" and "runtime" in self.model_fields_set:
+        if self.target == "pytorchjob" and self.runtime != DEFAULT_RUNTIME:
             raise ValueError(f"runtime={self.runtime!r} names a Kubeflow Trainer runtime, which only target='trainjob' "
                              "uses; remove runtime= or set target='trainjob'")
         if self.target == "trainjob" and (problem := trainjob_problem(self)):
@@ -337,7 +337,7 @@ class TrainingJob(Spec):
         express, a PyTorchJob a ``runtime``."""
         if target not in TARGETS:
             raise SpecError(f"TrainingJob.target: must be one of {', '.join(TARGETS)} (got {target!r})")
-        if target == self.target or (target == "pytorchjob" and self.target is None and "runtime" not in self.model_fields_set):
+        if target == self.target or (target == "pytorchjob" and self.target is None and self.runtime == DEFAULT_RUNTIME):
             return self
         return self.replace(target=target)
 
