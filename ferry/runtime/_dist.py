@@ -105,8 +105,12 @@ PROGRESS_PREFIX = "[ferry] progress "
 
 def progress(ctx: Context, step: int, total: int, **metrics: float) -> None:
     """A machine-readable progress line from rank 0 (the local executor draws a progress bar
-    from it; in a pod it is a plain log line)."""
+    from it; in a pod it is a plain log line), also handed to the tracking sidecar, which posts
+    it to Kubeflow Trainer's status server when the pod runs under a TrainJob."""
     if not ctx.is_primary:
         return
     fields = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     print(f"{PROGRESS_PREFIX}step={step} total={total} {fields}", flush=True)
+    from ferry.runtime._tracking import report_progress
+
+    report_progress(step, total)

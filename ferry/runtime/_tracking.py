@@ -41,7 +41,7 @@ _started: Tracker | None = None  # this process's started primary Tracker, which
 def report_progress(step: int, total: int) -> None:
     """Hand ``step`` of ``total`` to the started Tracker's sidecar (it posts progress to Kubeflow
     Trainer's status server when the pod has one); nothing without a started Tracker."""
-    if _started is not None and _started._pipe is not None:
+    if _started is not None and _started._pipe is not None and os.environ.get("KUBEFLOW_TRAINER_SERVER_URL"):
         _started._pipe.put_fields("g", {"step": int(step), "total": int(total), "ts": int(time.time() * 1000)})
 
 
