@@ -28,7 +28,7 @@ SURFACE = {
     "ferry.render": [
         "CREDENTIALS_SECRET", "STORAGE_URI_PREFIXES", "Rendered", "ResolvedModel", "build_pytorchjob", "dump_yaml",
         "ferry_env", "render_inferenceservice", "render_pytorchjob", "render_serving_runtime", "render_spec",
-        "render_storage_container", "write_rendered",
+        "render_storage_container", "render_trainjob", "write_rendered",
     ],
     "ferry_operator": ["GROUP", "KIND", "PHASES", "PLURAL", "VERSION", "Deps", "Pipeline", "parse", "pipeline_crd",
                        "reconcile", "registry", "run"],

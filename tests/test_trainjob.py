@@ -455,3 +455,16 @@ def test_pod_security_admission_does_not_judge_a_trainjob_ferry_does(control_pla
     assert [i.path for i in manifest_issues(doc) if "Pod Security" in i.message]  # Ferry refuses it ...
     stored = _apply_strict(control_plane, copy.deepcopy(doc))  # ... the restricted namespace does not look
     assert _node_pod(stored)["spec"]["containers"][0]["securityContext"] == {"privileged": True}
+
+
+@pytest.mark.parametrize("job_args, env", [
+    ("target='trainjob'", {}),
+    ("", {"FERRY_TARGET": "trainjob"}),
+])
+def test_submit_of_a_trainjob_is_refused_saying_how_to_apply_it(tmp_path, job_args, env):
+    extra = f", {job_args}" if job_args else ""
+    file = _job_file(tmp_path, f"job = TrainingJob(name='digits', image='i:1', module='jobs.digits.train'{extra})\n")
+    result = _ferry("submit", str(file), "--no-code", "--dry-run", "client", env=env)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "renders as a Kubeflow Trainer TrainJob" in said and "--target trainjob | kubectl apply --server-side -f -" in said

@@ -219,4 +219,4 @@ def in_namespace(spec: Any, namespace: str) -> Any:
     """``spec`` in ``namespace``: the same spec when it is already there, else a validated copy."""
     if spec.namespace == namespace:
         return spec
-    return type(spec)(**{**{f: getattr(spec, f) for f in type(spec).model_fields}, "namespace": namespace})
+    return spec.replace(namespace=namespace)  # keeps which fields the job set (a TrainJob refuses some only then)

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ferry._submission import SUBMISSION_LABEL, new_submission_id, with_submission
-from ferry.errors import Conflict, NotFound, Rejected, WaitTimeout
+from ferry.errors import ConfigError, Conflict, NotFound, Rejected, WaitTimeout
 from ferry.kube._client import Cluster
 from ferry.kube._kinds import (
     CONFIGMAP,
@@ -167,9 +167,16 @@ class Submitted:
 
 
 def plan_submission(job: Any, submission: str | None = None) -> tuple[str, dict[str, Any]]:
-    """The submission id and the PyTorchJob manifest labelled with it."""
+    """The submission id and the PyTorchJob manifest labelled with it. A job that renders as a
+    TrainJob is refused here: the cluster commands follow PyTorchJobs."""
     from ferry.render import render_spec
+    from ferry.render._output import job_target
 
+    if job_target(job) == "trainjob":
+        why = "its target='trainjob'" if job.target == "trainjob" else "FERRY_TARGET=trainjob"
+        raise ConfigError(f"job {job.name} renders as a Kubeflow Trainer TrainJob ({why}), and ferry submit, status, "
+                          "logs and delete follow PyTorchJobs: apply it with `ferry render FILE --target trainjob | "
+                          "kubectl apply --server-side -f -`, or submit it as a PyTorchJob (target='pytorchjob')")
     submission = submission or new_submission_id()
     (rendered,) = render_spec(job)
     return submission, with_submission(rendered.doc, submission)

@@ -23,7 +23,8 @@ PHASES = ("Pending", "Training", "Evaluating", "Promoting", "Promoted", "Deployi
           "Rejected")
 
 # fields of each section the pipeline fills itself (so a manifest cannot set them)
-OMITTED = {"job": ("name", "namespace"), "promotion": ("model", "deployment"), "deployment": ("model", "namespace")}
+# (the operator trains through PyTorchJobs: a pipeline's job has no target or runtime to choose)
+OMITTED = {"job": ("name", "namespace", "target", "runtime"), "promotion": ("model", "deployment"), "deployment": ("model", "namespace")}
 
 _DNS1035 = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _DNS1123 = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
