@@ -52,10 +52,16 @@ def submission_problem(value: str) -> str | None:
 
 
 def with_submission(manifest: dict[str, Any], submission_id: str) -> dict[str, Any]:
-    """``manifest`` (a rendered PyTorchJob) labelled as submission ``submission_id``: the job
-    and every replica's pod template. Returns a new dict; the input is left as it is."""
+    """``manifest`` (a rendered PyTorchJob or TrainJob) labelled as submission ``submission_id``:
+    the job and every replica's pod template (a TrainJob's: in the pod template of Ferry's own
+    runtime patch). Returns a new dict; the input is left as it is."""
     out = json.loads(json.dumps(manifest))
     out["metadata"].setdefault("labels", {})[SUBMISSION_LABEL] = submission_id
-    for replica in out["spec"]["pytorchReplicaSpecs"].values():
-        replica["template"].setdefault("metadata", {}).setdefault("labels", {})[SUBMISSION_LABEL] = submission_id
+    templates = [replica["template"] for replica in out["spec"].get("pytorchReplicaSpecs", {}).values()]
+    for patch in out["spec"].get("runtimePatches", []):
+        runtime = patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {})
+        templates += [job["template"]["spec"]["template"] for job in runtime.get("replicatedJobs", [])
+                      if "template" in job.get("template", {}).get("spec", {})]
+    for template in templates:
+        template.setdefault("metadata", {}).setdefault("labels", {})[SUBMISSION_LABEL] = submission_id
     return out

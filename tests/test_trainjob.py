@@ -468,3 +468,17 @@ def test_submit_of_a_trainjob_is_refused_saying_how_to_apply_it(tmp_path, job_ar
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
     assert "renders as a Kubeflow Trainer TrainJob" in said and "--target trainjob | kubectl apply --server-side -f -" in said
+
+
+def test_a_submission_labels_the_trainjob_and_the_pods_its_patch_makes():
+    from ferry._submission import with_submission
+
+    job = TrainingJob(name="digits", image="i:1", module="jobs.digits.train", target="trainjob")
+    manifest = render_trainjob(job)
+    labelled = with_submission(manifest, "20261203-091500-ab12")
+    assert labelled["metadata"]["labels"][SUBMISSION_LABEL] == "20261203-091500-ab12"
+    (patch,) = labelled["spec"]["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert node["template"]["spec"]["template"]["metadata"]["labels"][SUBMISSION_LABEL] == "20261203-091500-ab12"
+    assert manifest["metadata"]["labels"][SUBMISSION_LABEL] != "20261203-091500-ab12"  # the input is left as it was
+    assert manifest_issues(labelled) == []

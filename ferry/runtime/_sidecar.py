@@ -186,12 +186,14 @@ def manifest_artifact() -> dict[str, str]:
     if not raw:
         return {}
     from ferry._submission import with_submission
-    from ferry.render import dump_yaml, render_pytorchjob
+    from ferry.render import dump_yaml, render_spec
     from ferry.runtime._submission import submission_id
     from ferry.spec import TrainingJob
 
-    manifest = with_submission(render_pytorchjob(TrainingJob.model_validate_json(raw)), submission_id())
-    return {"ferry/pytorchjob.yaml": dump_yaml([manifest])}
+    job = TrainingJob.model_validate_json(raw)
+    (rendered,) = render_spec(job, target=job.target or "pytorchjob")  # what it was submitted as
+    manifest = with_submission(rendered.doc, submission_id())
+    return {f"ferry/{rendered.relpath.rsplit('/', 1)[-1]}": dump_yaml([manifest])}
 
 
 def _add_texts(sender: Sender, make: Any) -> None:
