@@ -109,9 +109,25 @@ def _code_volume(job: TrainingJob) -> tuple[list[k8s.V1Volume], list[k8s.V1Volum
             [k8s.V1VolumeMount(name=CODE_VOLUME, mount_path=CODE_DIR)])
 
 
-def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
+def _storage(job: TrainingJob) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """Every volume of a replica's pod and the container's mounts of them: /dev/shm, the code
+    bundle's emptyDir, the job's own volumes (one table for the PyTorchJob and the TrainJob)."""
     shm, shm_mount = _pod.shm_volume(job.shm_size)
     code_volumes, code_mounts = _code_volume(job)
+    mounts = [shm_mount, *code_mounts] + [
+        k8s.V1VolumeMount(name=v.volume_name(), mount_path=v.mount_path, read_only=v.read_only or None)
+        for v in job.volumes
+    ]
+    return [shm, *code_volumes] + [_volume(v) for v in job.volumes], mounts
+
+
+def _tolerations(job: TrainingJob) -> list[k8s.V1Toleration] | None:
+    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect,
+                             toleration_seconds=t.toleration_seconds) for t in job.tolerations] or None
+
+
+def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
+    volumes, mounts = _storage(job)
     container = k8s.V1Container(
         name=CONTAINER_NAME,
         image=job.image,
@@ -122,22 +138,15 @@ def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=job.tracking.credentials_secret, optional=True))]
         if job.tracking is not None and job.tracking.credentials_secret else None,
         resources=_resources(job),
-        volume_mounts=[shm_mount, *code_mounts] + [
-            k8s.V1VolumeMount(name=v.volume_name(), mount_path=v.mount_path, read_only=v.read_only or None)
-            for v in job.volumes
-        ],
+        volume_mounts=mounts,
         security_context=_pod.container_security_context(),
     )
     spec = k8s.V1PodSpec(
         containers=[container],
-        volumes=[shm, *code_volumes] + [_volume(v) for v in job.volumes],
+        volumes=volumes,
         security_context=_pod.pod_security_context(job.run_as_user),
         node_selector=dict(job.node_selector) or None,
-        tolerations=[
-            k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect,
-                             toleration_seconds=t.toleration_seconds)
-            for t in job.tolerations
-        ] or None,
+        tolerations=_tolerations(job),
         service_account_name=job.service_account,
         # Training code does not talk to the Kubernetes API: no token unless an account is named
         # (workload-identity setups mount their own projected token either way).

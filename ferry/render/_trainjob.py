@@ -34,7 +34,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from ferry.render import _pod
-from ferry.render._pytorchjob import KUEUE_QUEUE_LABEL, _annotations, _code_volume, _env, _labels, _resources, _volume
+from ferry.render._pytorchjob import KUEUE_QUEUE_LABEL, _annotations, _env, _labels, _resources, _storage, _tolerations
 from ferry.spec import TrainingJob
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -66,26 +66,15 @@ def _trainer_env(job: TrainingJob) -> list[k8s.V1EnvVar]:
 
 def _pod_patch(job: TrainingJob) -> dict[str, Any]:
     """What the runtime's pod template gets from the job: only fields a TrainJob's PodSpecPatch has."""
-    shm, shm_mount = _pod.shm_volume(job.shm_size)
-    code_volumes, code_mounts = _code_volume(job)
-    container = k8s.V1Container(
-        name=CONTAINER_NAME,
-        volume_mounts=[shm_mount, *code_mounts] + [
-            k8s.V1VolumeMount(name=v.volume_name(), mount_path=v.mount_path, read_only=v.read_only or None)
-            for v in job.volumes
-        ],
-        security_context=_pod.container_security_context(),
-    )
+    volumes, mounts = _storage(job)
+    container = k8s.V1Container(name=CONTAINER_NAME, volume_mounts=mounts,
+                                security_context=_pod.container_security_context())
     spec = k8s.V1PodSpec(
         containers=[container],
-        volumes=[shm, *code_volumes] + [_volume(v) for v in job.volumes],
+        volumes=volumes,
         security_context=_pod.pod_security_context(job.run_as_user),
         node_selector=dict(job.node_selector) or None,
-        tolerations=[
-            k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect,
-                             toleration_seconds=t.toleration_seconds)
-            for t in job.tolerations
-        ] or None,
+        tolerations=_tolerations(job),
         service_account_name=job.service_account,
         image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
     )
