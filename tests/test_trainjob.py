@@ -482,3 +482,48 @@ def test_a_submission_labels_the_trainjob_and_the_pods_its_patch_makes():
     assert node["template"]["spec"]["template"]["metadata"]["labels"][SUBMISSION_LABEL] == "20261203-091500-ab12"
     assert manifest["metadata"]["labels"][SUBMISSION_LABEL] != "20261203-091500-ab12"  # the input is left as it was
     assert manifest_issues(labelled) == []
+
+
+# ---- on this machine: the replicas as Kubeflow Trainer starts them ---------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+JOB_BOTH = """from ferry import Resources, Tracking, TrainingJob
+
+job = TrainingJob(name="digits-both", image="ghcr.io/ferry-ml/ferry-train:0.1.0-cpu", module="jobs.digits.train",
+                  workers=2, resources=Resources(cpu="1", memory="1Gi"),
+                  hyperparameters={"epochs": 1, "lr": 0.003, "batch_size": 64, "seed": 7},
+                  tracking=Tracking(experiment="both", register_as="digits-both"))
+"""
+
+
+@pytest.mark.integration
+def test_the_same_job_through_both_targets_gives_a_run_each_with_the_same_params_and_signature(tmp_path):
+    """``ferry run --target trainjob`` starts each node as Kubeflow Trainer does: torchrun, given
+    only the PET_* settings; ``--target pytorchjob`` as the training operator does."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+    from mlflow.models import get_model_info
+
+    file = tmp_path / "job.py"
+    file.write_text(JOB_BOTH)
+    home = tmp_path / "home"
+    env = {**os.environ, "FERRY_HOME": str(home), "MLFLOW_TRACKING_URI": "", "FERRY_TARGET": ""}
+    ferry = str(Path(sys.executable).with_name("ferry"))
+    for target in ("pytorchjob", "trainjob"):
+        out = subprocess.run([ferry, "run", str(file), "--target", target], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, f"--target {target}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+    logs = sorted((home / "runs" / "digits-both").rglob("*.log"))
+    assert {log.name for log in logs} == {"master-0.log", "worker-0.log", "node-0.log", "node-1.log"}
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("both").experiment_id], order_by=["attributes.start_time"])
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
+    first, second = (run.data.params for run in runs)
+    assert first == second and first["world_size"] == "2"
+    from tests.conftest import scoped_tracking_uri
+
+    with scoped_tracking_uri(f"sqlite:///{home / 'mlflow.db'}"):
+        signatures = [get_model_info(f"models:/digits-both/{version}").signature.to_dict() for version in ("1", "2")]
+    assert signatures[0] == signatures[1]

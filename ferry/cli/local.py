@@ -135,6 +135,11 @@ def run(
     code: Annotated[Path | None, typer.Option(
         "--code", help="Run the replicas from a code bundle of this folder (e.g. .), kept in the local store "
                        "(.ferry/code), as a cluster's replicas run a submitted job's code.")] = None,
+    target: Annotated[Target | None, typer.Option(
+        "--target", case_sensitive=False,
+        help="Run the replicas as the training operator runs a PyTorchJob's, or as Kubeflow Trainer runs a "
+             "TrainJob's (torchrun, its PET_* environment); default: the job's own target=, else $FERRY_TARGET, "
+             "else pytorchjob.")] = None,
 ) -> None:
     """Run a job on this machine exactly as the training operator would run it on a cluster.
 
@@ -157,7 +162,8 @@ def run(
 
         job = with_code(job, job_file, code, False, LocalStore.default().code_store, default_on=False)
     console = _stdout()
-    result = run_job(job, console=console, progress=console.is_terminal)
+    result = run_job(job, console=console, progress=console.is_terminal,
+                     target=target.value if target is not None else None)
     raise typer.Exit(report(job, result, console))
 
 

@@ -84,19 +84,21 @@ def _git_commit(workdir: Path) -> str | None:
 def run_job(job: TrainingJob, *, store: LocalStore | None = None, workdir: Path | None = None,
             console: Any = None, progress: bool = False, submission_id: str | None = None,
             tracking_uri: str | None = None, extra_env: dict[str, str] | None = None,
-            stop: Any = None, echo: bool = True) -> JobResult:
+            stop: Any = None, echo: bool = True, target: str | None = None) -> JobResult:
     """Run ``job`` locally to completion as one new submission; returns its outcome (never
     raises for a failed job; a ``resume_from`` that names nothing is a ConfigError before
     anything starts). Replicas track to ``tracking_uri`` when given, else as ``tracking_env`` says;
     ``extra_env`` is added to every replica's environment (a sweep's trial), and setting ``stop``
     (a threading.Event) stops the job as SIGTERM would; ``echo=False`` keeps the replicas'
-    output in their log files only."""
-    from ferry.render import render_pytorchjob
+    output in their log files only. ``target`` (else the job's, else ``$FERRY_TARGET``): run the
+    replicas as a PyTorchJob's or as a TrainJob's, with the environment each launcher gives."""
+    from ferry.render import render_spec
 
     store = store or LocalStore.default()
     workdir = (workdir or Path.cwd()).resolve()
     submission_id = submission_id or new_submission_id()
-    manifest = with_submission(render_pytorchjob(job), submission_id)
+    (rendered,) = render_spec(job, target=target)
+    manifest = with_submission(rendered.doc, submission_id)
     if job.resume_from is not None:
         _check_resume(job, manifest, store, tracking_uri or embedded_tracking_uri(store))
     local_env = tracking_env(store)

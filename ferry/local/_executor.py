@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ferry.local._plan import Replica, free_port, plan
+from ferry.local._plan import Replica, free_port, plan, procs_per_node, restarts
 
 _PROGRESS = re.compile(r"^\[ferry\] progress step=(\d+) total=(\d+)(.*)$")
 _RUN = re.compile(r"^\[ferry\] run (\{.*\})$")  # ferry.runtime's Tracker, when its run has ended
@@ -54,9 +54,7 @@ class LocalExecutor:
         self.manifest, self.submission_id, self.run_dir = manifest, submission_id, run_dir
         self.local_env, self.volumes_dir, self.workdir = local_env, volumes_dir, workdir
         self.console, self.on_progress = console, on_progress
-        replica_specs = manifest["spec"]["pytorchReplicaSpecs"]
-        self.restart_policy = next(iter(replica_specs.values())).get("restartPolicy", "Never")
-        self.backoff_limit = manifest["spec"].get("runPolicy", {}).get("backoffLimit", 0)
+        self.restart_policy, self.backoff_limit = restarts(manifest)
         self._stop_signal: int | None = None
         self._stop = stop  # set by another thread: stop the job as SIGTERM would
         self.echo = echo  # False: replica output goes to the log files only (a sweep's trials)
@@ -110,7 +108,7 @@ class LocalExecutor:
         env_common = {**self.local_env, "FERRY_SUBMISSION_ID": self.submission_id, "FERRY_ATTEMPT": str(attempt)}
         replicas = plan(self.manifest, master_port=port, local_env=env_common, volumes_dir=self.volumes_dir, workdir=self.workdir)
         procs, threads = [], []
-        nproc = self.manifest["spec"].get("nprocPerNode", "1")
+        nproc = procs_per_node(self.manifest)
         total_procs = len(replicas) * (int(nproc) if nproc.isdigit() else 1)
         threads_each = str(max(1, (os.cpu_count() or 1) // total_procs))
         for replica in replicas:

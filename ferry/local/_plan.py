@@ -33,9 +33,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Kubeflow Trainer v2 (a TrainJob on torch-distributed): the JobSet webhook's pod restart policy
+# and the Job's default backoffLimit, as a TrainJob cannot set either
+TRAINJOB_RESTART_POLICY, TRAINJOB_BACKOFF_LIMIT = "OnFailure", 6
+
+
+def is_trainjob(manifest: dict[str, Any]) -> bool:
+    return manifest.get("kind") == "TrainJob"
+
+
+def restarts(manifest: dict[str, Any]) -> tuple[str, int]:
+    """The replicas' restart policy and how many times the job is restarted before it fails."""
+    if is_trainjob(manifest):
+        return TRAINJOB_RESTART_POLICY, TRAINJOB_BACKOFF_LIMIT
+    replica_specs = manifest["spec"]["pytorchReplicaSpecs"]
+    return (next(iter(replica_specs.values())).get("restartPolicy", "Never"),
+            manifest["spec"].get("runPolicy", {}).get("backoffLimit", 0))
+
+
+def procs_per_node(manifest: dict[str, Any]) -> str:
+    if is_trainjob(manifest):
+        return str(manifest["spec"]["trainer"].get("numProcPerNode", 1))
+    return str(manifest["spec"].get("nprocPerNode", "1"))
+
+
+def trainer_env(manifest: dict[str, Any], index: int, master_port: int) -> dict[str, str]:
+    """What Kubeflow Trainer's torch plugin injects into node ``index`` of a TrainJob: only
+    torchrun's PET_* settings (torchrun gives each process its RANK, WORLD_SIZE, MASTER_*)."""
+    trainer = manifest["spec"]["trainer"]
+    return {"PET_NNODES": str(trainer.get("numNodes", 1)), "PET_NPROC_PER_NODE": procs_per_node(manifest),
+            "PET_NODE_RANK": str(index), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port)}
+
+
 def operator_env(manifest: dict[str, Any], role: str, index: int, master_port: int) -> dict[str, str]:
     """The variables the training operator injects into one replica (see DESIGN.md):
-    MASTER_*, WORLD_SIZE, RANK and the PET_* set torchrun reads, PET_RDZV_* when elastic."""
+    MASTER_*, WORLD_SIZE, RANK and the PET_* set torchrun reads, PET_RDZV_* when elastic; for
+    a TrainJob, what Kubeflow Trainer injects instead (:func:`trainer_env`)."""
+    if is_trainjob(manifest):
+        return trainer_env(manifest, index, master_port)
     spec = manifest["spec"]
     replicas = spec["pytorchReplicaSpecs"]
     total = sum(r["replicas"] for r in replicas.values())
@@ -77,6 +112,8 @@ def _local_value(item: dict[str, Any], local: dict[str, str]) -> str | None:
     if "fieldRef" in source:
         return None  # pod metadata: the executor sets these itself
     ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
+    if ref.get("optional"):
+        return None  # the cluster may have it or not; so may this machine's environment (above)
     kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
     log.warning("%s comes from %s %s/%s on a cluster; not set here (export %s to set it)",
                 name, kind, ref.get("name"), ref.get("key"), name)
@@ -105,8 +142,27 @@ def _empty_dir_mounts(pod: dict[str, Any], container: dict[str, Any], pod_dir: P
             if m["name"] in dirs and m["mountPath"] != "/dev/shm"}
 
 
+def _trainjob_pod(manifest: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A TrainJob's node pod as the runtime's JobSet makes it from the job: the trainer's image,
+    command and env, the pod spec and container of Ferry's runtime patch."""
+    trainer = manifest["spec"]["trainer"]
+    pod: dict[str, Any] = {}
+    patched: dict[str, Any] = {}
+    for patch in manifest["spec"].get("runtimePatches", []):
+        for job in patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", []):
+            if job.get("name") == "node":
+                pod = job["template"]["spec"]["template"].get("spec", {})
+                patched = next((c for c in pod.get("containers", []) if c.get("name") == "node"), {})
+    container = {"name": "node", "command": trainer.get("command", []), "args": trainer.get("args", []),
+                 "env": trainer.get("env", []), "volumeMounts": patched.get("volumeMounts", [])}
+    return "Node", {"replicas": trainer.get("numNodes", 1)}, pod, container
+
+
 def _pods(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
-    """(role key, replica spec, pod spec, the pytorch container) for every replica type."""
+    """(role key, replica spec, pod spec, the pytorch container) for every replica type (a
+    TrainJob's: its one node type)."""
+    if is_trainjob(manifest):
+        return [_trainjob_pod(manifest)]
     out = []
     for role_key, spec in manifest["spec"]["pytorchReplicaSpecs"].items():
         pod = spec["template"]["spec"]
