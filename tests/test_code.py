@@ -476,3 +476,17 @@ def test_run_with_code_runs_the_replicas_from_the_bundle_in_the_local_store(tmp_
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert run.data.tags["ferry.code.digest"] == digest
+
+
+def test_submit_ships_nothing_by_default_when_the_project_does_not_hold_the_jobs_module(tmp_path):
+    file = tmp_path / "job.py"
+    file.write_text("from ferry import TrainingJob\njob = TrainingJob(name='demo', image='i:1', module='jobs.digits.train')\n")
+    store = tmp_path / "store"
+    out = ferry_cli("submit", str(file), "--dry-run", "client", "--code-store", store.as_uri(),
+                    env={"KUBECONFIG": str(tmp_path / "none")})
+    assert out.returncode == 0, out.stderr
+    assert "code: not shipped (jobs.digits.train is not in" in " ".join(out.stderr.split())
+    assert "ferry.code" not in out.stdout  # the image's own code runs
+    asked = ferry_cli("submit", str(file), "--dry-run", "client", "--code-store", store.as_uri(), "--code", str(tmp_path),
+                      env={"KUBECONFIG": str(tmp_path / "none")})
+    assert asked.returncode == 2 and "is not in" in asked.stderr  # asked for: refused, not skipped

@@ -28,7 +28,7 @@ def with_code(spec: Any, job_file: Path, code: Path | None, no_code: bool, store
     options ask. ``default_on``: ship without ``--code`` when a store is known (``submit``);
     ``local_store``: the store ``ferry run`` uses when none is given; ``dry_run``: bundled and
     named where it would go, but not uploaded."""
-    from ferry.code import code_store, ship
+    from ferry.code import code_store, holds_module, ship
     from ferry.errors import ConfigError
     from ferry.spec import Sweep
     from ferry.spec._loader import project_root
@@ -49,6 +49,10 @@ def with_code(spec: Any, job_file: Path, code: Path | None, no_code: bool, store
                           "or MLFLOW_TRACKING_URI set to an MLflow server; --no-code runs the image's own code")
     job = spec.job if isinstance(spec, Sweep) else spec
     root = code if code is not None else project_root(job_file)
+    if code is None and job.module is not None and not holds_module(root, job.module):
+        # shipping was only the default, and the project does not hold the module: the image does
+        _stderr().print(f"[dim]code: not shipped ({job.module} is not in {root}); the image's own code runs[/]")
+        return spec
     shipped = ship(job, root, where, upload=not dry_run)
     bundle = shipped.bundle
     said = "would go to (dry run)" if dry_run else "uploaded to" if shipped.uploaded else "already in"

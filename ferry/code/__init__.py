@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 from ferry.code._bundle import Bundle, BundleError, build_bundle, bundle_name, collect, unpack
 from ferry.code._store import bundle_uri, code_store, download, publish, store_problem
 
+__all__ = ["Bundle", "BundleError", "Shipped", "build_bundle", "bundle_name", "bundle_uri", "code_store", "collect",
+           "download", "holds_module", "max_bytes", "publish", "ship", "store_problem", "unpack"]
+
 if TYPE_CHECKING:
     from ferry.spec import TrainingJob
 
@@ -42,7 +45,7 @@ def ship(job: TrainingJob, root: Path, store: str, *, upload: bool = True) -> Sh
     root = Path(root).resolve()
     if not root.is_dir():
         raise BundleError(f"code bundle: {root} is not a folder; give --code the folder to ship (the project root)")
-    if job.module is not None and not _module_in(root, job.module):
+    if job.module is not None and not holds_module(root, job.module):
         raise BundleError(f"code bundle: module {job.module!r} (the job's entry point) is not in {root}; "
                           f"give --code the folder it is imported from")
     bundle = build_bundle(root, max_bytes())
@@ -50,12 +53,11 @@ def ship(job: TrainingJob, root: Path, store: str, *, upload: bool = True) -> Sh
     return Shipped(job.replace(code=Code(uri=uri, digest=bundle.digest)), bundle, uri, uploaded)
 
 
-def _module_in(root: Path, module: str) -> bool:
+def holds_module(root: Path, module: str) -> bool:
+    """Whether the dotted ``module`` is a file or package inside ``root``."""
     path = root.joinpath(*module.split("."))
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file() or (path / "__main__.py").is_file()
 
-__all__ = ["Bundle", "BundleError", "Shipped", "build_bundle", "bundle_name", "bundle_uri", "code_store", "collect",
-           "download", "max_bytes", "publish", "ship", "store_problem", "unpack"]
 
 
 def max_bytes() -> int:
