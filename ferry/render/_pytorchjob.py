@@ -126,6 +126,21 @@ def _tolerations(job: TrainingJob) -> list[k8s.V1Toleration] | None:
                              toleration_seconds=t.toleration_seconds) for t in job.tolerations] or None
 
 
+def _pod_spec(job: TrainingJob, container: k8s.V1Container, volumes: list[k8s.V1Volume], **more: Any) -> k8s.V1PodSpec:
+    """A replica's pod: ``container``, ``volumes`` and what the job says of scheduling, identity and
+    Pod Security "restricted" (``more``: fields only one kind of job sets)."""
+    return k8s.V1PodSpec(
+        containers=[container],
+        volumes=volumes,
+        security_context=_pod.pod_security_context(job.run_as_user),
+        node_selector=dict(job.node_selector) or None,
+        tolerations=_tolerations(job),
+        service_account_name=job.service_account,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
+        **more,
+    )
+
+
 def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
     volumes, mounts = _storage(job)
     container = k8s.V1Container(
@@ -141,18 +156,9 @@ def _pod_template(job: TrainingJob) -> k8s.V1PodTemplateSpec:
         volume_mounts=mounts,
         security_context=_pod.container_security_context(),
     )
-    spec = k8s.V1PodSpec(
-        containers=[container],
-        volumes=volumes,
-        security_context=_pod.pod_security_context(job.run_as_user),
-        node_selector=dict(job.node_selector) or None,
-        tolerations=_tolerations(job),
-        service_account_name=job.service_account,
-        # Training code does not talk to the Kubernetes API: no token unless an account is named
-        # (workload-identity setups mount their own projected token either way).
-        automount_service_account_token=None if job.service_account else False,
-        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
-    )
+    # Training code does not talk to the Kubernetes API: no token unless an account is named
+    # (workload-identity setups mount their own projected token either way).
+    spec = _pod_spec(job, container, volumes, automount_service_account_token=None if job.service_account else False)
     return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=_labels(job), annotations=_annotations(job)), spec=spec)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from ferry.render import _pod
-from ferry.render._pytorchjob import KUEUE_QUEUE_LABEL, _annotations, _env, _labels, _resources, _storage, _tolerations
+from ferry.render._pytorchjob import KUEUE_QUEUE_LABEL, _annotations, _env, _labels, _pod_spec, _resources, _storage
 from ferry.spec import TrainingJob
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -69,15 +69,7 @@ def _pod_patch(job: TrainingJob) -> dict[str, Any]:
     volumes, mounts = _storage(job)
     container = k8s.V1Container(name=CONTAINER_NAME, volume_mounts=mounts,
                                 security_context=_pod.container_security_context())
-    spec = k8s.V1PodSpec(
-        containers=[container],
-        volumes=volumes,
-        security_context=_pod.pod_security_context(job.run_as_user),
-        node_selector=dict(job.node_selector) or None,
-        tolerations=_tolerations(job),
-        service_account_name=job.service_account,
-        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
-    )
+    spec = _pod_spec(job, container, volumes)
     metadata = k8s.V1ObjectMeta(labels=_labels(job), annotations=_annotations(job))
     return {"metadata": _pod.to_dict(metadata), "spec": _pod.to_dict(spec)}
 
