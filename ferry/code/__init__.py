@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ferry.code._bundle import Bundle, BundleError, build_bundle, bundle_name, collect, unpack
+from ferry.code._bundle import Bundle, BundleError, build_bundle, bundle_name, collect, folder, unpack
 from ferry.code._store import bundle_uri, code_store, download, publish, store_problem
 
 __all__ = ["Bundle", "BundleError", "Shipped", "build_bundle", "bundle_name", "bundle_uri", "code_store", "collect",
@@ -42,9 +42,7 @@ def ship(job: TrainingJob, root: Path, store: str, *, upload: bool = True) -> Sh
     Refused when the job's module is not in ``root``: the replicas could not import it."""
     from ferry.spec import Code
 
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise BundleError(f"code bundle: {root} is not a folder; give --code the folder to ship (the project root)")
+    root = folder(root).resolve()
     if job.module is not None and not holds_module(root, job.module):
         raise BundleError(f"code bundle: module {job.module!r} (the job's entry point) is not in {root}; "
                           f"give --code the folder it is imported from")
@@ -57,7 +55,6 @@ def holds_module(root: Path, module: str) -> bool:
     """Whether the dotted ``module`` is a file or package inside ``root``."""
     path = root.joinpath(*module.split("."))
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file() or (path / "__main__.py").is_file()
-
 
 
 def max_bytes() -> int:

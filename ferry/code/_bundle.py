@@ -127,12 +127,18 @@ def collect(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def build_bundle(root: Path, max_bytes: int) -> Bundle:
-    """The bundle of ``root``; a BundleError, naming the largest files, when its archive would
-    be larger than ``max_bytes``."""
+def folder(root: Path) -> Path:
+    """``root`` as a folder to bundle; a BundleError when it is none."""
     root = Path(root)
     if not root.is_dir():
         raise BundleError(f"code bundle: {root} is not a folder; give --code the folder to ship (the project root)")
+    return root
+
+
+def build_bundle(root: Path, max_bytes: int) -> Bundle:
+    """The bundle of ``root``; a BundleError, naming the largest files, when its archive would
+    be larger than ``max_bytes``."""
+    root = folder(root)
     entries = collect(root)
     if not entries:
         raise BundleError(f"code bundle: nothing to bundle in {root} (every file is ignored); check .gitignore/.ferryignore")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -75,48 +77,7 @@ def download(uri: str) -> bytes:
     return data
 
 
-# ---- backends ------------------------------------------------------------------------------------
-class _Folder:
-    def __init__(self, path: str):
-        from ferry.runtime._storage import LocalStorage
-
-        self.storage = LocalStorage(path)
-
-    def exists(self, name: str) -> bool:
-        return (self.storage.root / name).is_file()
-
-    def put(self, name: str, data: bytes) -> None:
-        self.storage.put(name, data)
-
-    def get(self, name: str) -> bytes | None:
-        return self.storage.get(name)
-
-
-class _S3:
-    def __init__(self, uri: str):
-        from ferry.runtime._storage import S3Storage
-
-        parsed = urlparse(uri)
-        self.storage = S3Storage(parsed.netloc, parsed.path)
-
-    def exists(self, name: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.storage.client.head_object(Bucket=self.storage.bucket, Key=self.storage._key(name))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
-
-    def put(self, name: str, data: bytes) -> None:
-        self.storage.put(name, data)
-
-    def get(self, name: str) -> bytes | None:
-        return self.storage.get(name)
-
-
+# ---- backends: a folder or S3 is the runtime's Storage (ferry.runtime._storage); MLflow's proxy ------
 class _MlflowArtifacts:
     """MLflow's artifact proxy: the tracking server stores the bundle wherever its artifacts go."""
 
@@ -143,35 +104,29 @@ class _MlflowArtifacts:
 
 
 def _backend(store: str) -> Any:
-    scheme = urlparse(store).scheme
-    if scheme == "s3":
-        return _S3(store)
-    if scheme == "mlflow-artifacts":
+    """What holds ``store``'s objects: put, get, exists by name."""
+    if urlparse(store).scheme == "mlflow-artifacts":
         if not (settings.MLFLOW_TRACKING_URI.get() or "").startswith(("http://", "https://")):
             raise ConfigError(f"{store} is kept by an MLflow server: set MLFLOW_TRACKING_URI to it (http(s)://...)")
         return _MlflowArtifacts(store)
-    return _Folder(urlparse(store).path)
+    from ferry.runtime._storage import storage_for
+
+    return storage_for(store)
 
 
-class _errors:
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
     """The store's failures in Ferry's terms: no answer or 5xx/429 → Unreachable (exit 10);
     a refusal (credentials, a missing bucket) → FerryError naming what was asked."""
-
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, FerryError):
-            return False
+    try:
+        yield
+    except FerryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - boto3, MLflow and requests each raise their own
         reason = " ".join(str(getattr(exc, "message", None) or exc).split())[:300] or type(exc).__name__
         if _transient(exc):
-            raise Unreachable(f"{self.what}: {reason}; is it running and reachable from here?") from exc
-        if isinstance(exc, Exception):
-            raise FerryError(f"{self.what}: {reason}") from exc
-        return False
+            raise Unreachable(f"{what}: {reason}; is it running and reachable from here?") from exc
+        raise FerryError(f"{what}: {reason}") from exc
 
 
 def _transient(exc: BaseException) -> bool:

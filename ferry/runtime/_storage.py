@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 class Storage(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes | None: ...
+    def exists(self, key: str) -> bool: ...
     def keys(self) -> list[str]: ...
     def delete(self, key: str) -> None: ...
 
@@ -39,6 +40,9 @@ class LocalStorage:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
 
     def keys(self) -> list[str]:
         return sorted(p.name for p in self.root.glob("*") if p.is_file()) if self.root.is_dir() else []
@@ -69,6 +73,18 @@ class S3Storage:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             return None
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is there, asked without reading it (HEAD)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     def keys(self) -> list[str]:
         out: list[str] = []
