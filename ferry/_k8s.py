@@ -1,4 +1,5 @@
-"""Kubernetes naming and quantity rules, as small pure functions.
+"""Kubernetes naming and quantity rules, and where a TrainJob keeps its pod templates, as small
+pure functions.
 
 Kept free of the ``kubernetes`` package on purpose: importing ``kubernetes.utils`` pulls in
 the whole generated client (~0.35 s), and these rules are a handful of regular expressions
@@ -8,7 +9,9 @@ taken from the API server's validation (apimachinery ``validation.go``) and the 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -89,3 +92,15 @@ def parse_quantity(value: str | int | float) -> Decimal:
         return Decimal(number) * Decimal(_SUFFIX[suffix])
     except (InvalidOperation, KeyError) as exc:  # pragma: no cover - grammar guards this
         raise ValueError(f"{text!r} is not a Kubernetes quantity") from exc
+
+
+def runtime_pod_templates(manifest: dict[str, Any]) -> Iterator[tuple[list[Any], str | None, dict[str, Any]]]:
+    """Every pod template a TrainJob's ``runtimePatches`` carry, as (its path in the manifest, the
+    replicated job's name, the template); parts that are missing or malformed are passed over."""
+    for i, patch in enumerate((manifest.get("spec") or {}).get("runtimePatches") or []):
+        jobs = (((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")
+        for j, job in enumerate(jobs or []):
+            template = ((job.get("template") or {}).get("spec") or {}).get("template")
+            if isinstance(template, dict):
+                yield (["spec", "runtimePatches", i, "trainingRuntimeSpec", "template", "spec", "replicatedJobs", j,
+                        "template", "spec", "template"], job.get("name"), template)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferry._k8s import runtime_pod_templates
+
 log = logging.getLogger("ferry.local")
 
 
@@ -148,11 +150,10 @@ def _trainjob_pod(manifest: dict[str, Any]) -> tuple[str, dict[str, Any], dict[s
     trainer = manifest["spec"]["trainer"]
     pod: dict[str, Any] = {}
     patched: dict[str, Any] = {}
-    for patch in manifest["spec"].get("runtimePatches", []):
-        for job in patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", []):
-            if job.get("name") == "node":
-                pod = job["template"]["spec"]["template"].get("spec", {})
-                patched = next((c for c in pod.get("containers", []) if c.get("name") == "node"), {})
+    for _, name, template in runtime_pod_templates(manifest):
+        if name == "node":
+            pod = template.get("spec", {})
+            patched = next((c for c in pod.get("containers", []) if c.get("name") == "node"), {})
     container = {"name": "node", "command": trainer.get("command", []), "args": trainer.get("args", []),
                  "env": trainer.get("env", []), "volumeMounts": patched.get("volumeMounts", [])}
     return "Node", {"replicas": trainer.get("numNodes", 1)}, pod, container

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ferry._k8s import runtime_pod_templates
 from ferry.errors import ManifestIssue
 from ferry.validate._crd import json_path
 
@@ -31,14 +32,9 @@ def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[list[Any], dict[str, Any]]]
     elif kind == "TrainJob":
         # The pod comes from the runtime the TrainJob names, with each runtimePatches entry
         # merged in: what the job itself says about a pod is in those patches.
-        for i, patch in enumerate(spec.get("runtimePatches") or []):
-            jobs = ((((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {})
-                    .get("replicatedJobs") or [])
-            for j, job in enumerate(jobs):
-                pod = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")
-                if pod is not None:
-                    yield (["spec", "runtimePatches", i, "trainingRuntimeSpec", "template", "spec", "replicatedJobs", j,
-                            "template", "spec", "template", "spec"], pod)
+        for path, _, template in runtime_pod_templates(doc):
+            if template.get("spec") is not None:
+                yield [*path, "spec"], template["spec"]
     elif kind == "InferenceService":
         for component in ("predictor", "transformer", "explainer"):
             if component in spec:
