@@ -1,12 +1,18 @@
 """The moves of the controllers that do not run on the test control plane (no scheduler, no
-kubelet, no training operator, no KServe), made through the API exactly as those controllers
-make them: the training operator's status of a PyTorchJob and its replica pods, the kubelet's
-status of a pod, KServe's status of an InferenceService."""
+kubelet, no training operator, no Kubeflow Trainer or JobSet, no KServe), made through the API
+exactly as those controllers make them: the training operator's status of a PyTorchJob and its
+replica pods, the Trainer's status of a TrainJob and its nodes' pods, the kubelet's status of a
+pod, KServe's status of an InferenceService."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests._controlplane import ControlPlane
 
@@ -84,6 +90,85 @@ class TrainingOperator:
                                                      "startedAt": now(), "finishedAt": now()}}
         self.plane.raw("PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{name}/status",
                        {"status": {"phase": phase, "containerStatuses": [container]}})
+        return name
+
+
+def trainjob_path(name: str, namespace: str) -> str:
+    return f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{namespace}/trainjobs/{name}"
+
+
+TORCH_RUNTIME = Path(__file__).resolve().parent / "trainer" / "torch_distributed.yaml"  # upstream's
+
+
+@contextlib.contextmanager
+def torch_runtime(plane: ControlPlane) -> Iterator[str]:
+    """Kubeflow Trainer's own torch-distributed ClusterTrainingRuntime, as its installation
+    applies it, for the length of the block; its name."""
+    runtime = yaml.safe_load(TORCH_RUNTIME.read_text())
+    plane.apply(runtime, manager="trainer")
+    try:
+        yield runtime["metadata"]["name"]
+    finally:
+        plane.raw("DELETE", f"/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/{runtime['metadata']['name']}")
+
+
+class Trainer:
+    """Kubeflow Trainer v2.3's part (with JobSet's and the Job controller's under it), for the
+    TrainJobs of one namespace: the TrainJob's status as the Trainer copies it from its JobSet
+    (Complete or Failed, jobsStatus per replicated job; Suspended), the trainer's progress as the
+    Trainer's status server writes it, and a node's pod as JobSet's Job creates it (named
+    ``<job>-node-0-<rank>-<suffix>``, JobSet's and the Job controller's labels, container
+    ``node``). The pod is owned by the TrainJob here, standing in for the JobSet and Job between
+    them (JobSet is not installed on the test control plane), so deleting the TrainJob removes it
+    through the garbage collector as it would."""
+
+    def __init__(self, plane: ControlPlane, namespace: str):
+        self.plane = plane
+        self.namespace = namespace
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self.plane.raw("GET", trainjob_path(name, self.namespace))
+
+    def set_status(self, name: str, *, conditions: list[tuple[str, str, str]] = (), active: int = 0,
+                   ready: int = 0, succeeded: int = 0, failed: int = 0,
+                   progress: dict[str, Any] | None = None) -> None:
+        """``conditions`` (type, reason, message), all True; the replicated job ``node``'s Job
+        counts; ``progress`` as ``status.trainerStatus`` (its lastUpdatedTime added)."""
+        stamp = now()
+        status: dict[str, Any] = {
+            "conditions": [{"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": stamp}
+                           for t, r, m in conditions],
+            "jobsStatus": [{"name": "node", "active": active, "ready": ready, "succeeded": succeeded,
+                            "failed": failed, "suspended": 0}]}
+        if progress is not None:
+            status["trainerStatus"] = {**progress, "lastUpdatedTime": stamp}
+        self.plane.raw("PATCH", trainjob_path(name, self.namespace) + "/status", {"status": status})
+
+    def add_pod(self, job: str, rank: int, *, phase: str = "Running", restarts: int = 0,
+                exit_code: int | None = None) -> str:
+        """Node ``rank``'s pod, restricted as Ferry's patch makes it, and its status as the
+        kubelet would report it."""
+        owner = self.job(job)
+        name = f"{job}-node-0-{rank}-{owner['metadata']['uid'][:5]}"
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "namespace": self.namespace,
+            "labels": {"jobset.sigs.k8s.io/jobset-name": job, "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                       "jobset.sigs.k8s.io/job-index": "0", "batch.kubernetes.io/job-completion-index": str(rank)},
+            "ownerReferences": [{"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "name": job,
+                                 "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]},
+            "spec": {"containers": [{"name": "node", "image": "ferry-train:test",
+                                     "securityContext": RESTRICTED_CONTAINER}],
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                     "restartPolicy": "OnFailure", "automountServiceAccountToken": False}}
+        self.plane.apply(pod, manager="job-controller")
+        state: dict[str, Any] = {"running": {"startedAt": now()}} if exit_code is None else \
+            {"terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed",
+                            "startedAt": now(), "finishedAt": now()}}
+        self.plane.raw("PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{name}/status", {"status": {
+            "phase": phase, "containerStatuses": [{"name": "node", "image": "ferry-train:test", "imageID": "",
+                                                   "restartCount": restarts, "state": state,
+                                                   "ready": exit_code is None, "started": exit_code is None}]}})
         return name
 
 

@@ -223,12 +223,13 @@ def test_status_list_and_delete_through_the_garbage_collector(kube, control_plan
         as_list = ferry("list", "-o", output)
         assert as_list.exit_code == 0, as_list.output
         (job,) = parse(as_list.stdout)
-        assert list(job) == ["name", "namespace", "submission", "phase", "reason", "message", "created", "finished"]
-        assert (job["name"], job["namespace"], job["phase"]) == ("digits", kube.ns, "Running")
+        assert list(job) == ["name", "namespace", "kind", "submission", "phase", "reason", "message", "created",
+                             "finished"]
+        assert (job["name"], job["namespace"], job["kind"], job["phase"]) == ("digits", kube.ns, "PyTorchJob", "Running")
         as_status = ferry("status", "digits", "--output", output)
         assert as_status.exit_code == 0, as_status.output
         state = parse(as_status.stdout)
-        assert list(state) == [*job, "restarts", "replicas", "pods"]
+        assert list(state) == [*job, "restarts", "replicas", "pods", "progress"] and state["progress"] is None
         assert {k: state[k] for k in job} == job and state["restarts"] == 1
         assert state["replicas"] == {"Master": {"active": 1, "succeeded": 0, "failed": 0},
                                      "Worker": {"active": 1, "succeeded": 0, "failed": 0}}
@@ -244,7 +245,7 @@ def test_status_list_and_delete_through_the_garbage_collector(kube, control_plan
     assert time.monotonic() - started < 60
     assert not kube.exists(f"/api/v1/namespaces/{kube.ns}/pods/digits-master-0")
     gone = ferry("status", "digits")
-    assert gone.exit_code == 3 and f"PyTorchJob 'digits' in namespace '{kube.ns}' not found" in gone.output
+    assert gone.exit_code == 3 and f"no PyTorchJob or TrainJob 'digits' in namespace '{kube.ns}'" in gone.output
 
 
 def test_deploy_apply_and_status(kube, control_plane, registry, monkeypatch):
@@ -444,7 +445,8 @@ def bare_control_plane(tmp_path_factory):
 
 @pytest.mark.parametrize("command,says", [
     (["submit", DIGITS, "--tracking-uri", "http://m:5000"], "install the Kubeflow training operator"),
-    (["status", "digits"], "PyTorchJob (kubeflow.org/v1) is not installed"),
+    (["status", "digits"], "neither PyTorchJob nor TrainJob is installed in this cluster: install the Kubeflow "
+                           "training operator"),
     (["deploy", "--status", "tiny"], "InferenceService (serving.kserve.io/v1beta1) is not installed in this "
                                      "cluster: install KServe"),
 ])
@@ -504,7 +506,7 @@ def test_the_console_script_speaks_to_the_cluster(kube, ferry_cli):
     assert f"accepted (dry run, server): PyTorchJob {kube.ns}/digits" in result.stderr
     missing = ferry_cli("status", "digits", env=env)
     assert missing.returncode == 3
-    assert missing.stderr.startswith(f"error: PyTorchJob 'digits' in namespace '{kube.ns}' not found")
+    assert missing.stderr.startswith(f"error: no PyTorchJob or TrainJob 'digits' in namespace '{kube.ns}'")
 
 
 # ---- without a server ----------------------------------------------------------------------------

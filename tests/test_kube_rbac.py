@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests._controllers import KServe, TrainingOperator
+from tests._controllers import KServe, Trainer, TrainingOperator, torch_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "jobs" / "digits" / "job.py")
@@ -67,18 +67,24 @@ def as_limited(control_plane, namespace, tmp_path, monkeypatch):
 
 
 def _bind(plane, ns: str) -> None:
-    role, cluster_role = (next(d for d in _documents() if d["kind"] == k) for k in ("Role", "ClusterRole"))
+    role = next(d for d in _documents() if d["kind"] == "Role")
     plane.apply({**role, "metadata": {**role["metadata"], "namespace": ns}})
     plane.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                  "metadata": {"name": "ferry-user", "namespace": ns},
                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-user"},
                  "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "limited"}]})
-    plane.apply(cluster_role)
-    plane.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                 "metadata": {"name": f"ferry-serving-runtime-{ns}"},
-                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                             "name": "ferry-serving-runtime"},
-                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "limited"}]})
+    for cluster_role in (d for d in _documents() if d["kind"] == "ClusterRole"):
+        name = cluster_role["metadata"]["name"]
+        plane.apply(cluster_role)
+        plane.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                     "metadata": {"name": f"{name}-{ns}"},
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "limited"}]})
+
+
+def _unbind(plane, ns: str) -> None:
+    for cluster_role in (d for d in _documents() if d["kind"] == "ClusterRole"):
+        plane.raw("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{cluster_role['metadata']['name']}-{ns}")
 
 
 def test_with_the_role_every_command_works(control_plane, as_limited, registry, tmp_path, monkeypatch):
@@ -114,7 +120,40 @@ def test_with_the_role_every_command_works(control_plane, as_limited, registry, 
         denied = [e for e in control_plane.audit(user="limited", namespace=ns) if e["responseStatus"]["code"] == 403]
         assert denied == []
     finally:
-        control_plane.raw("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/ferry-serving-runtime-{ns}")
+        _unbind(control_plane, ns)
+
+
+def test_with_the_role_every_command_works_for_a_trainjob(control_plane, as_limited, tmp_path, monkeypatch):
+    """The same commands for a job whose target is a Kubeflow Trainer TrainJob, the runtime
+    check included: with the shipped roles, not one request is refused."""
+    ns = as_limited
+    _bind(control_plane, ns)
+    monkeypatch.setenv("FERRY_TARGET", "trainjob")  # the cluster's default target
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job.py").write_text("from ferry import Tracking, TrainingJob\n"
+                                     "job = TrainingJob(name='digits', image='ghcr.io/acme/train:1', "
+                                     "module='jobs.digits.train', tracking=Tracking(experiment='digits'))\n")
+    trainer = Trainer(control_plane, ns)
+    seen = len(control_plane.audit(user="limited"))
+    try:
+        with torch_runtime(control_plane):
+            submitted = ferry("submit", "job.py", "--no-code", "--tracking-uri", "http://mlflow.ferry:5000")
+            assert submitted.exit_code == 0, submitted.output
+            replaced = ferry("submit", "job.py", "--no-code", "--replace")
+            assert replaced.exit_code == 0, replaced.output
+        trainer.add_pod("digits", 0)
+        trainer.set_status("digits", active=1, ready=1, progress={"progressPercentage": 10})
+        for argv in (["status", "digits"], ["list"], ["logs", "digits", "--tail", "5"]):
+            result = ferry(*argv)
+            assert result.exit_code != 5 and "forbidden" not in result.output, (argv, result.output)
+        deleted = ferry("delete", "digits", "--wait")
+        assert deleted.exit_code == 0 and "deleted TrainJob" in deleted.stdout, deleted.output
+        mine = control_plane.audit(user="limited")[seen:]
+        checks = [e for e in mine if "clustertrainingruntimes" in e["requestURI"]]
+        assert len(checks) == 2 and {e["responseStatus"]["code"] for e in checks} == {200}  # looked up, found
+        assert [e for e in mine if e["responseStatus"]["code"] == 403] == []
+    finally:
+        _unbind(control_plane, ns)
 
 
 @pytest.mark.parametrize("argv,verb,resource", [
@@ -122,7 +161,7 @@ def test_with_the_role_every_command_works(control_plane, as_limited, registry, 
     (["status", "digits"], "get", "pytorchjobs.kubeflow.org"),
     (["list"], "list", "pytorchjobs.kubeflow.org"),
     (["logs", "digits"], "get", "pytorchjobs.kubeflow.org"),
-    (["delete", "digits"], "delete", "pytorchjobs.kubeflow.org"),
+    (["delete", "digits"], "get", "pytorchjobs.kubeflow.org"),  # which kind the name is comes first
     (["deploy", "--status", "tiny"], "get", "inferenceservices.serving.kserve.io"),
 ])
 def test_without_the_role_each_command_names_what_it_may_not_do(as_limited, argv, verb, resource):

@@ -21,9 +21,10 @@ SURFACE = {
     ],
     "ferry.kube": [
         "CLUSTERSERVINGRUNTIME", "CLUSTERSTORAGECONTAINER", "CONFIGMAP", "INFERENCESERVICE", "POD", "PYTORCHJOB", "SCALEDOBJECT",
-        "Cluster", "Condition", "JobState", "Kind", "ReplicaCounts", "Retry", "ServiceState", "Submitted",
-        "apply_manifests", "check_storage_containers", "delete_job", "failed_replica_logs", "follow_logs", "job_pods", "job_state", "list_jobs",
-        "plan_submission", "pod_restarts", "replica_name", "serves_uri", "service_state", "submit", "tracking_configmap", "wait_for",
+        "TRAINJOB", "Cluster", "Condition", "JobState", "Kind", "Progress", "ReplicaCounts", "Retry", "ServiceState",
+        "Submitted", "apply_manifests", "check_storage_containers", "delete_job", "failed_replica_logs", "find_job",
+        "follow_logs", "job_pods", "job_state", "kind_of", "list_jobs", "plan_submission", "pod_container",
+        "pod_restarts", "replica_name", "serves_uri", "service_state", "submit", "tracking_configmap", "wait_for",
     ],
     "ferry.render": [
         "CREDENTIALS_SECRET", "STORAGE_URI_PREFIXES", "Rendered", "ResolvedModel", "build_pytorchjob", "dump_yaml",

@@ -461,13 +461,17 @@ def test_pod_security_admission_does_not_judge_a_trainjob_ferry_does(control_pla
     ("target='trainjob'", {}),
     ("", {"FERRY_TARGET": "trainjob"}),
 ])
-def test_submit_of_a_trainjob_is_refused_saying_how_to_apply_it(tmp_path, job_args, env):
+def test_a_client_dry_run_of_submit_prints_the_trainjob_of_the_submission(tmp_path, job_args, env):
     extra = f", {job_args}" if job_args else ""
     file = _job_file(tmp_path, f"job = TrainingJob(name='digits', image='i:1', module='jobs.digits.train'{extra})\n")
     result = _ferry("submit", str(file), "--no-code", "--dry-run", "client", env=env)
-    assert result.exit_code == 2, result.output
-    said = " ".join(result.output.split())
-    assert "renders as a Kubeflow Trainer TrainJob" in said and "--target trainjob | kubectl apply --server-side -f -" in said
+    assert result.exit_code == 0, result.output
+    (doc,) = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert (doc["kind"], doc["metadata"]["name"]) == ("TrainJob", "digits")
+    submission = doc["metadata"]["labels"][SUBMISSION_LABEL]
+    assert f"dry run (client): submission {submission}; nothing sent" in result.stderr
+    assert _node_pod(doc)["metadata"]["labels"][SUBMISSION_LABEL] == submission
+    assert manifest_issues(doc) == []
 
 
 def test_a_submission_labels_the_trainjob_and_the_pods_its_patch_makes():

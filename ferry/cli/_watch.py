@@ -20,7 +20,7 @@ def state_table(state: Any) -> Any:
     from rich.table import Table
 
     colour = {"Succeeded": "green", "Failed": "red", "Restarting": "yellow", "Running": "cyan"}.get(state.phase, "white")
-    table = Table(title=f"PyTorchJob {state.namespace}/{state.name}  [{colour}]{state.phase}[/]  "
+    table = Table(title=f"{state.kind} {state.namespace}/{state.name}  [{colour}]{state.phase}[/]  "
                         f"age {state.age()}  restarts {state.restarts}", title_justify="left")
     for column in ("replica", "active", "succeeded", "failed"):
         table.add_column(column, justify="left" if column == "replica" else "right")
@@ -31,22 +31,43 @@ def state_table(state: Any) -> Any:
     return table
 
 
+def progress_line(progress: Any) -> str:
+    """A TrainJob's progress as its trainer last reported it, and how long ago."""
+    from datetime import datetime, timezone
+
+    from rich.markup import escape
+
+    from ferry.kube._jobs import _duration
+
+    ago = (f" (reported {_duration((datetime.now(timezone.utc) - progress.updated).total_seconds())} ago)"
+           if progress.updated is not None else "")
+    return f"progress {escape(str(progress))}{ago}"
+
+
 # what -o json|yaml prints, as the help says it (times: ISO 8601 in UTC)
-JOB_KEYS = "name, namespace, submission, phase, reason, message, created, finished"
+JOB_KEYS = "name, namespace, kind, submission, phase, reason, message, created, finished"
 LIST_SCHEMA = f"a list of {{{JOB_KEYS}}}, newest first"
 STATUS_SCHEMA = (f"an object {{{JOB_KEYS}, restarts, replicas: {{ROLE: {{active, succeeded, failed}}}}, "
-                 "pods: a list of {replica, name, phase, restarts, node}}")
+                 "pods: a list of {replica, name, phase, restarts, node}, progress: a TrainJob's "
+                 "{percent, remaining_seconds, metrics, updated} or null}")
 
 
 def job_doc(state: Any) -> dict[str, Any]:
     """A job's state as ``-o json|yaml`` prints it (the keys of JOB_KEYS)."""
-    return {"name": state.name, "namespace": state.namespace, "submission": state.submission, "phase": state.phase,
-            "reason": state.reason or None, "message": state.message or None, "created": timestamp(state.created),
-            "finished": timestamp(state.finished_at)}
+    return {"name": state.name, "namespace": state.namespace, "kind": state.kind, "submission": state.submission,
+            "phase": state.phase, "reason": state.reason or None, "message": state.message or None,
+            "created": timestamp(state.created), "finished": timestamp(state.finished_at)}
+
+
+def progress_doc(progress: Any) -> dict[str, Any] | None:
+    if progress is None:
+        return None
+    return {"percent": progress.percent, "remaining_seconds": progress.remaining_s, "metrics": dict(progress.metrics),
+            "updated": timestamp(progress.updated)}
 
 
 def status_doc(state: Any, pods: list[dict[str, Any]]) -> dict[str, Any]:
-    """``ferry status -o json|yaml``: the job, its restarts, replicas per role and pods."""
+    """``ferry status -o json|yaml``: the job, its restarts, replicas per role, pods and progress."""
     from ferry.kube import pod_restarts, replica_name
 
     return {**job_doc(state), "restarts": state.restarts,
@@ -54,7 +75,8 @@ def status_doc(state: Any, pods: list[dict[str, Any]]) -> dict[str, Any]:
                          for role, c in state.replicas.items()},
             "pods": [{"replica": replica_name(pod), "name": pod["metadata"]["name"],
                       "phase": (pod.get("status") or {}).get("phase"), "restarts": pod_restarts(pod),
-                      "node": (pod.get("spec") or {}).get("nodeName")} for pod in pods]}
+                      "node": (pod.get("spec") or {}).get("nodeName")} for pod in pods],
+            "progress": progress_doc(state.progress)}
 
 
 def _report_outcome(cluster: Any, state: Any, out: Any = None) -> int:

@@ -30,7 +30,16 @@ from ferry.cli._util import (
     select_job,
     target_namespace,
 )
-from ferry.cli._watch import LIST_SCHEMA, STATUS_SCHEMA, job_doc, poll_s, state_table, status_doc, watch
+from ferry.cli._watch import (
+    LIST_SCHEMA,
+    STATUS_SCHEMA,
+    job_doc,
+    poll_s,
+    progress_line,
+    state_table,
+    status_doc,
+    watch,
+)
 from ferry.cli.code import CodeOption, CodeStoreOption, NoCodeOption, with_code
 from ferry.cli.local import JobNameOption, ResumeOption, SetOption, WorkersOption
 from ferry.cli.sweep import SweepNameOption
@@ -42,7 +51,7 @@ NamespaceOption = Annotated[str | None, typer.Option(
 ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: the current one).")]
 KubeconfigOption = Annotated[Path | None, typer.Option(
     "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the pod's service account).")]
-JobArgument = Annotated[str, typer.Argument(help="The job's name (its PyTorchJob).")]
+JobArgument = Annotated[str, typer.Argument(help="The job's name (its PyTorchJob or TrainJob).")]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the job to its end; the exit code is its outcome.")]
 TimeoutOption = Annotated[float | None, typer.Option(
     "--timeout", help="With --wait: give up after this many seconds (exit 124; the job goes on).")]
@@ -83,7 +92,7 @@ def submit(
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream every replica's log while waiting (implies --wait).")] = False,
-    replace: Annotated[bool, typer.Option("--replace", help="Delete an existing PyTorchJob of this name first (its MLflow run and checkpoints stay).")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete an existing job of this name first (its MLflow run and checkpoints stay).")] = False,
     force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager owns.")] = False,
     tracking_uri: Annotated[str | None, typer.Option(
         "--tracking-uri", help="Create/update the ConfigMap the job reads MLFLOW_TRACKING_URI from (default: it must exist).")] = None,
@@ -94,8 +103,9 @@ def submit(
     """Submit a job to the cluster as a new submission.
 
     Each call is a new submission (a fresh id, fresh checkpoints), applied server-side as field
-    manager 'ferry'. A PyTorchJob of the same name is never reused: without --replace, an
-    existing one (running or finished) is a conflict.
+    manager 'ferry', as a PyTorchJob or, when the job's target (or $FERRY_TARGET) says trainjob,
+    as a Kubeflow Trainer TrainJob. A job of the same name is never reused: without --replace,
+    an existing one (running or finished) is a conflict.
 
     The job's code goes with it when a code store is set (--code-store, $FERRY_CODE_STORE, or an
     MLflow server as MLFLOW_TRACKING_URI): the job file's project root (or --code DIR) is bundled,
@@ -106,7 +116,7 @@ def submit(
     NAME submits one of its jobs instead), at most the sweep's parallel at once, and follows
     them to the end, as --wait does: MLFLOW_TRACKING_URI must reach the tracking server from
     here. --set, --workers, -n, --dry-run, --force-conflicts and --tracking-uri apply to every
-    trial, which replaces its own earlier PyTorchJob; --resume-from, --follow and --timeout do
+    trial, which replaces its own earlier job; --resume-from, --follow and --timeout do
     not apply to a sweep."""
     from ferry.local import apply_overrides
     from ferry.render import dump_yaml
@@ -150,7 +160,7 @@ def submit(
     from ferry.kube import plan_submission
 
     submission, manifest = plan_submission(job)
-    validate_manifests([(f"{job.name}/pytorchjob.yaml", manifest)], find_crd_dir())
+    validate_manifests([(f"{job.name}/{manifest['kind'].lower()}.yaml", manifest)], find_crd_dir())
     err = _stderr()
     if cluster is None:
         from ferry.kube import tracking_configmap
@@ -189,14 +199,15 @@ def status(
     timeout: TimeoutOption = None,
     output: Annotated[Output, output_option(STATUS_SCHEMA)] = Output.table,
 ) -> None:
-    """A job's state: phase and why, replicas per role, restarts, age, and its pods.
+    """A job's state: phase and why, replicas per role, restarts, age, and its pods; a
+    TrainJob's progress too (percent done, time left, latest metrics), as its trainer reports it.
 
     With --wait, follow it to its end first (with -o json or yaml, its progress goes to stderr
     and the final state to stdout); the exit code is then its outcome."""
     from rich.markup import escape
     from rich.table import Table
 
-    from ferry.kube import job_pods, job_state, pod_restarts, replica_name
+    from ferry.kube import find_job, job_pods, job_state, kind_of, pod_restarts, replica_name
 
     check_wait(wait, timeout)
     with connect(kubeconfig, context, namespace) as cluster:
@@ -206,14 +217,17 @@ def status(
                          out=None if output is Output.table else _stderr())
             if output is Output.table:
                 raise typer.Exit(code)
-        state = job_state(cluster, name)
-        pods = job_pods(cluster, name)
+        kind = kind_of(find_job(cluster, name))
+        state = job_state(cluster, name, kind=kind)
+        pods = job_pods(cluster, name, kind=kind)
 
         def table() -> None:
             out = _stdout()
             out.print(state_table(state))
             out.print(f"submission {state.submission or '-'}" + (f"; {escape(state.reason)}: {escape(state.message)}"
                                                                 if state.message else ""))
+            if state.progress is not None:
+                out.print(progress_line(state.progress))
             if pods:
                 rows = Table("replica", "pod", "phase", "restarts", "node")
                 for pod in pods:
@@ -235,13 +249,18 @@ def list_(
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Jobs of every namespace.")] = False,
     output: Annotated[Output, output_option(LIST_SCHEMA)] = Output.table,
 ) -> None:
-    """The jobs Ferry submitted (label app.kubernetes.io/managed-by=ferry), newest first."""
+    """The jobs Ferry submitted (label app.kubernetes.io/managed-by=ferry), PyTorchJobs and
+    TrainJobs, newest first."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ferry.kube import list_jobs
 
+    def skipped(error: Exception) -> None:
+        _stderr().print(f"[yellow]warning:[/] {escape(str(error))}")
+
     with connect(kubeconfig, context, namespace) as cluster:
-        states = list_jobs(cluster, all_namespaces=all_namespaces)
+        states = list_jobs(cluster, all_namespaces=all_namespaces, skipped=skipped)
 
         def table() -> None:
             out = _stdout()
@@ -249,9 +268,10 @@ def list_(
                 where = "any namespace" if all_namespaces else "namespace " + cluster.namespace
                 out.print(f"no jobs submitted by Ferry in {where}")
                 return
-            rows = Table(*(["namespace"] if all_namespaces else []), "name", "submission", "phase", "age")
+            rows = Table(*(["namespace"] if all_namespaces else []), "name", "kind", "submission", "phase", "age")
             for s in states:
-                rows.add_row(*([s.namespace] if all_namespaces else []), s.name, s.submission or "-", s.phase, s.age())
+                rows.add_row(*([s.namespace] if all_namespaces else []), s.name, s.kind, s.submission or "-", s.phase,
+                             s.age())
             out.print(rows)
 
         emit([job_doc(s) for s in states], output, table)
@@ -261,7 +281,8 @@ def list_(
 @fail_cleanly
 def logs(
     name: JobArgument,
-    replica: Annotated[str | None, typer.Option("--replica", help="Only this replica: master-0, worker-N (default: all).")] = None,
+    replica: Annotated[str | None, typer.Option(
+        "--replica", help="Only this replica: master-0, worker-N (a PyTorchJob's), node-N (a TrainJob's) (default: all).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines until the job ends (Ctrl-C stops).")] = False,
     previous: Annotated[bool, typer.Option("--previous", help="The previous container's log (before a restart).")] = False,
     tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines of each replica.")] = None,
@@ -269,9 +290,10 @@ def logs(
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
 ) -> None:
-    """Every replica's log, each line prefixed \\[master-0], \\[worker-1], ... as `ferry run` prints them."""
+    """Every replica's log, each line prefixed \\[master-0], \\[worker-1], ... (\\[node-0], ... for a
+    TrainJob) as `ferry run` prints them."""
     from ferry.errors import NotFound
-    from ferry.kube import PYTORCHJOB, follow_logs, job_pods, replica_name, wait_for
+    from ferry.kube import find_job, follow_logs, job_pods, kind_of, pod_container, replica_name, wait_for
 
     out = _stdout()
 
@@ -279,34 +301,36 @@ def logs(
         out.print(replica_line(who, line), highlight=False, soft_wrap=True)
 
     with connect(kubeconfig, context, namespace) as cluster:
-        cluster.get(PYTORCHJOB, name)  # a missing job (or kind) is its own error
-        pods = job_pods(cluster, name)
+        kind = kind_of(find_job(cluster, name))  # a missing job (or kind) is its own error
+        pods = job_pods(cluster, name, kind=kind)
         if replica is not None:
             pods = [p for p in pods if replica_name(p) == replica]
             if not pods:
-                known = ", ".join(replica_name(p) for p in job_pods(cluster, name)) or "none yet"
+                known = ", ".join(replica_name(p) for p in job_pods(cluster, name, kind=kind)) or "none yet"
                 raise NotFound(f"job {name!r} has no replica {replica!r} (replicas: {known})", reason="ReplicaNotFound")
         if not follow:
             if not pods:
                 raise NotFound(f"job {name!r} has no pods yet; `ferry status {name}` says why", reason="NoPods")
             for pod in pods:
-                for line in cluster.pod_log(pod["metadata"]["name"], previous=previous, tail_lines=tail):
+                for line in cluster.pod_log(pod["metadata"]["name"], container=pod_container(pod), previous=previous,
+                                            tail_lines=tail):
                     emit(replica_name(pod), line)
             return
         if replica is not None:
             pod = pods[0]["metadata"]["name"]
             try:
-                for line in cluster.pod_log(pod, follow=True, tail_lines=tail, previous=previous):
+                for line in cluster.pod_log(pod, container=pod_container(pods[0]), follow=True, tail_lines=tail,
+                                            previous=previous):
                     emit(replica, line)
             except KeyboardInterrupt:
                 raise typer.Exit(130) from None
             return
         stop = threading.Event()
         thread = threading.Thread(target=follow_logs, args=(cluster, name, cluster.namespace, emit, stop),
-                                  kwargs={"poll_s": poll_s()}, daemon=True)
+                                  kwargs={"poll_s": poll_s(), "kind": kind}, daemon=True)
         thread.start()
         try:
-            wait_for(cluster, name, poll_s=poll_s())
+            wait_for(cluster, name, poll_s=poll_s(), kind=kind)
             stop.wait(poll_s())  # the last lines
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -327,10 +351,10 @@ def delete(
     context: ContextOption = None,
     kubeconfig: KubeconfigOption = None,
 ) -> None:
-    """Delete a job's PyTorchJob (its pods go with it). Its MLflow run and checkpoints stay."""
+    """Delete a job's PyTorchJob or TrainJob (its pods go with it). Its MLflow run and checkpoints stay."""
     from ferry.kube import delete_job
 
     check_wait(wait, timeout)
     with connect(kubeconfig, context, namespace) as cluster:
-        delete_job(cluster, name, wait=wait, timeout_s=timeout or 300, poll_s=poll_s())
-        _stdout().print(f"deleted PyTorchJob {cluster.namespace}/{name}" + ("" if wait else " (going)"))
+        kind = delete_job(cluster, name, wait=wait, timeout_s=timeout or 300, poll_s=poll_s())
+        _stdout().print(f"deleted {kind.kind} {cluster.namespace}/{name}" + ("" if wait else " (going)"))

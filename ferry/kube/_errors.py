@@ -135,7 +135,7 @@ def translate(exc: Any, action: Action, *, context: str | None = None,
         if serves is not None and action.kind.group and not serves(action.kind):
             return NotInstalled(f"{action.kind.kind} ({action.kind.api_version}) is not installed in this cluster: "
                                 f"{action.kind.installed_by}", status=code, reason="KindNotInstalled")
-        hint = "; `ferry list -A` lists the jobs Ferry submitted" if action.kind.kind == "PyTorchJob" else ""
+        hint = "; `ferry list -A` lists the jobs Ferry submitted" if action.kind.kind in ("PyTorchJob", "TrainJob") else ""
         return NotFound(f"{action.target()} not found{hint}", status=code, reason="ObjectNotFound")
     if code == 409:
         conflicts = [c for c in _causes(status) if "FieldManagerConflict" in (c.get("reason"), c.get("type"))]

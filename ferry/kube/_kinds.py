@@ -1,9 +1,11 @@
-"""The kinds Ferry reads and writes in a cluster, and the Kubeflow training operator's labels
-and condition types.
+"""The kinds Ferry reads and writes in a cluster, and the labels and condition types of the
+controllers that run its training jobs: the Kubeflow training operator (PyTorchJob) and Kubeflow
+Trainer v2 (TrainJob, whose pods JobSet and the Job controller create).
 
-These are the training operator's own names (``kubeflow.training.constants``, checked equal in
-the tests); they are copied rather than imported because importing the Kubeflow SDK costs about
-a second of start-up on every cluster command.
+These are those projects' own names (``kubeflow.training.constants``, checked equal in the
+tests; Trainer's ``trainjob_types.go`` and JobSet's ``constants.go``); they are copied rather
+than imported because importing the Kubeflow SDK costs about a second of start-up on every
+cluster command.
 """
 
 from __future__ import annotations
@@ -20,10 +22,23 @@ PYTORCHJOB_CONTAINER = "pytorch"
 CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Succeeded", "Failed"
 FINISHED = (SUCCEEDED, FAILED)
 
+# Kubeflow Trainer v2: a TrainJob's condition types, and the labels on its pods. The TrainJob's
+# JobSet has the TrainJob's name; JobSet labels each pod with it and its replicated job ("node"
+# for the trainer), the Job controller with the pod's completion index (the node's rank).
+COMPLETE, SUSPENDED = "Complete", "Suspended"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
+JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+TRAINJOB_CONTAINER = "node"
+
 FIELD_MANAGER = "ferry"
 
 _TRAINING_OPERATOR = "install the Kubeflow training operator (kubectl apply --server-side -k " \
                      "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\")"
+_TRAINER = "install Kubeflow Trainer v2 and its runtimes (kubectl apply --server-side -k " \
+           "\"https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0\", then the same " \
+           "with overlays/runtimes)"
 _KSERVE = "install KServe (https://kserve.github.io/website/latest/admin/serverless/serverless/)"
 
 
@@ -63,6 +78,11 @@ class Kind:
 
 
 PYTORCHJOB = Kind("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", installed_by=_TRAINING_OPERATOR)
+TRAINJOB = Kind("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", installed_by=_TRAINER)
+CLUSTERTRAININGRUNTIME = Kind("ClusterTrainingRuntime", "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes",
+                              namespaced=False, installed_by=_TRAINER)
+TRAININGRUNTIME = Kind("TrainingRuntime", "trainer.kubeflow.org", "v1alpha1", "trainingruntimes",
+                       installed_by=_TRAINER)
 INFERENCESERVICE = Kind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices", installed_by=_KSERVE)
 CLUSTERSERVINGRUNTIME = Kind("ClusterServingRuntime", "serving.kserve.io", "v1alpha1", "clusterservingruntimes",
                              namespaced=False, installed_by=_KSERVE)
@@ -74,8 +94,14 @@ CONFIGMAP = Kind("ConfigMap", "", "v1", "configmaps")
 SECRET = Kind("Secret", "", "v1", "secrets")
 POD = Kind("Pod", "", "v1", "pods")
 
-KINDS = {k.kind: k for k in (PYTORCHJOB, INFERENCESERVICE, CLUSTERSERVINGRUNTIME, CLUSTERSTORAGECONTAINER,
-                             SCALEDOBJECT, CONFIGMAP, SECRET, POD)}
+# What a TrainJob's runtimeRef.kind may name.
+TRAINING_RUNTIME_KINDS = {k.kind: k for k in (CLUSTERTRAININGRUNTIME, TRAININGRUNTIME)}
+
+# The kinds a Ferry training job is submitted as (TrainingJob.target), in the order a name is looked up.
+JOB_KINDS = (PYTORCHJOB, TRAINJOB)
+
+KINDS = {k.kind: k for k in (PYTORCHJOB, TRAINJOB, CLUSTERTRAININGRUNTIME, TRAININGRUNTIME, INFERENCESERVICE,
+                             CLUSTERSERVINGRUNTIME, CLUSTERSTORAGECONTAINER, SCALEDOBJECT, CONFIGMAP, SECRET, POD)}
 
 
 def kind_of(manifest: dict) -> Kind:
