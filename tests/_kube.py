@@ -40,6 +40,7 @@ from kmock._internal.k8s import KubernetesError, KubernetesObjectNotFoundError, 
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 REGISTRY = {
     "pytorchjobs": ("kubeflow.org/v1/pytorchjobs", "PyTorchJob", True),
+    "trainjobs": ("trainer.kubeflow.org/v1alpha1/trainjobs", "TrainJob", True),
     "inferenceservices": ("serving.kserve.io/v1beta1/inferenceservices", "InferenceService", True),
     "clusterservingruntimes": ("serving.kserve.io/v1alpha1/clusterservingruntimes", "ClusterServingRuntime", False),
     "configmaps": ("v1/configmaps", "ConfigMap", True),
@@ -48,7 +49,7 @@ REGISTRY = {
     "namespaces": ("v1/namespaces", "Namespace", False),
     "customresourcedefinitions": ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
 }
-WITH_STATUS = ("pytorchjobs", "inferenceservices")
+WITH_STATUS = ("pytorchjobs", "trainjobs", "inferenceservices")
 
 
 def now() -> str:
@@ -146,11 +147,17 @@ class ApiServer(kmock.KubernetesEmulator):
         ns, pod = request.namespace, request.name
         if (request.resource, ns, pod) not in self.objects or self.objects[(request.resource, ns, pod)].deleted:
             raise KubernetesObjectNotFoundError()
+        # the API server's answer to a container the pod does not have
+        containers = [c.get("name") for c in (self.objects[(request.resource, ns, pod)].get("spec") or {})
+                      .get("containers") or []]
+        container = request.params.get("container") or (containers[0] if containers else "")
+        if containers and container not in containers:
+            raise kmock.KubernetesError(400, "BadRequest", f"container {container} is not valid for pod {pod}")
         which = "previous" if request.params.get("previous") == "true" else "current"
         lines = self.pod_logs.get((ns, pod, which))
         if lines is None:
             raise kmock.KubernetesError(400, "BadRequest",
-                                        f'container "pytorch" in pod "{pod}" is waiting to start: ContainerCreating')
+                                        f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating')
         since = request.params.get("sinceTime")
         stamps = request.params.get("timestamps") == "true"
         tail = request.params.get("tailLines")
@@ -287,6 +294,42 @@ class Kube:
             if exc.code != 409:
                 raise
             self.request("PATCH", f"{path}/{name}", {"status": pod["status"]})
+        self.api.pod_logs.setdefault((ns, name, "current"), [])
+        return name
+
+    def add_trainjob(self, name: str, ns: str = "ml") -> None:
+        """A TrainJob Ferry submitted (its spec is not what these tests are about)."""
+        self.request("POST", f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs", {
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "ferry",
+                                                                   "ferry.dev/submission": "20261203-120000-ab12"}},
+            "spec": {"runtimeRef": {"name": "torch-distributed"}}})
+
+    def set_trainjob_status(self, name: str, ns: str = "ml", *, condition: tuple[str, str, str] | None = None,
+                            active: int = 0) -> None:
+        """The TrainJob's status as Kubeflow Trainer copies it from its JobSet."""
+        status: dict[str, Any] = {"jobsStatus": [{"name": "node", "active": active, "ready": active, "succeeded": 0,
+                                                  "failed": 0, "suspended": 0}]}
+        if condition is not None:
+            type_, reason, message = condition
+            status["conditions"] = [{"type": type_, "status": "True", "reason": reason, "message": message,
+                                     "lastTransitionTime": now()}]
+        self.request("PATCH", f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs/{name}/status",
+                     {"status": status})
+
+    def add_node_pod(self, job: str, rank: int, ns: str = "ml", *, phase: str = "Running",
+                     exit_code: int | None = None) -> str:
+        """Node ``rank`` of a TrainJob, as JobSet's Job names and labels it; container ``node``."""
+        name = f"{job}-node-0-{rank}-x{rank}k9z"
+        state: dict[str, Any] = {"running": {"startedAt": now()}} if exit_code is None else \
+            {"terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed"}}
+        self.request("POST", f"/api/v1/namespaces/{ns}/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {
+                "jobset.sigs.k8s.io/jobset-name": job, "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                "jobset.sigs.k8s.io/job-index": "0", "batch.kubernetes.io/job-completion-index": str(rank)}},
+            "spec": {"containers": [{"name": "node", "image": "x"}], "nodeName": "node-1"},
+            "status": {"phase": phase, "containerStatuses": [{"name": "node", "restartCount": 0, "state": state,
+                                                              "ready": exit_code is None}]}})
         self.api.pod_logs.setdefault((ns, name, "current"), [])
         return name
 

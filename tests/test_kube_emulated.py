@@ -112,6 +112,42 @@ def test_logs_of_each_replica_and_its_previous_container(kube):
     assert missing.exit_code == 3 and "replicas: master-0, worker-0" in missing.output
 
 
+def test_a_trainjobs_nodes_logs_their_failure_and_follow(kube):
+    """The logs of a TrainJob's nodes (container ``node``, named by rank): no pod runs on the
+    test control plane, so no log exists there."""
+    kube.add_trainjob("digits")
+    first, second = kube.add_node_pod("digits", 0), kube.add_node_pod("digits", 1)
+    kube.set_trainjob_status("digits", active=1)
+    kube.log(first, "rank 0 up", "epoch 1")
+    kube.log(second, "rank 1 up")
+    logs = ferry("logs", "digits")
+    assert logs.exit_code == 0, logs.output
+    assert logs.stdout.splitlines() == ["[node-0] rank 0 up", "[node-0] epoch 1", "[node-1] rank 1 up"]
+    one = ferry("logs", "digits", "--replica", "node-0", "--tail", "1")
+    assert one.stdout.splitlines() == ["[node-0] epoch 1"]
+    missing = ferry("logs", "digits", "--replica", "master-0")
+    assert missing.exit_code == 3 and "replicas: node-0, node-1" in missing.output
+
+    def fail():
+        kube.log(second, "RuntimeError: NCCL timeout")
+        kube.request("PATCH", f"/api/v1/namespaces/ml/pods/{second}", {"status": {"phase": "Failed", "containerStatuses": [
+            {"name": "node", "restartCount": 0, "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}})
+        for pod in (first, second):
+            kube.end_log(pod)
+        kube.set_trainjob_status("digits", condition=("Failed", "FailedJobs", "jobset failed due to one or more job "
+                                                                             "failures"))
+
+    thread = play([fail], delay=0.3)
+    followed = ferry("logs", "digits", "--follow")
+    thread.join()
+    assert followed.exit_code == 0, followed.output
+    assert "[node-1] RuntimeError: NCCL timeout" in followed.stdout and "[node-0] epoch 1" in followed.stdout
+    failed = ferry("status", "digits", "--wait", "--timeout", "10")
+    assert failed.exit_code == 1, failed.output
+    assert "digits failed: FailedJobs" in failed.stderr and "[node-1] RuntimeError: NCCL timeout" in failed.stderr
+    assert "[node-0]" not in failed.stderr  # only the failed node
+
+
 # ---- answers of components the test control plane does not run, and transient faults ---------
 # (RBAC, a missing namespace, field-manager conflicts, schema refusals and rejected credentials
 # come from the real API server in tests/test_kube.py.)
