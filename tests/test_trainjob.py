@@ -400,16 +400,37 @@ def test_render_target_trainjob_writes_and_validates(tmp_path):
      {"FERRY_TARGET": "trainjob"}, "elastic"),
     ("job = TrainingJob(name='d', image='i:1', module='m')\n", [], {"FERRY_TARGET": "trainjobs"}, "FERRY_TARGET='trainjobs'"),
     ("job = TrainingJob(name='d', image='i:1', module='m')\n", ["--target", "jobset"], {}, "--target"),
-    ("job = TrainingJob(name='d', image='i:1', module='m', hyperparameters={'lr': 0.1})\nsweep = Sweep(name='s', job=job, space={'lr': Choice([0.1, 0.2])}, "
+    ("job = TrainingJob(name='d', image='i:1', module='m', hyperparameters={'lr': 0.1}, tracking=Tracking(experiment='e'), "
+     "run_policy=RunPolicy(backoff_limit=2))\nsweep = Sweep(name='s', job=job, space={'lr': Choice([0.1, 0.2])}, "
      "objective=Objective(metric='loss', goal='min'), trials=2)\n", ["--target", "trainjob"], {},
-     "a sweep's trials render as PyTorchJobs only"),
-], ids=["refused-field", "refused-by-project-default", "bad-project-default", "bad-flag", "sweep"])
+     "run_policy.backoff_limit: a TrainJob has no retry limit of its own"),
+], ids=["refused-field", "refused-by-project-default", "bad-project-default", "bad-flag", "sweep-trial-refused"])
 def test_render_refuses_and_writes_nothing(tmp_path, body, args, env, says):
     out = tmp_path / "out"
     result = _ferry("render", str(_job_file(tmp_path, body)), *args, "-o", str(out), env=env)
     assert result.exit_code == 2, result.output
     assert says in " ".join(result.output.replace("│", " ").split())
     assert not out.exists()
+
+
+def test_a_sweeps_trials_render_and_dry_run_as_trainjobs(tmp_path):
+    file = _job_file(tmp_path, "job = TrainingJob(name='d', image='i:1', module='m', hyperparameters={'lr': 0.1}, "
+                               "tracking=Tracking(experiment='e'))\nsweep = Sweep(name='s', job=job, space={'lr': "
+                               "Choice([0.1, 0.2])}, objective=Objective(metric='loss', goal='min'), trials=2)\n")
+    out = tmp_path / "out"
+    rendered = _ferry("render", str(file), "--target", "trainjob", "-o", str(out))
+    assert rendered.exit_code == 0, rendered.output
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*.yaml"))
+    assert files == ["s/trial-0/trainjob.yaml", "s/trial-1/trainjob.yaml"]
+    for number, path in enumerate(files):
+        doc = yaml.safe_load((out / path).read_text())
+        assert doc["kind"] == "TrainJob" and doc["metadata"]["labels"]["ferry.dev/trial"] == str(number)
+        env = _env(doc["spec"]["trainer"]["env"])
+        assert (env["FERRY_SWEEP"], env["FERRY_TRIAL"]) == ("s", str(number))  # the trial's run nests under the sweep
+        assert manifest_issues(doc) == []
+    planned = _ferry("submit", str(file), "--no-code", "--dry-run", "client", env={"FERRY_TARGET": "trainjob"})
+    assert planned.exit_code == 0, planned.output
+    assert [d["kind"] for d in yaml.safe_load_all(planned.stdout) if d] == ["TrainJob", "TrainJob"]
 
 
 # ---- a real API server with Trainer v2.3.0's CRDs --------------------------------------------------------

@@ -79,7 +79,7 @@ def status_doc(state: Any, pods: list[dict[str, Any]]) -> dict[str, Any]:
             "progress": progress_doc(state.progress)}
 
 
-def _report_outcome(cluster: Any, state: Any, out: Any = None) -> int:
+def _report_outcome(cluster: Any, state: Any, out: Any = None, kind: Any = None) -> int:
     """Print how the job ended (on ``out``, default stdout); its exit code (0 succeeded, 1 failed)."""
     from rich.markup import escape
 
@@ -91,7 +91,7 @@ def _report_outcome(cluster: Any, state: Any, out: Any = None) -> int:
         return 0
     err = _stderr()
     err.print(f"[bold red]{state.name} failed[/]: {escape(state.reason or 'Failed')}: {escape(state.message or 'no message')}")
-    for replica, lines in failed_replica_logs(cluster, state.name, state.namespace):
+    for replica, lines in failed_replica_logs(cluster, state.name, state.namespace, kind=kind):
         err.print(f"--- last lines of {replica} ---")
         for line in lines:
             err.print(replica_line(replica, line))
@@ -102,13 +102,16 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow: bool, out: Any = None) -> int:
-    """Follow the job to its end with a live status (a line per change when not on a terminal),
-    streaming its replicas' logs with ``follow``, on ``out`` (default: stdout); the exit code
-    of its outcome."""
+def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow: bool, out: Any = None,
+          kind: Any = None) -> int:
+    """Follow the job (a PyTorchJob or TrainJob: ``kind``, else found by name) to its end with a
+    live status (a line per change when not on a terminal), streaming its replicas' logs with
+    ``follow``, on ``out`` (default: stdout); the exit code of its outcome."""
     from rich.live import Live
 
-    from ferry.kube import follow_logs, wait_for
+    from ferry.kube import find_job, follow_logs, kind_of, wait_for
+
+    kind = kind or kind_of(find_job(cluster, name, namespace))
 
     out = out or _stdout()
     stop = threading.Event()
@@ -120,7 +123,7 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
             out.print(replica_line(replica, line), highlight=False, soft_wrap=True)
 
         log_thread = threading.Thread(target=follow_logs, args=(cluster, name, namespace, emit, stop),
-                                      kwargs={"poll_s": poll_s()}, daemon=True)
+                                      kwargs={"poll_s": poll_s(), "kind": kind}, daemon=True)
         log_thread.start()
     live = out.is_terminal and not follow
     last: list[str] = []
@@ -135,10 +138,10 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
     try:
         if live:
             with Live(console=out, refresh_per_second=4, transient=False) as display:
-                state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=poll_s(), on_state=show)
+                state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=poll_s(), on_state=show, kind=kind)
         else:
             display = None
-            state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=poll_s(), on_state=show)
+            state = wait_for(cluster, name, namespace, timeout_s=timeout, poll_s=poll_s(), on_state=show, kind=kind)
     except KeyboardInterrupt:
         _stderr().print(f"stopped watching; {name} goes on: `ferry status {name} -n {namespace}`")
         return 130
@@ -147,4 +150,4 @@ def watch(cluster: Any, name: str, namespace: str, timeout: float | None, follow
         if log_thread is not None:
             log_thread.join(timeout=poll_s() + 5)
         signal.signal(signal.SIGTERM, previous)
-    return _report_outcome(cluster, state, out)
+    return _report_outcome(cluster, state, out, kind)

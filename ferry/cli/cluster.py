@@ -169,6 +169,7 @@ def submit(
         _stdout().file.write(dump_yaml(docs))
         err.print(f"dry run (client): submission {submission}; nothing sent")
         return
+    from ferry.kube import kind_of
     from ferry.kube import submit as do_submit
 
     with cluster:
@@ -185,7 +186,7 @@ def submit(
         if not (wait or follow):
             out.print(f"  follow it: ferry status {job.name} -n {done.namespace}   ferry logs {job.name} -n {done.namespace} --follow")
             return
-        raise typer.Exit(watch(cluster, job.name, done.namespace, timeout, follow))
+        raise typer.Exit(watch(cluster, job.name, done.namespace, timeout, follow, kind=kind_of(manifest)))
 
 
 @cluster_app.command(rich_help_panel=PANEL, epilog=exit_codes(0, 1, 2, 3, 5, 7, 8, 9, 124, 130))
@@ -212,12 +213,12 @@ def status(
     check_wait(wait, timeout)
     with connect(kubeconfig, context, namespace) as cluster:
         code = 0
+        kind = kind_of(find_job(cluster, name))
         if wait:
             code = watch(cluster, name, namespace or cluster.namespace, timeout, False,
-                         out=None if output is Output.table else _stderr())
+                         out=None if output is Output.table else _stderr(), kind=kind)
             if output is Output.table:
                 raise typer.Exit(code)
-        kind = kind_of(find_job(cluster, name))
         state = job_state(cluster, name, kind=kind)
         pods = job_pods(cluster, name, kind=kind)
 

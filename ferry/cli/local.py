@@ -72,15 +72,10 @@ def render(
     rendered = []
     chosen = target.value if target is not None else None
     for spec in specs:
-        if isinstance(spec, Sweep):  # a PyTorchJob per trial, rendered by the sweep package
-            from ferry.render._output import job_target
+        if isinstance(spec, Sweep):  # a job per trial, rendered by the sweep package
             from ferry.sweep._render import render_sweep
 
-            if job_target(spec.job, chosen) == "trainjob":
-                why = "--target trainjob" if chosen else ("its job's target='trainjob'" if spec.job.target else "FERRY_TARGET=trainjob")
-                raise SpecError(f"sweep {spec.name}: {why}, but a sweep's trials render as PyTorchJobs only; "
-                                "render it with --target pytorchjob")
-            rendered += render_sweep(spec)
+            rendered += render_sweep(spec, target=chosen)
         else:
             rendered += render_spec(spec, target=chosen)
     validate_and_emit(rendered, out, crd_dir)

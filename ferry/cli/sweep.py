@@ -151,7 +151,7 @@ def _dry_run(sweep: Any, cluster: Any, tracking_uri: str | None, force_conflicts
         job = trial_job(sweep, values, number)
         submission, manifest = plan_submission(job)
         trials.append((job, submission, with_trial(manifest, sweep, number)))
-    validate_manifests([(f"{sweep.name}/trial-{n}/pytorchjob.yaml", m) for n, (_, _, m) in enumerate(trials)],
+    validate_manifests([(f"{sweep.name}/trial-{n}/{m['kind'].lower()}.yaml", m) for n, (_, _, m) in enumerate(trials)],
                        find_crd_dir())
     err = _stderr()
     if cluster is None:

@@ -49,11 +49,16 @@ def with_trial(manifest: dict[str, Any], sweep: Sweep, number: int) -> dict[str,
 
 
 def with_env(manifest: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
-    """``manifest`` (a PyTorchJob) with ``values`` added to every container's environment."""
+    """``manifest`` (a PyTorchJob, or a TrainJob: its trainer's) with ``values`` added to every
+    training container's environment."""
     out = json.loads(json.dumps(manifest))
+    entries = [{"name": k, "value": v} for k, v in values.items()]
+    if "trainer" in out["spec"]:
+        out["spec"]["trainer"].setdefault("env", []).extend(entries)
+        return out
     for replica in out["spec"]["pytorchReplicaSpecs"].values():
         for container in replica["template"]["spec"]["containers"]:
-            container.setdefault("env", []).extend({"name": k, "value": v} for k, v in values.items())
+            container.setdefault("env", []).extend(entries)
     return out
 
 
