@@ -6,6 +6,7 @@ Ferry's runtime tracker."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests._controllers import KServe, TrainingOperator
+from tests._controllers import KServe, Trainer, TrainingOperator
 from tests._controlplane import ApiError, ControlPlane
 from tests._servers import MlflowServer
 
@@ -22,6 +23,11 @@ RBAC = REPO / "operator/ferry_operator/rbac/operator.yaml"
 ACCOUNT = "ferry-operator"  # the ServiceAccount's name, in the chart and in rbac/operator.yaml
 PIPELINES = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/modelpipelines"
 JOBS = "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs"
+TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs"
+# Kubeflow Trainer v2.3.0's CRDs (shipped with Ferry, unmodified) and its torch-distributed runtime
+TRAINER_CRDS = [REPO / "ferry/validate/crds" / name for name in ("trainer.kubeflow.org_trainjobs.yaml",
+                                                                 "trainer.kubeflow.org_clustertrainingruntimes.yaml")]
+TRAINER_RUNTIME = REPO / "tests/trainer/torch_distributed.yaml"  # upstream, unmodified: tests/trainer/SOURCES.md
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices"
 POLL_S = "0.5"  # what sends no event (MLflow); the resync stays at its default: children wake pipelines
 
@@ -55,7 +61,8 @@ class Site:
         self.cp, self.ns, self.mlflow_url, self.kubeconfig = cp, ns, mlflow_url, kubeconfig
         self.user = f"system:serviceaccount:{ns}:{ACCOUNT}"  # who the operator is, in the audit log
         self.pipelines, self.jobs, self.isvcs = (p.format(ns=ns) for p in (PIPELINES, JOBS, ISVCS))
-        self.training, self.kserve = TrainingOperator(cp, ns), KServe(cp, ns)
+        self.trainjobs = TRAINJOBS.format(ns=ns)
+        self.training, self.kserve, self.trainer = TrainingOperator(cp, ns), KServe(cp, ns), Trainer(cp, ns)
         self.expected_denials: list[str] = []  # resources a test withholds from the operator on purpose
         self.cleanups: list[Callable[[], Any]] = []  # what a test made beyond the namespace, undone after it
 
@@ -79,6 +86,9 @@ class Site:
 
     def job(self, name: str) -> dict[str, Any] | None:
         return self.find(f"{self.jobs}/{name}")
+
+    def trainjob(self, name: str) -> dict[str, Any] | None:
+        return self.find(f"{self.trainjobs}/{name}")
 
     def isvc(self, name: str) -> dict[str, Any] | None:
         return self.find(f"{self.isvcs}/{name}")
@@ -142,11 +152,11 @@ class Site:
                 and not any(f"/{r}/" in e["requestURI"] or e["requestURI"].split("?")[0].endswith(f"/{r}")
                             for r in self.expected_denials)]
 
-    def job_creations(self) -> list[str]:
-        """PyTorchJobs the operator stored (a server-side apply that created one answers 201;
-        a dry run stores nothing)."""
+    def job_creations(self, resource: str = "pytorchjobs") -> list[str]:
+        """PyTorchJobs (or TrainJobs: ``trainjobs``) the operator stored (a server-side apply that
+        created one answers 201; a dry run stores nothing)."""
         return [e["objectRef"]["name"] for e in self.requests()
-                if (e.get("objectRef") or {}).get("resource") == "pytorchjobs" and not e["objectRef"].get("subresource")
+                if (e.get("objectRef") or {}).get("resource") == resource and not e["objectRef"].get("subresource")
                 and e["verb"] in ("create", "patch") and e["responseStatus"]["code"] == 201
                 and "dryRun" not in e["requestURI"]]
 
@@ -176,6 +186,14 @@ def site(control_plane: ControlPlane, namespace: str, operator_role: dict[str, A
          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
     """A namespace where the operator runs as its ServiceAccount (KUBECONFIG holds the account's
     token), polling every 0.2 s; after the test, no request of the operator may have been refused."""
+    with operator_site(control_plane, namespace, mlflow_url, tmp_path, monkeypatch) as site:
+        yield site
+
+
+@contextlib.contextmanager
+def operator_site(control_plane: ControlPlane, namespace: str, mlflow_url: str, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    """The ``site`` fixture's namespace on any control plane where the operator's ClusterRole is."""
     token = grant_operator_role(control_plane, namespace)
     kubeconfig = control_plane.write_kubeconfig(tmp_path / "operator.kubeconfig", ACCOUNT, token=token,
                                                 namespace=namespace)
@@ -183,6 +201,7 @@ def site(control_plane: ControlPlane, namespace: str, operator_role: dict[str, A
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
     monkeypatch.setenv("FERRY_OPERATOR_POLL_S", POLL_S)
     monkeypatch.setenv("FERRY_ACTOR", "ferry-operator-test")
+    monkeypatch.delenv("FERRY_TARGET", raising=False)  # the operator's default kind: pytorchjob, unless a test says
     site = Site(control_plane, namespace, mlflow_url, kubeconfig)
     try:
         yield site
@@ -226,6 +245,25 @@ def pipeline_doc(name: str, model: str, *, min_value: float = 0.9, hyperparamete
     if hyperparameters is not None:
         doc["spec"]["job"]["hyperparameters"] = hyperparameters
     doc["spec"].update(extra)
+    return doc
+
+
+def install_trainer(plane: ControlPlane) -> str:
+    """Kubeflow Trainer's CRDs and its torch-distributed ClusterTrainingRuntime on ``plane``, as
+    its installation applies them (idempotent: the control plane is shared and they are left
+    there); returns the runtime's name."""
+    plane.install_crds(*TRAINER_CRDS)
+    runtime = yaml.safe_load(TRAINER_RUNTIME.read_text())
+    plane.apply(runtime, manager="trainer-install")
+    return runtime["metadata"]["name"]
+
+
+def trainjob_pipeline(name: str, model: str, **extra: Any) -> dict[str, Any]:
+    """The sample pipeline with ``job.target: trainjob`` (less its runPolicy's backoffLimit and
+    ttlSecondsAfterFinished, which a TrainJob cannot express)."""
+    doc = pipeline_doc(name, model, **extra)
+    doc["spec"]["job"]["target"] = "trainjob"
+    del doc["spec"]["job"]["runPolicy"]
     return doc
 
 

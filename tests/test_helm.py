@@ -195,7 +195,8 @@ def test_watching_some_namespaces_grants_the_namespaced_rules_in_those_alone() -
     assert cluster_binding["roleRef"]["name"] == cluster["metadata"]["name"] and cluster_binding["subjects"] == [subject]
     # cluster-wide, only what no Role can give (the real API server's scopes: the test below)
     assert _grants(cluster["rules"]) == {(g, r, v) for g, r in (("apiextensions.k8s.io", "customresourcedefinitions"),
-                                                                 ("", "namespaces")) for v in ("list", "watch")}
+                                                                 ("", "namespaces")) for v in ("list", "watch")} | {
+        ("trainer.kubeflow.org", "clustertrainingruntimes", "get")}
     assert _grants(roles["ml"]["rules"]) | _grants(cluster["rules"]) == {
         g for g in _grants(shipped["rules"]) if g[1] != "clusterkopfpeerings"}
     for doc in docs:

@@ -342,6 +342,13 @@ def test_with_the_tracking_configmap_left_to_the_chart_the_job_reads_the_one_the
 USED_ELSEWHERE = {
     ("kubeflow.org", "pytorchjobs", "delete"): "a spec change supersedes a running job "
                                                "(test_a_spec_change_trains_anew_and_supersedes_the_running_job)",
+    # a job that trains as a TrainJob (kopf lists and watches TrainJobs wherever the Trainer is installed)
+    **{("trainer.kubeflow.org", "trainjobs", verb): "a pipeline trains through a TrainJob (tests/test_operator_trainjob.py"
+                                                     "::test_a_pipeline_trains_through_a_trainjob_then_gates_and_deploys; "
+                                                     "delete: test_a_changed_job_supersedes_the_running_trainjob_even_as_"
+                                                     "another_kind)" for verb in ("get", "create", "patch", "delete")},
+    ("trainer.kubeflow.org", "clustertrainingruntimes", "get"): "a TrainJob's runtime is checked before it is submitted "
+                                                                "(tests/test_operator_trainjob.py)",
     **{("kopf.dev", plural, verb): "peering between replicas, not --standalone (test_two_replicas_with_peering_never_"
                                    "both_act: KopfPeering with --namespace, ClusterKopfPeering with --all-namespaces)"
        for plural in ("kopfpeerings", "clusterkopfpeerings") for verb in ("list", "watch", "patch")},

@@ -128,6 +128,10 @@ def _sample() -> dict[str, Any]:
     ("promotion", "mode", "maximize", "$.spec.promotion.mode"),
     ("deployment", "name", "Digits_Service", "$.spec.deployment.name"),
     ("deployment", "protocol", "thrift", "$.spec.deployment.protocol"),
+    ("job", "target", "mpijob", "$.spec.job.target"),
+    ("job", "target", "TrainJob", "$.spec.job.target"),
+    ("job", "runtime", "Torch_Distributed", "$.spec.job.runtime"),
+    ("job", "runtime", "x" * 254, "$.spec.job.runtime"),
 ])
 def test_bad_manifests_are_refused_by_the_schema_at_the_field(section: str, field: str, value: Any, where: str) -> None:
     doc = _sample()
@@ -152,9 +156,11 @@ def _python_accepts(doc: dict[str, Any]) -> bool:
 
 
 BAD_TEXT = {("job", "image"): "has space", ("job", "module"): "jobs/digits", ("deployment", "name"): "Digits",
-            ("deployment", "runtime"): "Ferry_Runtime", ("job", "serviceAccount"): "x" * 254}
+            ("deployment", "runtime"): "Ferry_Runtime", ("job", "serviceAccount"): "x" * 254,
+            ("job", "runtime"): "Torch_Distributed"}
 GOOD_TEXT = {("job", "image"): "ghcr.io/acme/train:1", ("job", "module"): "jobs.digits.train",
-             ("deployment", "name"): "digits", ("deployment", "runtime"): "ferry", ("job", "serviceAccount"): "trainer"}
+             ("deployment", "name"): "digits", ("deployment", "runtime"): "ferry", ("job", "serviceAccount"): "trainer",
+             ("job", "runtime"): "torch-distributed.gpu"}
 
 
 @pytest.mark.parametrize("key", sorted(BOUNDS), ids=lambda k: f"{k[0]}.{k[1]}")
@@ -184,11 +190,21 @@ def test_each_openapi_bound_restates_a_python_check(key: tuple[str, str]) -> Non
         assert list(crd_issues(_set(doc, section, path, BAD_TEXT[key]), _validator(), "bad.yaml"))
 
 
+TRAINJOB = {"target": "trainjob", "runPolicy": None}
 RULE_CASES = {  # rule index -> (a change that breaks it, a change that keeps it)
     0: ({"command": ["python", "train.py"]}, {}),
     1: ({"queue": "team-a", "gang": {"minAvailable": 2}}, {"queue": "team-a"}),
     2: ({"resumeFrom": "20261123-071502-a3f9", "checkpointing": None}, {"resumeFrom": "20261123-071502-a3f9"}),
     3: ({"workers": 8, "elastic": {"minWorkers": 1, "maxWorkers": 4}}, {"workers": 2, "elastic": {"minWorkers": 1, "maxWorkers": 4}}),
+    5: ({"target": "pytorchjob", "runtime": "torch-gpu"}, {"target": "trainjob", "runtime": "torch-gpu", "runPolicy": None}),
+    # a TrainJob's refusals (the sample's runPolicy sets two of them: left out of the TrainJobs)
+    6: ({**TRAINJOB, "elastic": {"minWorkers": 1, "maxWorkers": 4}}, TRAINJOB),
+    7: ({**TRAINJOB, "gang": {"minAvailable": 2}}, {**TRAINJOB, "queue": "team-a"}),
+    8: ({**TRAINJOB, "restartPolicy": "Never"}, {**TRAINJOB, "restartPolicy": "OnFailure"}),
+    9: ({**TRAINJOB, "port": 23456}, {"target": "pytorchjob", "port": 23456}),
+    10: ({**TRAINJOB, "runPolicy": {"backoffLimit": 3}}, {**TRAINJOB, "runPolicy": {"activeDeadlineSeconds": 600}}),
+    11: ({**TRAINJOB, "runPolicy": {"ttlSecondsAfterFinished": 60}}, {"target": "pytorchjob"}),
+    12: ({**TRAINJOB, "runPolicy": {"cleanPodPolicy": "All"}}, {**TRAINJOB, "runPolicy": {"cleanPodPolicy": "Running"}}),
     4: ({"canaryPercent": 10, "mode": "standard", "autoscaling": {"metric": "cpu", "target": 80, "minReplicas": 1}},
         {"canaryPercent": 10}),
 }
@@ -208,7 +224,7 @@ def _with(doc: dict[str, Any], section: str, change: dict[str, Any]) -> dict[str
 def test_each_cel_rule_holds_exactly_when_the_python_type_accepts(index: int) -> None:
     import celpy
 
-    section, rule, _ = RULES[index]
+    section, rule, *_ = RULES[index]
     program = celpy.Environment().program(celpy.Environment().compile(rule))
     bad_change, good_change = RULE_CASES[index]
     for change, accepted in ((bad_change, False), (good_change, True)):

@@ -259,7 +259,8 @@ def full_status() -> dict[str, Any]:
     condition = {"type": "Ready", "status": "False", "reason": "Canary", "message": "m", "lastTransitionTime": stamp,
                  "observedGeneration": 3}
     return {"phase": "Canary", "message": "m", "observedGeneration": 3, "conditions": [condition],
-            "jobName": "p-g1-r1", "submission": "abc-g1-r1", "runId": "r", "model": "m", "modelVersion": "2",
+            "jobName": "p-g1-r1", "jobKind": "TrainJob", "submission": "abc-g1-r1", "runId": "r", "model": "m",
+            "modelVersion": "2",
             "inferenceService": "p", "url": "http://p.example.com", "gates": [{"name": "threshold", "passed": True,
                                                                                 "detail": "d"}],
             "runLookups": 2, "jobDigest": "d1", "jobOutcome": "Succeeded", "attempt": 1, "promotionDigest": "d2",

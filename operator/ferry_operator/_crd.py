@@ -17,17 +17,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ferry.spec._job import DEFAULT_RUNTIME
+
 GROUP, VERSION, KIND, PLURAL, SINGULAR = "ferry.dev", "v1alpha1", "ModelPipeline", "modelpipelines", "modelpipeline"
 SHORT_NAMES = ["mp", "pipeline"]
+JOB_KINDS = ("PyTorchJob", "TrainJob")  # status.jobKind: ferry.kube's PYTORCHJOB and TRAINJOB
 PHASES = ("Pending", "Training", "Evaluating", "Promoting", "Promoted", "Deploying", "Canary", "Serving", "Failed",
           "Rejected")
 
 # fields of each section the pipeline fills itself (so a manifest cannot set them)
-# (the operator trains through PyTorchJobs: a pipeline's job has no target or runtime to choose)
-OMITTED = {"job": ("name", "namespace", "target", "runtime"), "promotion": ("model", "deployment"), "deployment": ("model", "namespace")}
+OMITTED = {"job": ("name", "namespace"), "promotion": ("model", "deployment"), "deployment": ("model", "namespace")}
 
 _DNS1035 = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _DNS1123 = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # (section, camelCase path) -> OpenAPI keywords the Python validator of that field implies
 BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
     ("job", "image"): {"pattern": r"^\S+$", "minLength": 1},
@@ -38,6 +41,7 @@ BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
     ("job", "port"): {"minimum": 1024, "maximum": 65535},
     ("job", "runAsUser"): {"minimum": 1},
     ("job", "serviceAccount"): {"maxLength": 253},
+    ("job", "runtime"): {"pattern": _DNS1123_SUBDOMAIN, "maxLength": 253},
     ("promotion", "by"): {"minimum": 0},
     ("promotion", "maxLatencyMs"): {"minimum": 0},  # > 0 in Python; OpenAPI's exclusive form is left out
     ("promotion", "canaryPercent"): {"minimum": 1, "maximum": 99},
@@ -48,8 +52,11 @@ BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
     ("deployment", "canaryPercent"): {"minimum": 1, "maximum": 99},
     ("deployment", "maxBatchSize"): {"minimum": 1},
 }
-# (section, CEL rule, message): cross-field checks of the Python types
-RULES: list[tuple[str, str, str]] = [
+_TRAINJOB = "!has(self.target) || self.target != 'trainjob' || "
+# (section, CEL rule, message[, the field it names, as a path from the section]): cross-field checks
+# of the Python types; a TrainJob's refusals are ferry.spec._job.trainjob_problem's, field by field
+# (the length of the pods' names, which depends on the pipeline's name, is the operator's to check)
+RULES: list[tuple[str, ...]] = [
     ("job", "has(self.module) != has(self.command)",
      "give exactly one entry point: module (run with python -m / torchrun) or command"),
     ("job", "!(has(self.queue) && has(self.gang))", "use either queue (Kueue) or gang (Volcano/scheduler-plugins), not both"),
@@ -60,6 +67,30 @@ RULES: list[tuple[str, str, str]] = [
      "workers must lie within elastic minWorkers..maxWorkers; it is the starting size"),
     ("deployment", "!has(self.canaryPercent) || !has(self.mode) || self.mode != 'standard'",
      "canaryPercent needs mode serverless (standard mode has no traffic split)"),
+    ("job", f"!has(self.runtime) || self.runtime == '{DEFAULT_RUNTIME}' || !has(self.target) || "
+            "self.target == 'trainjob'",
+     "a Kubeflow Trainer runtime is for target trainjob only; remove runtime or set target: trainjob", ".runtime"),
+    ("job", _TRAINJOB + "!has(self.elastic)",
+     "Kubeflow Trainer v2 (target trainjob) has no elastic training; use a fixed size (workers, no elastic), "
+     "or target: pytorchjob", ".elastic"),
+    ("job", _TRAINJOB + "!has(self.gang)",
+     "a TrainJob is gang-scheduled only by its runtime's podGroupPolicy; use queue (Kueue), a runtime with a "
+     "podGroupPolicy, or target: pytorchjob", ".gang"),
+    ("job", _TRAINJOB + "!has(self.restartPolicy) || self.restartPolicy == 'OnFailure'",
+     "a TrainJob's pods restart OnFailure, as its runtime's JobSet sets; remove restartPolicy, use a "
+     "runtime that sets it, or target: pytorchjob", ".restartPolicy"),
+    ("job", _TRAINJOB + "!has(self.port)",
+     "Kubeflow Trainer fixes the rendezvous port; remove port, or target: pytorchjob", ".port"),
+    ("job", _TRAINJOB + "!has(self.runPolicy) || !has(self.runPolicy.backoffLimit)",
+     "a TrainJob has no retry limit of its own (its runtime's decides); remove it, or "
+     "target: pytorchjob", ".runPolicy.backoffLimit"),
+    ("job", _TRAINJOB + "!has(self.runPolicy) || !has(self.runPolicy.ttlSecondsAfterFinished)",
+     "a finished TrainJob stays until it is deleted; remove it, or target: "
+     "pytorchjob", ".runPolicy.ttlSecondsAfterFinished"),
+    ("job", _TRAINJOB + "!has(self.runPolicy) || !has(self.runPolicy.cleanPodPolicy) || "
+            "self.runPolicy.cleanPodPolicy == 'Running'",
+     "a finished TrainJob deletes the pods still running and keeps the others "
+     "(Running); remove it, or target: pytorchjob", ".runPolicy.cleanPodPolicy"),
 ]
 
 
@@ -151,7 +182,8 @@ def section_schema(section: str) -> dict[str, Any]:
         if where == section:
             node = schema["properties"][path.removesuffix("[]")]
             (node["items"] if path.endswith("[]") else node).update(keywords)
-    rules = [{"rule": rule, "message": message} for where, rule, message in RULES if where == section]
+    rules = [{"rule": rule, "message": message, **({"fieldPath": path[0]} if path else {})}
+             for where, rule, message, *path in RULES if where == section]
     if rules:
         schema["x-kubernetes-validations"] = rules
     return schema
@@ -172,7 +204,10 @@ def status_schema() -> dict[str, Any]:
         "observedGeneration": {"type": "integer", "description": "The spec generation the status describes."},
         "conditions": {"type": "array", "items": _condition(), "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"]},
-        "jobName": {**text, "description": "The PyTorchJob training this generation."},
+        "jobName": {**text, "description": "The PyTorchJob or TrainJob training this generation (jobKind says "
+                                           "which)."},
+        "jobKind": {**text, "enum": list(JOB_KINDS), "description": "What the job was submitted as: spec.job.target, "
+                                                                    "else the operator's default then (FERRY_TARGET)."},
         "submission": {**text, "description": "The submission id (ferry.dev/submission label, ferry.submission_id run tag)."},
         "runId": {**text, "description": "The MLflow run of the submission."},
         "model": {**text, "description": "The registered model."},
@@ -210,7 +245,9 @@ def pipeline_crd() -> dict[str, Any]:
     """The CustomResourceDefinition, as a dict ready to dump."""
     spec = {"type": "object", "required": ["job", "promotion"], "properties": {
         "job": {**section_schema("job"), "description": "The training job (a TrainingJob: its name and namespace "
-                                                        "are the pipeline's); tracking.registerAs names the model."},
+                                                        "are the pipeline's); tracking.registerAs names the model; "
+                                                        "target runs it as a PyTorchJob or a TrainJob (default: the "
+                                                        "operator's FERRY_TARGET, else pytorchjob)."},
         "promotion": {**section_schema("promotion"), "description": "The gates a newly trained version must pass "
                                                                     "(a Promotion of the model the job registers)."},
         "environment": {"type": "string", "pattern": _DNS1123, "maxLength": 63,

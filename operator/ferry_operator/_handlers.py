@@ -1,10 +1,14 @@
 """kopf's part: one daemon per ModelPipeline runs its worker (``_worker``); watches on the
-pipelines and on the PyTorchJobs and InferenceServices they own wake it.
+pipelines and on the PyTorchJobs, TrainJobs and InferenceServices they own wake it.
 
-    a pipeline changes (spec, annotations)     ─┐
-    its PyTorchJob changes (owner reference)   ─┼─> wake the pipeline's worker ─> one pass
-    its InferenceService changes               ─┤
-    nothing for resync_s (drift)               ─┘
+    a pipeline changes (spec, annotations)           ─┐
+    its PyTorchJob or TrainJob changes (owner ref.)  ─┼─> wake the pipeline's worker ─> one pass
+    its InferenceService changes                     ─┤
+    nothing for resync_s (drift)                     ─┘
+
+A child kind the cluster does not serve (no Kubeflow Trainer, say) is not watched: kopf warns
+once that it cannot serve it, and starts watching it when its CRD appears (kopf watches the
+CRDs). The pipelines that train through it wait, saying what to install.
 
 Level-triggered: a pass looks at the world as it is, so a missed or repeated wake-up changes
 nothing but when. Waiting is not an error: nothing is raised to kopf while a job trains or a
@@ -101,6 +105,7 @@ async def pipeline_changed(type: str | None, meta: Any, memo: Any, **_: Any) -> 
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", registry=registry, when=owned_by_a_pipeline)
+@kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", registry=registry, when=owned_by_a_pipeline)
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", registry=registry, when=owned_by_a_pipeline)
 async def child_changed(meta: Any, memo: Any, **_: Any) -> None:
     for ref in meta.get("ownerReferences") or []:

@@ -12,6 +12,8 @@ Configuration (environment, as the Helm chart sets it):
 - ``FERRY_OPERATOR_POLL_S``: how soon what sends no event is looked at again (MLflow registering a
   model, a canary's clock), and the first wait after a transient error;
 - ``FERRY_PROMETHEUS_URL``: where a canary's error rate is read (``deployment.canary.maxErrorRate``), when set;
+- ``FERRY_TARGET``: what a pipeline's job that names no ``target`` trains as, ``pytorchjob`` (the
+  default) or ``trainjob``; read when its training starts (the pipeline's status records the kind);
 - ``FERRY_ACTOR``: who the promotion history says promoted (default: the service account).
 
 High availability: replicas find each other through kopf's peering objects (the
@@ -64,6 +66,7 @@ def build_deps() -> Deps:
         raise ConfigError("MLFLOW_TRACKING_URI is not set: the operator finds runs and promotes models there; set it "
                           "to the tracking server (e.g. http://ferry-mlflow.ferry:5000)")
     job_uri = settings.FERRY_OPERATOR_JOB_TRACKING_URI.get() or tracking
+    default_target()  # a FERRY_TARGET that names no kind is refused before kopf starts
     # MLflow's client retries a failed request for minutes by default; a pass must not block that
     # long: the worker retries with its own backoff, and says so on the pipeline meanwhile.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -74,6 +77,16 @@ def build_deps() -> Deps:
     return Deps(cluster=Cluster.connect(retry=Retry(attempts=2)), mlflow=MlflowClient(tracking_uri=tracking),
                 tracking_uri=None if job_uri == "-" else job_uri, poll_s=poll_s, resync_s=resync_s,
                 actor=resolve_actor(None), prometheus_url=prometheus)
+
+
+def default_target() -> str:
+    """What a job that names no target trains as: ``FERRY_TARGET``, else pytorchjob (ConfigError
+    when it names neither kind)."""
+    from types import SimpleNamespace
+
+    from ferry.render._output import job_target
+
+    return job_target(SimpleNamespace(target=None))
 
 
 def _seconds(setting: Any, default: float) -> float:
@@ -115,8 +128,9 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         except FerryError as exc:
             log.error("%s", exc)
             raise kopf.PermanentError(str(exc)) from exc
-    log.info("Ferry operator: MLflow at %s, resync every %.3g s, poll %.3g s, priority %d",
-             memo.deps.mlflow.tracking_uri, memo.deps.resync_s, memo.deps.poll_s, settings.peering.priority)
+    log.info("Ferry operator: MLflow at %s, resync every %.3g s, poll %.3g s, priority %d, jobs with no target "
+             "as %s", memo.deps.mlflow.tracking_uri, memo.deps.resync_s, memo.deps.poll_s, settings.peering.priority,
+             default_target())
 
 
 def run(*, namespaces: Sequence[str] = (), all_namespaces: bool = False, liveness: str | None = None,

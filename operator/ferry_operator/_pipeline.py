@@ -5,6 +5,7 @@ comes back as one :class:`~ferry.errors.SpecError` naming the field the manifest
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -76,17 +77,31 @@ def _nested(candidates: list[type[BaseModel]], value: Any, where: str) -> Any:
     return to_python(candidates[0], value, where)
 
 
-def _python_path(message: str, section: str, type_name: str) -> str:
-    """A SpecError line (``TrainingJob.procs_per_worker: ...``) as the manifest's path."""
+def _python_path(message: str, section: str, type_name: str, fields: Any = ()) -> str:
+    """A SpecError line (``TrainingJob.procs_per_worker: ...``) as the manifest's path. A check of
+    the whole type that names one of ``fields`` first (``TrainingJob: elastic: ...``, or with its
+    value: ``restart_policy='Never': ...``) is put at that field (``spec.job.elastic: ...``)."""
     lines = []
     for line in message.splitlines():
         head, sep, rest = line.partition(": ")
         if sep and head.startswith(type_name):
             path = head[len(type_name):]
+            named = re.match(r"([a-z_]+(?:\.[a-z_]+)*)(='[^']*')?: ", rest) if not path else None
+            if named and named.group(1).split(".")[0] in fields:
+                path, rest = "." + named.group(1), rest[named.end():] + (f" (got {named.group(2)[1:]})"
+                                                                         if named.group(2) else "")
             path = ".".join(camel(part) if part and part[0].isalpha() else part for part in path.split("."))
-            line = f"spec.{section}{path}: {rest}"
+            if section == "job" and path == ".name":  # the pipeline names the job: <pipeline>-g<generation>
+                line = f"metadata.name: the job is named after the pipeline, and {rest}"
+            else:
+                line = f"spec.{section}{path}: {rest}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def job_spec_error(exc: SpecError) -> SpecError:
+    """A TrainingJob's SpecError as the pipeline's manifest names the field (``spec.job.elastic``)."""
+    return SpecError(_python_path(str(exc), "job", TrainingJob.__name__, TrainingJob.model_fields))
 
 
 def _build(model: type[BaseModel], section: str, data: dict[str, Any], fixed: dict[str, Any]) -> Any:
@@ -99,11 +114,12 @@ def _build(model: type[BaseModel], section: str, data: dict[str, Any], fixed: di
     try:
         return model(**{**to_python(model, data, f"spec.{section}"), **fixed})
     except SpecError as exc:
-        raise SpecError(_python_path(str(exc), section, model.__name__)) from exc
+        raise SpecError(_python_path(str(exc), section, model.__name__, model.model_fields)) from exc
 
 
 def job_name(pipeline: str, generation: int) -> str:
-    """The PyTorchJob of one generation of a pipeline: a new spec trains anew, beside the last."""
+    """The job (a PyTorchJob or a TrainJob) of one generation of a pipeline: a new spec trains anew,
+    beside the last."""
     return f"{pipeline}-g{generation}"
 
 

@@ -1,7 +1,12 @@
 """One pass over a ModelPipeline: the pipeline's state recomputed from the world (its status,
-its PyTorchJob, MLflow, its InferenceService) and the next step taken, with Ferry's library doing
-every step (``ferry.kube`` submits the job and applies the InferenceService, ``ferry.registry``
-evaluates the gates and moves the alias, ``ferry.render`` writes the InferenceService).
+its job, MLflow, its InferenceService) and the next step taken, with Ferry's library doing every
+step (``ferry.kube`` submits the job and applies the InferenceService, ``ferry.registry``
+evaluates the gates and moves the alias, ``ferry.render`` writes the job and the InferenceService).
+
+The job is a PyTorchJob (Kubeflow training operator) or a TrainJob (Kubeflow Trainer v2), as
+``spec.job.target`` says, else as the operator's default (``FERRY_TARGET``, else pytorchjob) when
+the training starts. The status records the kind (``jobKind``): every later pass of that training
+finds, reads, supersedes and retries the job as that kind, whatever the default has become since.
 
     Pending → Training → Evaluating → Promoting → Promoted                (no spec.deployment)
                                                 ↘ Deploying → Serving
@@ -30,17 +35,31 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ferry.errors import PromotionRefused
-from ferry.kube import INFERENCESERVICE, PYTORCHJOB, Cluster, JobState, ServiceState, apply_manifests, plan_submission, submit
+from ferry._submission import with_submission
+from ferry.errors import PromotionRefused, SpecError
+from ferry.kube import (
+    INFERENCESERVICE,
+    PYTORCHJOB,
+    TRAINJOB,
+    Cluster,
+    JobState,
+    Kind,
+    ServiceState,
+    apply_manifests,
+    submit,
+)
 from ferry.registry._failures import mlflow_errors
 from ferry.runtime import REGISTERED_TAG, SUBMISSION_TAG, submission_run
 from ferry.spec import alias_for
 from ferry_operator._crd import GROUP, KIND, VERSION
-from ferry_operator._pipeline import Pipeline, job_name
+from ferry_operator._pipeline import Pipeline, job_name, job_spec_error
 
 log = logging.getLogger("ferry.operator")
 RETRY_ANNOTATION = f"{GROUP}/retry"
 FINAL = ("Failed", "Rejected")
+# status.jobKind -> the kind, and the TrainingJob.target that renders it
+JOB_KINDS = {PYTORCHJOB.kind: PYTORCHJOB, TRAINJOB.kind: TRAINJOB}
+TARGETS = {PYTORCHJOB.kind: "pytorchjob", TRAINJOB.kind: "trainjob"}
 
 
 @dataclass
@@ -219,57 +238,92 @@ class Reconciler:
         wanted = digest(self.spec.get("job"))
         if self.status.get("jobDigest") != wanted:
             self.start_training(wanted)
+        kind = self.job_kind()
+        self.put(jobKind=kind.kind)  # a status from before kinds were recorded: its job is a PyTorchJob
         if self.status.get("jobOutcome") == "Succeeded":
             return
         name, submission = self.status["jobName"], self.status["submission"]
-        existing = cluster.find(PYTORCHJOB, name, p.namespace)
+        existing = cluster.find(kind, name, p.namespace)
         if existing is None:
             if self.status.get("phase") == "Training":
-                self.fail("Failed", "Trained", "JobDeleted", f"PyTorchJob {name} disappeared before it finished; "
+                self.fail("Failed", "Trained", "JobDeleted", f"{kind.kind} {name} disappeared before it finished; "
                           f"set the annotation {RETRY_ANNOTATION} to a new value to train again")
-            self.submit(name, submission)
+            self.submit(name, submission, kind)
             raise Stop()  # the job's own events wake the pipeline
         state = JobState.of(existing)
         if state.submission != submission:
-            self.fail("Failed", "Trained", "JobConflict", f"PyTorchJob {name} exists but belongs to submission "
+            self.fail("Failed", "Trained", "JobConflict", f"{kind.kind} {name} exists but belongs to submission "
                       f"{state.submission}, not {submission}; delete it, or rename the pipeline")
         if not state.finished:
-            self.phase("Training", f"PyTorchJob {name}: {state.phase}" + (f" ({state.message})" if state.message else ""))
+            told = "; ".join(str(part) for part in (state.message, state.progress) if part)
+            self.phase("Training", f"{kind.kind} {name}: {state.phase}" + (f" ({told})" if told else ""))
             raise Stop()
         if not state.succeeded:
             why = state.message or state.reason or "no message"
             self.put(jobOutcome="Failed")
-            self.fail("Failed", "Trained", state.reason or "JobFailed", f"PyTorchJob {name} failed: {why}",
+            self.fail("Failed", "Trained", state.reason or "JobFailed", f"{kind.kind} {name} failed: {why}",
                       event="TrainingFailed")
         self.put(jobOutcome="Succeeded")
-        self.condition("Trained", True, "Succeeded", f"PyTorchJob {name} succeeded")
-        self.step.event("Trained", f"PyTorchJob {name} succeeded")
+        self.condition("Trained", True, "Succeeded", f"{kind.kind} {name} succeeded")
+        self.step.event("Trained", f"{kind.kind} {name} succeeded")
+
+    def job_kind(self) -> Kind:
+        """The kind the current training was submitted as (``status.jobKind``; a PyTorchJob when the
+        status predates the field: the operator submitted nothing else then)."""
+        return JOB_KINDS.get(self.status.get("jobKind") or "", PYTORCHJOB)
+
+    def target_kind(self) -> Kind:
+        """What ``spec.job`` runs as when its training starts now: its target, else the operator's
+        default (``FERRY_TARGET``, else pytorchjob). A job that kind cannot express is refused, with
+        the field named (a SpecError: the training fails until spec.job changes)."""
+        from ferry.render._output import job_target
+
+        target = job_target(self.p.job)
+        try:
+            self.p.job.with_target(target)
+        except SpecError as exc:
+            refusal = job_spec_error(exc)
+            if self.p.job.target is None:
+                raise SpecError(f"{refusal} (spec.job names no target, so the operator's default applies: "
+                                f"FERRY_TARGET={target}; set spec.job.target to choose)") from exc
+            raise refusal from exc
+        return TRAINJOB if target == "trainjob" else PYTORCHJOB
 
     def start_training(self, wanted: str) -> None:
         p = self.p
+        kind = self.target_kind()
         attempt = int(self.status.get("attempt") or 0)
         name = job_name(p.name, p.generation) + (f"-r{attempt}" if attempt else "")
-        previous = self.status.get("jobName")
-        self.put(jobDigest=wanted, jobName=name, submission=submission_for(self.uid, p.generation, attempt),
-                 jobOutcome=None, runId=None, modelVersion=None, runLookups=None, gates=None, promotionDigest=None)
-        self.condition("Trained", False, "Pending", f"PyTorchJob {name} not submitted yet")
+        previous, previous_kind = self.status.get("jobName"), self.job_kind()
+        self.put(jobDigest=wanted, jobName=name, jobKind=kind.kind,
+                 submission=submission_for(self.uid, p.generation, attempt), jobOutcome=None, runId=None,
+                 modelVersion=None, runLookups=None, gates=None, promotionDigest=None)
+        self.condition("Trained", False, "Pending", f"{kind.kind} {name} not submitted yet")
         self.phase("Pending", f"training {name} (submission {self.status['submission']})")
-        if previous and previous != name:
-            old = self.deps.cluster.find(PYTORCHJOB, previous, p.namespace)
+        if previous and (previous, previous_kind) != (name, kind):
+            old = self.deps.cluster.find(previous_kind, previous, p.namespace)
             if old is not None and not JobState.of(old).finished:
-                self.deps.cluster.delete(PYTORCHJOB, previous, p.namespace)
-                self.step.event("Superseded", f"deleted PyTorchJob {previous}: spec.job changed (now {name})")
+                self.deps.cluster.delete(previous_kind, previous, p.namespace)
+                self.step.event("Superseded", f"deleted {previous_kind.kind} {previous}: spec.job changed "
+                                              f"(now {kind.kind} {name})")
 
-    def submit(self, name: str, submission: str) -> None:
-        p = self.p
-        job = p.job.model_copy(update={"name": name})
-        _, manifest = plan_submission(job, submission)
+    def submit(self, name: str, submission: str, kind: Kind) -> None:
+        """Submit the training as ``kind`` (rendered for that target whatever the default is now)."""
+        from ferry.render import render_spec
+
+        p, target = self.p, TARGETS[kind.kind]
+        try:
+            job = p.job.replace(name=name).with_target(target)
+        except SpecError as exc:  # a retry's longer name, say, for a TrainJob's pods
+            raise job_spec_error(exc) from exc
+        (rendered,) = render_spec(job, target=target)
+        manifest = with_submission(rendered.doc, submission)
         manifest["metadata"]["ownerReferences"] = [owner_reference(self.body)]
         submit(self.deps.cluster, job, manifest, submission, tracking_uri=self.deps.tracking_uri,
                field_manager=field_manager(p.namespace, p.name))
-        self.phase("Training", f"PyTorchJob {name} submitted (submission {submission})")
-        self.condition("Trained", False, "Submitted", f"PyTorchJob {name}, submission {submission}")
-        self.step.event("Submitted", f"PyTorchJob {name} created for submission {submission}")
+        self.phase("Training", f"{kind.kind} {name} submitted (submission {submission})")
+        self.condition("Trained", False, "Submitted", f"{kind.kind} {name}, submission {submission}")
+        self.step.event("Submitted", f"{kind.kind} {name} created for submission {submission}")
 
     # ---- evaluating ---------------------------------------------------------------------------
     def evaluate(self) -> None:
