@@ -6,6 +6,7 @@ module and imports what is heavy inside the commands that need it, so ``ferry --
     cli_cluster   submit, status, list, logs, delete  jobs on a cluster
     cli_code      bundle (and submit/run --code)      a project's code to the replicas, no image rebuild
     cli_serving   serve, deploy                       models behind the Open Inference Protocol
+    cli_plan      plan                                autoscaling settings measured on one replica
     cli_models    promote, rollback, optimize         the registry; ``ferry models ...``
     cli_sweep     sweep                               hyperparameter searches, tracked side by side
     cli_operator  operator run, operator crds         the in-cluster operator
@@ -22,6 +23,7 @@ from ferry.cli.code import code_app
 from ferry.cli.local import local_app
 from ferry.cli.models import models_app, registry_app
 from ferry.cli.operator import operator_app
+from ferry.cli.plan import plan_app
 from ferry.cli.project import project_app
 from ferry.cli.serving import serving_app
 from ferry.cli.sweep import sweep_app
@@ -55,6 +57,7 @@ app.add_typer(local_app)
 app.add_typer(cluster_app)
 app.add_typer(code_app)
 app.add_typer(serving_app)
+app.add_typer(plan_app)
 app.add_typer(sweep_app)
 app.add_typer(registry_app)
 app.add_typer(models_app, name="models")
