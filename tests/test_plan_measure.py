@@ -180,3 +180,71 @@ def test_the_sweep_needs_a_positive_concurrency_cap(server):
     with pytest.raises(ConfigError, match="the concurrency cap must be at least 1"):
         sweep(server.url, "sleepy", _body(), 100, max_concurrency=0, **FAST)
 
+
+
+# ---- the generator's HTTP/1.1: answers split anywhere, each way an answer may end --------------------
+ANSWERS = [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, b"hello"),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", 200, b"abcde"),
+    (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfull", 503, b"full"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-Trailer: 1\r\n\r\n", 200, b"x"),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", 204, b""),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),
+]
+
+
+def test_the_generators_connection_reads_every_kind_of_answer_however_it_is_split():
+    import asyncio
+
+    from ferry.plan._load import Connection, Request, run
+
+    async def answer(reader, writer):
+        for raw, _, _ in ANSWERS:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            for i in range(0, len(raw), 3):  # three bytes at a time: every boundary falls somewhere
+                writer.write(raw[i:i + 3])
+                await writer.drain()
+                await asyncio.sleep(0)
+        await reader.read()  # the client closes after "Connection: close"
+        writer.close()
+
+    async def silent(reader, writer):
+        await reader.read()
+        writer.close()
+
+    async def main():
+        got = []
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        quiet = await asyncio.start_server(silent, "127.0.0.1", 0)
+        async with server, quiet:
+            port = server.sockets[0].getsockname()[1]
+            request = Request.make(f"http://127.0.0.1:{port}/v2/models/m/infer", b'{"inputs": []}')
+            conn = await Connection.open(request.host, request.port)
+            for _ in ANSWERS:
+                got.append(await conn.send(request.raw, 10))
+            assert not conn.keep_alive
+            conn.close()
+            request = Request.make(f"http://127.0.0.1:{quiet.sockets[0].getsockname()[1]}/", b"{}")
+            conn = await Connection.open(request.host, request.port)
+            try:
+                await conn.send(request.raw, 0.2)
+            except TimeoutError as exc:
+                got.append(str(exc))
+            assert conn.closed
+        return got
+
+    assert run(main) == [(status, body) for _, status, body in ANSWERS] + ["no answer within 0.2 s"]
+
+
+def test_requests_are_prepared_once_as_http_1_1_bytes():
+    from ferry.plan._load import Request
+
+    r = Request.make("http://127.0.0.1:8080/v2/models/m/infer", b"{}", headers={"X-A": "1"})
+    assert (r.host, r.port) == ("127.0.0.1", 8080)
+    assert r.raw == (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2\r\nX-A: 1\r\n\r\n{}")
+    assert Request.make("http://localhost/metrics").raw == b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with pytest.raises(ValueError, match="plain http://"):
+        Request.make("https://example.invalid/", b"{}")

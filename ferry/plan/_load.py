@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -211,6 +212,7 @@ class Window:
     client_cpu_s: float = 0.0
     late: int = 0  # open loop: arrivals sent later than ``late_ms`` after their time (their latency counts from it)
     dropped: int = 0  # open loop: arrivals never sent, as ``max_in_flight`` requests were already waiting
+    statuses: Mapping[int, int] = field(default_factory=dict)  # answers by HTTP status (no answer: not here)
 
     @property
     def answered(self) -> int:
@@ -244,11 +246,12 @@ def merge(windows: list[Window]) -> Window:
                   errors=sum(w.errors for w in windows),
                   first_error=next((w.first_error for w in windows if w.first_error), None),
                   client_cpu_s=sum(w.client_cpu_s for w in windows),
-                  late=sum(w.late for w in windows), dropped=sum(w.dropped for w in windows))
+                  late=sum(w.late for w in windows), dropped=sum(w.dropped for w in windows),
+                  statuses=dict(sum((Counter(w.statuses) for w in windows), Counter())))
 
 
 class _Recorder:
-    __slots__ = ("latencies_ns", "errors", "first_error", "late", "dropped")
+    __slots__ = ("latencies_ns", "errors", "first_error", "late", "dropped", "statuses")
 
     def __init__(self) -> None:
         self.latencies_ns: list[int] = []
@@ -256,6 +259,7 @@ class _Recorder:
         self.first_error: str | None = None
         self.late = 0
         self.dropped = 0
+        self.statuses: dict[int, int] = {}
 
     def error(self, what: str) -> None:
         self.errors += 1
@@ -300,7 +304,7 @@ class Load:
         self._rec = _Recorder()
         elapsed_ns, cpu = time.perf_counter_ns() - start, time.process_time() - cpu
         return Window(elapsed_ns / 1e9, np.asarray(rec.latencies_ns, dtype=np.float64) / 1e6, rec.errors,
-                      rec.first_error, cpu, rec.late, rec.dropped)
+                      rec.first_error, cpu, rec.late, rec.dropped, rec.statuses)
 
     async def _open(self) -> Connection:
         conn = await asyncio.wait_for(Connection.open(self.request.host, self.request.port), self.timeout_s)
@@ -317,13 +321,16 @@ class Load:
         connection may carry the next one."""
         try:
             status, body = await conn.send(self.request.raw, self.timeout_s)
+            end = time.perf_counter_ns()
         except (OSError, TimeoutError, ConnectionError) as exc:
             self._rec.error(_describe(exc))
             return False
+        rec = self._rec
+        rec.statuses[status] = rec.statuses.get(status, 0) + 1
         if 200 <= status < 300:
-            self._rec.latencies_ns.append(time.perf_counter_ns() - since_ns)
+            rec.latencies_ns.append(end - since_ns)
         else:
-            self._rec.error(f"HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
+            rec.error(f"HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
         return conn.keep_alive and not conn.closed
 
 
@@ -354,10 +361,15 @@ class ClosedLoopClients(Load):
                 conn = None
 
 
+_EARLY_NS = 500_000  # an arrival may go this much before its time: the event loop's timers have 1 ms steps
+
+
 class OpenLoopArrivals(Load):
     """Arrivals every ``1 / rate_rps`` seconds, each its own task, whatever the answers' pace; a
-    request's latency counts from its arrival time, so a late send shows in it. An arrival when
-    ``max_in_flight`` requests are already waiting is not sent (``dropped``)."""
+    request's latency counts from its arrival time when it goes late (so a client that falls
+    behind shows in the latencies instead of hiding them), from its send when it goes early (by
+    up to half a millisecond, the timers' granularity). An arrival when ``max_in_flight``
+    requests are already waiting is not sent (``dropped``)."""
 
     def __init__(self, request: Request, rate_rps: float, *, max_in_flight: int = 1024, timeout_s: float = 30.0,
                  late_ms: float = 2.0):
@@ -383,18 +395,18 @@ class OpenLoopArrivals(Load):
         while True:
             now = time.perf_counter_ns()
             due = start + int(n * interval)
-            while due <= now:
+            while due <= now + _EARLY_NS:
                 if self.in_flight >= self.max_in_flight:
                     self._rec.dropped += 1
                 else:
                     if now - due > self.late_ns:
                         self._rec.late += 1
-                    task = asyncio.create_task(self._arrival(due))
+                    task = asyncio.create_task(self._arrival(min(due, now)))
                     self._arrivals.add(task)
                     task.add_done_callback(self._arrivals.discard)
                 n += 1
                 due = start + int(n * interval)
-            await asyncio.sleep((due - time.perf_counter_ns()) / 1e9)
+            await asyncio.sleep(max(0, due - _EARLY_NS - time.perf_counter_ns()) / 1e9)
 
     async def _arrival(self, due_ns: int) -> None:
         self.in_flight += 1
