@@ -143,6 +143,7 @@ def test_names_fit_in_63_characters_and_helpers_carry_the_chart_name() -> None:
     ({"operator": {"resyncSeconds": 30.5}}, "resyncSeconds"),
     ({"operator": {"pollSeconds": 0.5}}, "pollSeconds"),
     ({"operator": {"watchNamespaces": ["ml", "ml"]}}, "watchNamespaces"),
+    ({"operator": {"defaultTarget": "jobset"}}, "defaultTarget"),
 ])
 def test_bad_values_are_refused_by_the_schema_naming_the_field(values: dict[str, Any], message: str) -> None:
     from helm_python import Chart, HelmError
@@ -162,6 +163,15 @@ def test_the_values_are_documented_field_by_field() -> None:
 
 
 # ---- the chart agrees with Ferry ---------------------------------------------------------------------
+@pytest.mark.parametrize("values, target", [({}, "pytorchjob"), ({"operator": {"defaultTarget": "trainjob"}}, "trainjob")])
+def test_the_operators_default_target_is_a_value(values: dict[str, Any], target: str) -> None:
+    from ferry.spec._job import TARGETS
+
+    deployment = next(d for d in render(values) if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"])
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FERRY_TARGET"] == target and target in TARGETS  # a value the operator takes (it refuses others)
+
+
 def test_the_chart_ships_the_operators_crds_and_rbac() -> None:
     for crd in OPERATOR_CRDS.glob("*.yaml"):
         assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"helm/ferry/crds/{crd.name} is stale"

@@ -313,13 +313,13 @@ class Submitted:
     replaced: str | None = None  # the submission that was replaced
 
 
-def plan_submission(job: Any, submission: str | None = None) -> tuple[str, dict[str, Any]]:
+def plan_submission(job: Any, submission: str | None = None, *, target: str | None = None) -> tuple[str, dict[str, Any]]:
     """The submission id and the job's manifest labelled with it: a PyTorchJob, or a TrainJob
-    when the job's target (or ``FERRY_TARGET``) says so."""
+    when ``target``, else the job's target, else ``FERRY_TARGET`` says so."""
     from ferry.render import render_spec
 
     submission = submission or new_submission_id()
-    (rendered,) = render_spec(job)
+    (rendered,) = render_spec(job, target=target)
     return submission, with_submission(rendered.doc, submission)
 
 

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ferry._submission import with_submission
 from ferry.errors import PromotionRefused, SpecError
 from ferry.kube import (
     INFERENCESERVICE,
@@ -46,6 +45,7 @@ from ferry.kube import (
     Kind,
     ServiceState,
     apply_manifests,
+    plan_submission,
     submit,
 )
 from ferry.registry._failures import mlflow_errors
@@ -309,15 +309,12 @@ class Reconciler:
 
     def submit(self, name: str, submission: str, kind: Kind) -> None:
         """Submit the training as ``kind`` (rendered for that target whatever the default is now)."""
-        from ferry.render import render_spec
-
         p, target = self.p, TARGETS[kind.kind]
         try:
             job = p.job.replace(name=name).with_target(target)
         except SpecError as exc:  # a retry's longer name, say, for a TrainJob's pods
             raise job_spec_error(exc) from exc
-        (rendered,) = render_spec(job, target=target)
-        manifest = with_submission(rendered.doc, submission)
+        _, manifest = plan_submission(job, submission, target=target)
         manifest["metadata"]["ownerReferences"] = [owner_reference(self.body)]
         submit(self.deps.cluster, job, manifest, submission, tracking_uri=self.deps.tracking_uri,
                field_manager=field_manager(p.namespace, p.name))
