@@ -157,18 +157,22 @@ def same_rows(xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def match_outputs(asked: list[Any], model: LoadedModel) -> list[int]:
-    """The model outputs to answer, by the names asked (all of them when none is asked). A
-    one-output model answers its output under any one name."""
+    """The model outputs to answer, by the names asked, in that order (all of them when none is
+    asked). A name the model does not have is refused, as Triton refuses it, whatever the number
+    of outputs: answering another tensor under it would hand the client data it did not ask for."""
     names = [t.name for t in model.outputs]
     if not asked:
         return list(range(len(names)))
-    chosen = []
+    chosen: list[int] = []
     for j, name in enumerate(asked):
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"outputs[{j}].name is missing; name one of the model's outputs ({', '.join(names)}), "
+                             "or leave outputs out for all of them")
         if name not in names:
-            if len(names) == 1 and len(asked) == 1:
-                name = names[0]
-            else:
-                raise BadRequest(f"outputs[{j}].name {name!r} is not an output of the model ({', '.join(names)})")
+            raise BadRequest(f"outputs[{j}].name {name!r} is not an output of the model ({', '.join(names)}); "
+                             f"model {model.name!r} answers only those")
+        if names.index(name) in chosen:
+            raise BadRequest(f"outputs[{j}].name {name!r} is asked for more than once")
         chosen.append(names.index(name))
     return chosen
 
@@ -176,7 +180,10 @@ def match_outputs(asked: list[Any], model: LoadedModel) -> list[int]:
 def _requested_outputs(payload: dict[str, Any], model: LoadedModel) -> list[tuple[int, bool]]:
     """Which outputs to answer (all, unless ``outputs`` names some) and which as raw bytes."""
     default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
-    asked = [out if isinstance(out, dict) else {} for out in payload.get("outputs") or []]
+    requested = payload.get("outputs")
+    if requested is not None and not isinstance(requested, list):
+        raise BadRequest('"outputs" must be a list of {"name": ...} objects (or left out, for all outputs)')
+    asked = [out if isinstance(out, dict) else {} for out in requested or []]
     indices = match_outputs([out.get("name") for out in asked], model)
     if not asked:
         return [(i, default) for i in indices]
