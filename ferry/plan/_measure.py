@@ -298,7 +298,8 @@ async def _sweep(request: Request, slo_p99_ms: float, metrics_url: str, model: s
                 before = points[-2]
                 grew = point.throughput_rps / before.throughput_rps - 1 if before.throughput_rps > 0 else math.inf
                 if grew < growth:
-                    return Curve(tuple(points), f"throughput grew only {grew:.1%} from concurrency {before.concurrency} "
+                    moved = f"grew only {grew:.1%}" if grew >= 0 else f"fell {-grew:.1%}"
+                    return Curve(tuple(points), f"throughput {moved} from concurrency {before.concurrency} "
                                                 f"to {concurrency} ({before.throughput_rps:.1f} -> "
                                                 f"{point.throughput_rps:.1f} rps; the sweep stops under {growth:.0%})")
             if concurrency >= max_concurrency:
@@ -308,8 +309,10 @@ async def _sweep(request: Request, slo_p99_ms: float, metrics_url: str, model: s
 
 
 def slo_below_floor(slo_p99_ms: float, floor_ms: float) -> str:
-    """The refusal of an SLO no load can meet: the p99 of one request at a time exceeds it."""
-    return (f"--slo-p99-ms {slo_p99_ms:g}: the model's p99 at one request at a time is {floor_ms:.1f} ms here; no load "
+    """The refusal of an SLO no load can meet: the p99 of one request at a time exceeds it (shown
+    rounded up, so the least SLO it names is never below it)."""
+    shown = math.ceil(floor_ms * 10) / 10
+    return (f"--slo-p99-ms {slo_p99_ms:g}: the model's p99 at one request at a time is {shown:.1f} ms here; no load "
             f"meets a lower SLO (ask for at least {math.ceil(floor_ms):d} ms, or a faster device/settings)")
 
 
