@@ -66,18 +66,37 @@ def moto_s3(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
+def restored_environ():
+    """os.environ as it was before the block, whatever the block (or a library it called) set
+    or removed in it."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in [n for n in os.environ if n not in before]:
+            del os.environ[name]
+        for name, value in before.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def scoped_tracking_uri(uri: str):
     """``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into os.environ, which every
-    later subprocess would inherit: set it for a block only, then put both back."""
+    later subprocess would inherit: set it for a block only, then put both back. MLflow's own
+    setting is put back as it was, unset included (``mlflow.get_tracking_uri()`` would give the
+    resolved default instead, pinning it for the rest of the process whatever the environment
+    says later)."""
     import mlflow
+    from mlflow.tracking._tracking_service import utils
 
     before_env = os.environ.get("MLFLOW_TRACKING_URI")
-    before = mlflow.get_tracking_uri()
+    before = utils._tracking_uri  # None when nothing set one
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(before)  # None: unset again
         if before_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
@@ -123,7 +142,8 @@ def registry(tmp_path_factory):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     model = torch.nn.Linear(4, 2)
     x = torch.randn(8, 4).numpy()
-    with scoped_tracking_uri(uri), mlflow.start_run(
+    # restored_environ: saving a pt2 model leaves torch's cache folder in TORCHINDUCTOR_CACHE_DIR
+    with restored_environ(), scoped_tracking_uri(uri), mlflow.start_run(
             experiment_id=mlflow.create_experiment("deploy", artifact_location=(tmp / "artifacts").as_uri())):
         for _ in range(2):
             mlflow.pytorch.log_model(model, name="model", input_example=x, registered_model_name="tiny",

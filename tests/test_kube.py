@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from tests._controllers import CREATED, RUNNING, SUCCEEDED, KServe, TrainingOperator, isvc_path, job_path
 from tests._controlplane import ControlPlane, plain_kubeconfig
 from tests._waiting import play
+from tests.conftest import restored_environ
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "jobs" / "digits" / "job.py")
@@ -56,9 +57,12 @@ def kube(control_plane, namespace, tmp_path, monkeypatch) -> Kube:
 
 
 def ferry(*args: str):
+    """The command in this process, as in one of its own: what it writes into os.environ for
+    its own requests (MLflow's HTTP settings, ...) ends with it, as it would with its process."""
     from ferry.cli import app
 
-    return CliRunner().invoke(app, list(args))
+    with restored_environ():
+        return CliRunner().invoke(app, list(args))
 
 
 def submitted(kube: Kube, name: str = "digits") -> str:

@@ -303,3 +303,39 @@ def test_torchrun_launch_paths(extra, world, nnodes, tmp_path):
     probes = [json.loads(line.split("PROBE ", 1)[1]) for line in result.stdout.splitlines() if "PROBE " in line]
     assert sorted(p["rank"] for p in probes) == list(range(world))
     assert all(p["sum"] == sum(range(world)) and p["env"]["PET_NNODES"] == nnodes for p in probes)
+
+
+def test_a_tracker_leaves_the_host_process_as_it_found_it(shared_mlflow, monkeypatch):
+    """A process that runs a Tracker itself (a notebook, a test playing a job's rank 0) gets its
+    own settings back once the run is closed. MLflow's fluent setters write MLFLOW_TRACKING_URI
+    and MLFLOW_EXPERIMENT_ID into os.environ: left there, every subprocess started later would
+    inherit this run's server (and ``ferry submit`` ships code by default when that is a server)."""
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    from ferry.runtime import Tracker
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own: kept, during the run and after
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # MLflow's fluent state, put back after the test whatever happens
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    before = dict(os.environ)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        tracker = Tracker(is_primary=True, tracking_uri=shared_mlflow.url, experiment="host-process",
+                          submission_id="20260101-000000-host", system_metrics=False)
+        run_id = tracker.start()
+        assert mlflow.get_tracking_uri() == shared_mlflow.url  # the fluent run (log_model) goes to the run's server
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        tracker.log_metrics({"loss": 0.5}, step=1)
+        tracker.close()
+        assert signal.getsignal(signal.SIGTERM) is sigterm
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert client_for(shared_mlflow.url).get_run(run_id).info.status == "FINISHED"
+    changed = {k: (before.get(k), os.environ.get(k)) for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)}
+    assert changed == {}
+    assert not mlflow.tracking.is_tracking_uri_set() and fluent._active_experiment_id is None

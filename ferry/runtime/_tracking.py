@@ -11,6 +11,11 @@ waits for the tracking server.
   ``FERRY_FLUSH_TIMEOUT`` seconds. Points in the pipe survive even a SIGKILL of the trainer.
   Once everything is sent and the run has ended, rank 0 prints the run as MLflow now holds it
   (``[ferry] run {...}``, one line): ``ferry run`` reports the job from it.
+- What ``start`` sets for the whole process (the fluent tracking URI and experiment, which MLflow
+  also writes into ``os.environ``, the MLflow HTTP defaults and the SIGTERM handler) holds while
+  the run is open; ``close`` puts it back as it found it, so a process that runs a Tracker itself
+  (a notebook, a test playing rank 0) and every subprocess it starts later do not inherit this
+  run's settings.
 """
 
 from __future__ import annotations
@@ -43,6 +48,48 @@ def report_progress(step: int, total: int) -> None:
     Trainer's status server when the pod has one); nothing without a started Tracker."""
     if _started is not None and _started._pipe is not None and os.environ.get("KUBEFLOW_TRAINER_SERVER_URL"):
         _started._pipe.put_fields("g", {"step": int(step), "total": int(total), "ts": int(time.time() * 1000)})
+
+
+# The environment variables start() may write: its MLflow HTTP defaults, and what MLflow's
+# fluent setters (set_tracking_uri, set_experiment) write for subprocesses to inherit.
+_PROCESS_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+class _ProcessSettings:
+    """What a Tracker changes for the whole process, as it was before it started: the
+    environment variables of ``_PROCESS_ENV``, MLflow's fluent tracking URI and active
+    experiment (module state that ``mlflow.set_tracking_uri``/``set_experiment`` write), and
+    SIGTERM's default action (``_exit_cleanly_on_sigterm``)."""
+
+    def __init__(self) -> None:
+        from mlflow.tracking import fluent
+        from mlflow.tracking._tracking_service import utils
+
+        self.env = {name: os.environ.get(name) for name in _PROCESS_ENV}
+        self.tracking_uri = getattr(utils, "_tracking_uri", None)
+        self.experiment_id = getattr(fluent, "_active_experiment_id", None)
+        self.sigterm_handler: Any = None  # the one start() installed, if any
+
+    def restore(self) -> None:
+        import mlflow
+        from mlflow.tracking import fluent
+        from mlflow.tracking._tracking_service import utils
+
+        if getattr(utils, "_tracking_uri", None) != self.tracking_uri:
+            mlflow.set_tracking_uri(self.tracking_uri)  # type: ignore[arg-type]  # None: unset, as before
+        if hasattr(fluent, "_active_experiment_id"):
+            fluent._active_experiment_id = self.experiment_id
+        for name, value in self.env.items():  # last: the setters above write some of these
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        import signal
+
+        if (self.sigterm_handler is not None and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is self.sigterm_handler):  # not a handler set since
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _default_mlflow_http_env() -> None:
@@ -98,6 +145,7 @@ class Tracker:
         self.buffer_size = buffer_size or int(settings.FERRY_METRICS_BUFFER.get() or 100000)
         self._client = client
         self._pipe: _MetricPipe | None = None
+        self._saved: _ProcessSettings | None = None  # what start() changed in the process, for close()
 
     # ---- lifecycle -----------------------------------------------------------------------
     @property
@@ -112,6 +160,16 @@ class Tracker:
         """Find this submission's run and resume it, or create it. Returns the run id."""
         if not self.is_primary:
             return None
+        if self._saved is None:
+            self._saved = _ProcessSettings()
+        try:
+            return self._start()
+        except BaseException:
+            if self._pipe is None:  # no run open for close() to end: nothing holds the settings now
+                self._restore_process_settings()
+            raise
+
+    def _start(self) -> str | None:
         _default_mlflow_http_env()
         import mlflow
 
@@ -139,7 +197,8 @@ class Tracker:
                                  interval=self.flush_interval, system_metrics=self.system_metrics,
                                  resume=self.resumed, flush_timeout=_flush_timeout())
         self._log_job_identity()
-        _exit_cleanly_on_sigterm()
+        if self._saved is not None:
+            self._saved.sigterm_handler = _exit_cleanly_on_sigterm()
         global _started
         _started = self
         return self.run_id
@@ -218,6 +277,21 @@ class Tracker:
         run with ``status``. A FAILED run is still resumed by the submission's next attempt."""
         if not self.is_primary or self.run_id is None:
             return
+        try:
+            self._close(status, timeout)
+        finally:
+            self._restore_process_settings()
+
+    def _restore_process_settings(self) -> None:
+        """Put back what start() set for the whole process (see ``_ProcessSettings``)."""
+        global _started
+        if _started is self:
+            _started = None
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            saved.restore()
+
+    def _close(self, status: str, timeout: float | None) -> None:
         import mlflow
 
         deadline = time.monotonic() + (timeout if timeout is not None else _flush_timeout())
@@ -463,10 +537,11 @@ class _MetricPipe:
             return self.proc.wait()
 
 
-def _exit_cleanly_on_sigterm() -> None:
+def _exit_cleanly_on_sigterm() -> Any:
     """Kubernetes (and the local executor) stop a replica with SIGTERM. Python's default is to
     die on the spot, losing buffered metrics; raise SystemExit instead so ``with Tracker``
-    flushes them and marks the attempt. Left alone if the program set its own handler."""
+    flushes them and marks the attempt. Left alone if the program set its own handler. Returns
+    the handler it installed, if any."""
     import signal
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -474,6 +549,8 @@ def _exit_cleanly_on_sigterm() -> None:
             raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, handler)
+        return handler
+    return None
 
 
 def _ignore_sigterm() -> None:
