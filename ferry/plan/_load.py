@@ -361,14 +361,14 @@ class ClosedLoopClients(Load):
                 conn = None
 
 
-_EARLY_NS = 500_000  # an arrival may go this much before its time: the event loop's timers have 1 ms steps
+_EARLY_NS = 1_000_000  # an arrival may go this much before its time: the event loop's timers have 1 ms steps
 
 
 class OpenLoopArrivals(Load):
     """Arrivals every ``1 / rate_rps`` seconds, each its own task, whatever the answers' pace; a
     request's latency counts from its arrival time when it goes late (so a client that falls
     behind shows in the latencies instead of hiding them), from its send when it goes early (by
-    up to half a millisecond, the timers' granularity). An arrival when ``max_in_flight``
+    up to a millisecond, the timers' granularity). An arrival when ``max_in_flight``
     requests are already waiting is not sent (``dropped``)."""
 
     def __init__(self, request: Request, rate_rps: float, *, max_in_flight: int = 1024, timeout_s: float = 30.0,
@@ -406,7 +406,8 @@ class OpenLoopArrivals(Load):
                     task.add_done_callback(self._arrivals.discard)
                 n += 1
                 due = start + int(n * interval)
-            await asyncio.sleep(max(0, due - _EARLY_NS - time.perf_counter_ns()) / 1e9)
+            # at least one timer step: a shorter sleep rounds down to none and the loop spins
+            await asyncio.sleep(max(_EARLY_NS, due - _EARLY_NS - time.perf_counter_ns()) / 1e9)
 
     async def _arrival(self, due_ns: int) -> None:
         self.in_flight += 1
