@@ -205,3 +205,47 @@ def test_a_one_output_model_answers_its_output_by_name(servers, store):
     assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["output-0"], r.text
     np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"]).reshape(tensors["output-0"].shape),
                                tensors["output-0"], rtol=1e-5, atol=1e-6)
+
+
+# ---- a model that cannot load ----------------------------------------------------------------------
+def _broken_model(folder: Path, damage: str) -> Path:
+    """An MLflow model folder whose MLmodel is sound but whose weights are not: the torch.export
+    program ``data/model.pt2`` overwritten with other bytes (``corrupt``), or gone (``missing``)."""
+    from importlib.metadata import version
+
+    (folder / "data").mkdir(parents=True)
+    tensor = '[{{"type": "tensor", "tensor-spec": {{"dtype": "float32", "shape": [-1, {}]}}}}]'
+    (folder / "MLmodel").write_text(
+        f"flavors:\n  pytorch:\n    model_data: data\n    pytorch_version: {version('torch')}\n"
+        f"signature:\n  inputs: '{tensor.format(4)}'\n  outputs: '{tensor.format(3)}'\n")
+    if damage == "corrupt":
+        (folder / "data" / "model.pt2").write_bytes(b"these bytes are not a torch.export program\n" * 64)
+    else:
+        (folder / "data").rmdir()
+    return folder
+
+
+@pytest.mark.parametrize("damage,workers,reason", [
+    ("corrupt", "1", "BadZipFile: File is not a zip file"),
+    ("missing", "1", "FileNotFoundError"),
+    ("corrupt", "2", "BadZipFile: File is not a zip file"),
+], ids=["corrupt", "missing", "corrupt-two-workers"])
+def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path, damage, workers, reason):
+    from tests._servers import free_port
+
+    folder = _broken_model(tmp_path / "broken-digits", damage)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([FERRY, "serve", str(folder), "--port", str(free_port()), "--grpc-port", str(free_port()),
+                             "--workers", workers], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # the supervisor and its workers: one group to stop
+    try:
+        _, err = proc.communicate(timeout=300)  # a hang guard: before, the server stayed up, never ready
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 2, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: model 'broken-digits' ({folder}) cannot be loaded: ") and reason in line, err
+    assert "Traceback" not in err and [line for line in err.splitlines() if reason in line] == [line], err
+

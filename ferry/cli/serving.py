@@ -47,7 +47,10 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="Requests queued before answering 503.")] = 1024,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 8 << 20,
 ) -> None:
-    """Serve a model over KServe's Open Inference Protocol: v2 REST (binary tensors too) and gRPC, v1 REST."""
+    """Serve a model over KServe's Open Inference Protocol: v2 REST (binary tensors too) and gRPC, v1 REST.
+
+    Live at once, ready once the model is loaded and warmed up. A model that cannot be loaded
+    stops the server (every worker): one line on stderr naming the model and why, exit 2."""
     from ferry import settings
     from ferry.local import embedded_tracking_uri
 

@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 
 from ferry.serve import _protocol as proto
 from ferry.serve._dataplane import DataPlane
-from ferry.serve._errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge
+from ferry.serve._errors import BadRequest, InferenceError, LoadFailed, MethodNotAllowed, NotFound, PayloadTooLarge
 from ferry.serve._model import LoadedModel, load_model
 
 log = logging.getLogger("ferry.serve")
@@ -31,9 +31,10 @@ class ModelServer:
 
     def __init__(self, load: Callable[[], LoadedModel], *, name: str, max_batch_size: int = 32,
                  max_latency_ms: float = 5.0, max_queue: int = 1024, max_body_bytes: int = 8 << 20,
-                 grpc_host: str = "127.0.0.1", grpc_port: int = 0, drain_seconds: float = 30):
+                 grpc_host: str = "127.0.0.1", grpc_port: int = 0, drain_seconds: float = 30,
+                 on_load_failure: Callable[[BaseException], None] | None = None):
         self.dataplane = DataPlane(load, name=name, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
-                                   max_queue=max_queue)
+                                   max_queue=max_queue, on_load_failure=on_load_failure)
         self.name, self.metrics = name, self.dataplane.metrics
         self.grpc_host, self.grpc_port, self.drain_seconds = grpc_host, grpc_port, drain_seconds
         self.grpc: Any = None
@@ -164,8 +165,12 @@ def _header_length(scope: dict[str, Any]) -> int | None:
 
 def model_server(*, model_uri: str, name: str, host: str, grpc_port: int, max_batch_size: int, max_latency_ms: float,
                  max_queue: int, max_body_bytes: int, drain_seconds: float, device: str, dtype: str,
-                 machine: Any) -> ModelServer:
-    """The app of one server process (the only one, or one of ``--workers``)."""
+                 machine: Any, on_load_failure: Callable[[LoadFailed], None] | None = None) -> ModelServer:
+    """The app of one server process (the only one, or one of ``--workers``); ``on_load_failure``
+    is told, in the loading thread, when the model cannot be loaded (a message naming it and why)."""
+    report = None if on_load_failure is None else \
+        (lambda exc: on_load_failure(LoadFailed.of(name, model_uri, exc)))  # type: ignore[misc]
     return ModelServer(lambda: load_model(model_uri, name, device=device, dtype=dtype, machine=machine), name=name,
                        max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, max_queue=max_queue,
-                       max_body_bytes=max_body_bytes, grpc_host=host, grpc_port=grpc_port, drain_seconds=drain_seconds)
+                       max_body_bytes=max_body_bytes, grpc_host=host, grpc_port=grpc_port, drain_seconds=drain_seconds,
+                       on_load_failure=report)

@@ -48,11 +48,14 @@ class Metrics:
 
 class DataPlane:
     """One model served under ``name``: loaded and warmed up in the background (ready only
-    afterwards), its calls batched across requests of every protocol."""
+    afterwards), its calls batched across requests of every protocol. ``on_load_failure``: called
+    with the exception when loading or warming up fails (else it is logged; the server stays
+    live and never ready)."""
 
     def __init__(self, load: Callable[[], LoadedModel], *, name: str, max_batch_size: int = 32,
-                 max_latency_ms: float = 5.0, max_queue: int = 1024):
-        self.load, self.name = load, name
+                 max_latency_ms: float = 5.0, max_queue: int = 1024,
+                 on_load_failure: Callable[[BaseException], None] | None = None):
+        self.load, self.name, self.on_load_failure = load, name, on_load_failure
         self.max_batch_size, self.max_latency_ms, self.max_queue = max_batch_size, max_latency_ms, max_queue
         self.model: LoadedModel | None = None
         self.batcher: DynamicBatcher | None = None
@@ -85,9 +88,12 @@ class DataPlane:
                         model.version, model.platform, model.device, model.dtype,
                         "a worker thread" if model.in_thread else "the event loop's thread")
             self.ready = True
-        except BaseException as exc:  # noqa: BLE001 - reported on /v2/health/ready and in the log
+        except BaseException as exc:  # noqa: BLE001 - reported on /v2/health/ready, and to on_load_failure or the log
             self.load_error = exc
-            log.error("loading the model failed: %s", exc)
+            if self.on_load_failure is not None:
+                self.on_load_failure(exc)  # ``ferry serve``: the server stops and says why, once
+            else:
+                log.error("loading the model failed: %s", exc)
 
     async def stop(self) -> None:
         """Answer what is queued, then stop the batcher."""

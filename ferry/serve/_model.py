@@ -5,6 +5,7 @@ ONNX flavor (onnxruntime), from ``models:/name@alias``, ``models:/name/N``, ``ru
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,7 +176,10 @@ def _torch_predictor(path: Path, flavor: dict[str, Any], placement: Any, inputs:
     import mlflow.pytorch
     import torch
 
-    module = mlflow.pytorch.load_model(str(path), map_location="cpu")
+    # torch.export.load logs the traceback of its first try at a file it cannot read (a
+    # warning), then tries the older format, whose error says why: one report, not two
+    with _quiet("torch.export"):
+        module = mlflow.pytorch.load_model(str(path), map_location="cpu")
     try:
         module.eval()  # eager and TorchScript modules; a torch.export program is inference-only already
     except (NotImplementedError, RuntimeError):
@@ -203,6 +207,18 @@ def _torch_predictor(path: Path, flavor: dict[str, Any], placement: Any, inputs:
             return [answer(t) for t in _as_list(module(*[prepare(x) for x in xs]), outputs)]
 
     return run, placement.is_cuda or isinstance(module, torch.jit.ScriptModule)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """A library's logger held to errors for the block (its warnings are its own retries)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _direct_program_call(program: Path, module: Any, inputs: list[TensorInfo], device: Any, dtype: Any) -> Callable[..., Any] | None:
