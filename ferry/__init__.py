@@ -6,6 +6,7 @@ from ferry.errors import ConfigError, FerryError, JobFileError, ManifestInvalid,
 from ferry.spec import (
     Autoscaling,
     Canary,
+    CapacityPlan,
     Checkpointing,
     Choice,
     ConfigMapKeyRef,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Autoscaling",
     "Canary",
+    "CapacityPlan",
     "Checkpointing",
     "Choice",
     "ConfigError",

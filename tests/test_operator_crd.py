@@ -132,17 +132,58 @@ def _sample() -> dict[str, Any]:
     ("job", "target", "TrainJob", "$.spec.job.target"),
     ("job", "runtime", "Torch_Distributed", "$.spec.job.runtime"),
     ("job", "runtime", "x" * 254, "$.spec.job.runtime"),
+    ("deployment", "plan.sloP99Ms", -5, "$.spec.deployment.plan.sloP99Ms"),
+    ("deployment", "plan.sloP99Ms", "fast", "$.spec.deployment.plan.sloP99Ms"),
+    ("deployment", "plan.peakRps", -1, "$.spec.deployment.plan.peakRps"),
+    ("deployment", "plan.headroom", 1.5, "$.spec.deployment.plan.headroom"),
+    ("deployment", "plan.headroom", -0.1, "$.spec.deployment.plan.headroom"),
+    ("deployment", "plan.sloMs", 100, "$.spec.deployment.plan"),
 ])
 def test_bad_manifests_are_refused_by_the_schema_at_the_field(section: str, field: str, value: Any, where: str) -> None:
-    doc = _sample()
-    doc["spec"][section][field] = value
+    doc = _set(_sample(), section, field, value)
     issues = list(crd_issues(doc, _validator(), "bad.yaml"))
     assert issues and any(issue.path.startswith(where) for issue in issues), issues
 
 
+@pytest.mark.parametrize("plan, message", [
+    ({"sloP99Ms": 0, "peakRps": 50}, "spec.deployment.plan.sloP99Ms: must be more than 0 ms (got 0)"),
+    ({"sloP99Ms": -3, "peakRps": 50}, "spec.deployment.plan.sloP99Ms: must be more than 0 ms (got -3)"),
+    ({"sloP99Ms": 100, "peakRps": 0}, "spec.deployment.plan.peakRps: must be more than 0 requests/s (got 0)"),
+    ({"sloP99Ms": 100, "peakRps": 50, "headroom": 1}, "spec.deployment.plan.headroom: must be at least 0 and below 1 "
+                                                      "(got 1)"),
+    ({"sloP99Ms": 100, "peakRps": 50, "headroom": -0.2}, "spec.deployment.plan.headroom: must be at least 0 and below "
+                                                         "1 (got -0.2)"),
+    ({"peakRps": 50}, "spec.deployment.plan.sloP99Ms"),
+    ({"sloP99Ms": 100, "peakRps": 50, "sloMs": 1}, "spec.deployment.plan.sloMs: unknown field"),
+])
+def test_a_bad_capacity_plan_is_refused_naming_its_field(plan: dict[str, Any], message: str) -> None:
+    doc = _sample()
+    doc["spec"]["deployment"]["plan"] = plan
+    with pytest.raises(SpecError) as refused:
+        parse({**doc, "metadata": {**doc["metadata"], "uid": "0" * 8}})
+    assert message in str(refused.value)
+
+
+def test_a_capacity_plan_cannot_target_gpu_utilization() -> None:
+    doc = _sample()
+    doc["spec"]["deployment"] = {"mode": "standard", "resources": {"cpu": "2", "memory": "4Gi", "gpu": 1},
+                                 "autoscaling": {"metric": "gpu-utilization", "target": 70},
+                                 "plan": {"sloP99Ms": 100, "peakRps": 50}}
+    with pytest.raises(SpecError, match=r"spec\.deployment\.plan: a capacity plan does not measure GPU utilization"):
+        parse({**doc, "metadata": {**doc["metadata"], "uid": "0" * 8}})
+    doc["spec"]["deployment"]["autoscaling"]["metric"] = "queue-depth"
+    assert parse({**doc, "metadata": {**doc["metadata"], "uid": "0" * 8}}).deployment.plan.headroom == 0.15
+
+
 # ---- the schema's checks are the Python types' checks --------------------------------------------
+PLAN = {"sloP99Ms": 100, "peakRps": 50}  # a valid spec.deployment.plan, the base of its fields' cases
+
+
 def _set(doc: dict[str, Any], section: str, path: str, value: Any) -> dict[str, Any]:
     out = copy.deepcopy(doc)
+    if path.startswith("plan."):  # a field of spec.deployment.plan, beside valid others
+        out["spec"].setdefault(section, {})["plan"] = {**PLAN, path.split(".", 1)[1]: value}
+        return out
     out["spec"].setdefault(section, {})[path] = value
     return out
 
@@ -163,6 +204,12 @@ GOOD_TEXT = {("job", "image"): "ghcr.io/acme/train:1", ("job", "module"): "jobs.
              ("job", "runtime"): "torch-distributed.gpu"}
 
 
+# bounds Python keeps exclusive (> 0, < 1) and the schema states inclusively (OpenAPI v3.0's boolean
+# exclusiveMinimum is not what JSON Schema's validators read): the Python type refuses the edge
+EXCLUSIVE_MINIMUM = {"maxLatencyMs", "plan.sloP99Ms", "plan.peakRps"}
+EXCLUSIVE_MAXIMUM = {"plan.headroom"}
+
+
 @pytest.mark.parametrize("key", sorted(BOUNDS), ids=lambda k: f"{k[0]}.{k[1]}")
 def test_each_openapi_bound_restates_a_python_check(key: tuple[str, str]) -> None:
     section, path = key
@@ -174,11 +221,16 @@ def test_each_openapi_bound_restates_a_python_check(key: tuple[str, str]) -> Non
         return
     if "minimum" in bounds:
         assert not _python_accepts(_set(_sample(), section, path, bounds["minimum"] - 1)), f"{path} below its minimum"
-        ok = bounds["minimum"] if path != "maxLatencyMs" else 0.5
+        ok = 0.5 if path in EXCLUSIVE_MINIMUM else bounds["minimum"]
         assert _python_accepts(_set(_sample(), section, path, ok)), f"{path} at its minimum"
+        if path in EXCLUSIVE_MINIMUM:  # the bound the schema leaves to the Python type
+            assert not _python_accepts(_set(_sample(), section, path, bounds["minimum"]))
     if "maximum" in bounds:
         assert not _python_accepts(_set(_sample(), section, path, bounds["maximum"] + 1))
-        assert _python_accepts(_set(_sample(), section, path, bounds["maximum"]))
+        ok = bounds["maximum"] - 0.01 if path in EXCLUSIVE_MAXIMUM else bounds["maximum"]
+        assert _python_accepts(_set(_sample(), section, path, ok))
+        if path in EXCLUSIVE_MAXIMUM:
+            assert not _python_accepts(_set(_sample(), section, path, bounds["maximum"]))
     if "minItems" in bounds:
         assert not _python_accepts(_set(_sample(), section, path, []))
     if "pattern" in bounds or "maxLength" in bounds:

@@ -8,7 +8,7 @@ import pytest
 
 SURFACE = {
     "ferry": [
-        "Autoscaling", "Canary", "Checkpointing", "Choice", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume",
+        "Autoscaling", "Canary", "CapacityPlan", "Checkpointing", "Choice", "ConfigError", "ConfigMapKeyRef", "ConfigMapVolume",
         "Deployment", "Elastic", "EmptyDirVolume", "FerryError", "GangScheduling", "IntUniform", "JobFileError", "LogUniform",
         "ManifestInvalid", "MedianPruning", "Objective", "PVCVolume", "Promotion", "Resources", "RunPolicy",
         "SecretRef", "SecretVolume", "SpecError", "Sweep", "Toleration", "Tracking", "TrainingJob", "Uniform",

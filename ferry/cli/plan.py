@@ -59,6 +59,13 @@ def plan_command(
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: the Deployment's: cuda with a GPU, else cpu).")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="float32, float16 or bfloat16 (default: the Deployment's).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes of the replica (CPU serving).")] = 1,
+    max_batch_size: Annotated[int | None, typer.Option(
+        "--max-batch-size", min=1, help="The server's batch size (default: the Deployment's, else 32).")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(
+        "--max-latency-ms", help="The server's queue delay in ms (default: the Deployment's, else 5).")] = None,
+    cpu_request: Annotated[float | None, typer.Option(
+        "--cpu-request", help="Cores one replica requests, the base of HPA's CPU % (default: the Deployment's "
+                              "resources.cpu).")] = None,
     headroom: Annotated[float, typer.Option("--headroom", help="The share of X* kept free: R = X* x (1 - headroom).")] = 0.15,
     window: Annotated[float, typer.Option("--window", min=0.1, help="Seconds of one measurement window.")] = 2.0,
     warmup: Annotated[float, typer.Option("--warmup", min=0.0, help="Seconds of warm-up before each step.")] = 1.0,
@@ -74,7 +81,8 @@ def plan_command(
     autoscaling settings that carry the peak load.
 
     A closed-loop sweep (concurrency 1, 2, 4, ..., each step warmed up and measured until three
-    windows agree within 10 %) stops once p99 exceeds the SLO or throughput stops growing. C*
+    windows agree within 10 %) stops once p99 exceeds the SLO or throughput stops growing (two
+    steps in a row under 10 % more than the best before). C*
     is the largest concurrency within the SLO, X* its throughput, R = X* x (1 - headroom) one
     replica's capacity; an open loop at R confirms p99 holds there. From them: Knative's
     concurrency or rps target (its target utilization multiplies it), KEDA's queue-depth
@@ -90,6 +98,10 @@ def plan_command(
         raise refuse("--headroom", f"must be at least 0 and below 1 (got {headroom:g}); 0.15 keeps 15 % of X* free")
     if url is not None and (workers != 1 or device is not None or dtype is not None):
         raise refuse("--url", "a running server keeps its own settings; leave out --workers, --device and --dtype")
+    if max_latency_ms is not None and max_latency_ms < 0:
+        raise refuse("--max-latency-ms", f"must be at least 0 ms (got {max_latency_ms:g})")
+    if cpu_request is not None and cpu_request <= 0:
+        raise refuse("--cpu-request", f"must be more than 0 cores (got {cpu_request:g}); 0.5 for a request of 500m")
     spec = _deployment(deployment, name)
     from ferry.plan import measure, plan_from
     from ferry.plan._payload import payload_body
@@ -98,10 +110,12 @@ def plan_command(
     settings = Settings(
         device=device or ("cuda" if spec is not None and spec.resources.gpu else "cpu"),
         dtype=dtype or (spec.dtype if spec is not None else "float32"),
-        max_batch_size=spec.max_batch_size if spec is not None else 32,
-        max_latency_ms=spec.max_latency_ms if spec is not None else 5.0,
+        max_batch_size=max_batch_size or (spec.max_batch_size if spec is not None else 32),
+        max_latency_ms=max_latency_ms if max_latency_ms is not None else (spec.max_latency_ms if spec is not None
+                                                                          else 5.0),
         workers=workers,
-        cpu_request=_cores(spec.resources.cpu) if spec is not None else None)
+        cpu_request=cpu_request if cpu_request is not None else (_cores(spec.resources.cpu) if spec is not None
+                                                                 else None))
     err = _stderr()
     measured = measure(model_uri, settings, slo_p99_ms=slo_p99_ms, url=url, model_name=model_name,
                        payload=lambda metadata: payload_body(payload, metadata), window_s=window, warmup_s=warmup,

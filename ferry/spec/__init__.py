@@ -1,7 +1,7 @@
 """What users write: typed, immutable, validated specs. Knows nothing of YAML."""
 
 from ferry.spec._code import Code
-from ferry.spec._deploy import Autoscaling, Canary, Deployment
+from ferry.spec._deploy import Autoscaling, Canary, CapacityPlan, Deployment
 from ferry.spec._job import RESERVED_ENV, TrainingJob
 from ferry.spec._loader import load_specs
 from ferry.spec._pod import (
@@ -25,6 +25,7 @@ __all__ = [
     "RESERVED_ENV",
     "Autoscaling",
     "Canary",
+    "CapacityPlan",
     "Deployment",
     "Checkpointing",
     "Code",

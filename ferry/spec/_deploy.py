@@ -11,7 +11,7 @@ from ferry import _k8s, settings
 from ferry.spec._base import Spec
 from ferry.spec._pod import Resources, Toleration
 
-__all__ = ["Autoscaling", "Canary", "Deployment"]
+__all__ = ["Autoscaling", "CapacityPlan", "Canary", "Deployment"]
 
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"  # kube-prometheus-stack's Service
 
@@ -96,6 +96,42 @@ class Canary(Spec):
         return v
 
 
+class CapacityPlan(Spec):
+    """Autoscaling measured rather than guessed, where Ferry's operator deploys (a ModelPipeline):
+    before each new version is served, ``ferry plan`` measures one replica of it with the
+    Deployment's own settings and resources against a p99 of ``slo_p99_ms`` milliseconds, and the
+    InferenceService scales as the plan says (min/max replicas and the target of the Deployment's
+    metric) to carry ``peak_rps`` requests per second, keeping ``headroom`` (a fraction) of each
+    replica's measured capacity free. A plan already recorded for the version with these figures
+    is used as it is."""
+
+    slo_p99_ms: float
+    peak_rps: float
+    headroom: float = 0.15
+
+    @field_validator("slo_p99_ms")
+    @classmethod
+    def _slo(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be more than 0 ms (got {v:g}); e.g. 100 for a p99 of 100 ms")
+        return v
+
+    @field_validator("peak_rps")
+    @classmethod
+    def _peak(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be more than 0 requests/s (got {v:g}): the most the service must take")
+        return v
+
+    @field_validator("headroom")
+    @classmethod
+    def _headroom(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"must be at least 0 and below 1 (got {v:g}); 0.15 keeps 15% of a replica's "
+                             "measured capacity free")
+        return v
+
+
 class Deployment(Spec):
     """A model served as a KServe InferenceService on Ferry's runtime.
 
@@ -107,6 +143,9 @@ class Deployment(Spec):
     ``h2c`` as Knative requires); REST stays served on 8080 inside the pod either way. The
     model serves on the GPU when ``resources`` asks for one (the server refuses to start when
     the pod cannot see it) and on CPU otherwise; ``dtype`` (float16 or bfloat16) needs a GPU.
+    ``plan`` (a :class:`CapacityPlan`) has Ferry's operator measure each new version before it is
+    served and scale it as measured (``autoscaling``'s metric and mode are kept, its replicas and
+    target replaced); ``ferry render`` and ``ferry deploy`` leave it aside.
     """
 
     name: str
@@ -127,6 +166,7 @@ class Deployment(Spec):
     tolerations: tuple[Toleration, ...] = ()
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    plan: CapacityPlan | None = None
 
     @field_validator("name")
     @classmethod
@@ -201,6 +241,9 @@ class Deployment(Spec):
                              "use mode='serverless' for a canary, or roll out without one")
         if scaling.metric == "gpu-utilization" and self.resources.gpu < 1:
             raise ValueError("autoscaling.metric='gpu-utilization' needs a GPU: set resources=Resources(gpu=1, ...)")
+        if self.plan is not None and scaling.metric == "gpu-utilization":
+            raise ValueError("plan: a capacity plan does not measure GPU utilization, so it gives no target for "
+                             "autoscaling.metric='gpu-utilization'; scale on 'queue-depth' (measured) or leave plan out")
         if self.dtype == "float16" and self.resources.gpu < 1:
             raise ValueError("dtype='float16' needs a GPU (CPUs have no fast float16): set resources=Resources(gpu=1, "
                              "...) or dtype='float32'")

@@ -51,6 +51,10 @@ BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
     ("deployment", "runtime"): {"pattern": _DNS1123, "maxLength": 63},
     ("deployment", "canaryPercent"): {"minimum": 1, "maximum": 99},
     ("deployment", "maxBatchSize"): {"minimum": 1},
+    # > 0, > 0 and [0, 1) in Python; OpenAPI's exclusive forms are left out
+    ("deployment", "plan.sloP99Ms"): {"minimum": 0},
+    ("deployment", "plan.peakRps"): {"minimum": 0},
+    ("deployment", "plan.headroom"): {"minimum": 0, "maximum": 1},
 }
 _TRAINJOB = "!has(self.target) || self.target != 'trainjob' || "
 # (section, CEL rule, message[, the field it names, as a path from the section]): cross-field checks
@@ -180,7 +184,9 @@ def section_schema(section: str) -> dict[str, Any]:
         del schema["required"]
     for (where, path), keywords in BOUNDS.items():
         if where == section:
-            node = schema["properties"][path.removesuffix("[]")]
+            node = schema
+            for part in path.removesuffix("[]").split("."):  # a nested field: plan.sloP99Ms
+                node = node["properties"][part]
             (node["items"] if path.endswith("[]") else node).update(keywords)
     rules = [{"rule": rule, "message": message, **({"fieldPath": path[0]} if path else {})}
              for where, rule, message, *path in RULES if where == section]
@@ -233,6 +239,16 @@ def status_schema() -> dict[str, Any]:
             "version": text, "previousVersion": text, "percent": {"type": "integer"}, "digest": text,
             "appliedAt": {"type": "string", "format": "date-time"},
             "readySince": {"type": "string", "format": "date-time"}}},
+        "plan": {"type": "object", "nullable": True, "description": "The capacity plan the InferenceService scales "
+                                                                  "by (spec.deployment.plan): the MLflow run of "
+                                                                  "ferry plan, the version it measured, the figures.",
+                 "properties": {"runId": text, "version": text, "minReplicas": {"type": "integer"},
+                                "maxReplicas": {"type": "integer"}, "metric": text, "target": {"type": "integer"},
+                                "digest": {**text, "description": "The digest of what the plan depends on (the "
+                                                                  "version, spec.deployment.plan, the server's "
+                                                                  "settings, the metric and mode)."}}},
+        "planFailedJob": {**text, "description": "The uid of the capacity plan's Job whose failure failed the "
+                                                 "pipeline: a retry replaces it."},
         "retry": {**text, "description": "The last value of the ferry.dev/retry annotation acted on."},
         "failedStage": {**text, "enum": ["Spec", "Training", "Evaluating", "Promoting", "Deploying", "Canary"],
                         "description": "The stage that failed (phase Failed or Rejected)."},
