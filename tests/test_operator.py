@@ -347,6 +347,11 @@ USED_ELSEWHERE = {
                                                      "::test_a_pipeline_trains_through_a_trainjob_then_gates_and_deploys; "
                                                      "delete: test_a_changed_job_supersedes_the_running_trainjob_even_as_"
                                                      "another_kind)" for verb in ("get", "create", "patch", "delete")},
+    # a capacity plan run as a Job (kopf lists and watches the pipelines' Jobs in every run)
+    **{("batch", "jobs", verb): "spec.deployment.plan runs ferry plan as a Job (tests/test_operator_plan.py::"
+                                "test_the_plan_job_measures_the_version_and_the_service_scales_by_it; delete: "
+                                "test_a_failed_plan_fails_the_pipeline_and_a_retry_runs_it_again)"
+       for verb in ("get", "create", "delete")},
     ("trainer.kubeflow.org", "clustertrainingruntimes", "get"): "a TrainJob's runtime is checked before it is submitted "
                                                                 "(tests/test_operator_trainjob.py)",
     **{("kopf.dev", plural, verb): "peering between replicas, not --standalone (test_two_replicas_with_peering_never_"

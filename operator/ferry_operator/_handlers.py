@@ -1,9 +1,11 @@
 """kopf's part: one daemon per ModelPipeline runs its worker (``_worker``); watches on the
-pipelines and on the PyTorchJobs, TrainJobs and InferenceServices they own wake it.
+pipelines and on the PyTorchJobs, TrainJobs, InferenceServices and capacity plan Jobs (batch/v1)
+they own wake it.
 
     a pipeline changes (spec, annotations)           ─┐
     its PyTorchJob or TrainJob changes (owner ref.)  ─┼─> wake the pipeline's worker ─> one pass
     its InferenceService changes                     ─┤
+    its capacity plan's Job changes                  ─┤
     nothing for resync_s (drift)                     ─┘
 
 A child kind the cluster does not serve (no Kubeflow Trainer, say) is not watched: kopf warns
@@ -107,6 +109,7 @@ async def pipeline_changed(type: str | None, meta: Any, memo: Any, **_: Any) -> 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", registry=registry, when=owned_by_a_pipeline)
 @kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", registry=registry, when=owned_by_a_pipeline)
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", registry=registry, when=owned_by_a_pipeline)
+@kopf.on.event("batch", "v1", "jobs", registry=registry, when=owned_by_a_pipeline)
 async def child_changed(meta: Any, memo: Any, **_: Any) -> None:
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):

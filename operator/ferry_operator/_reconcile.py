@@ -410,7 +410,11 @@ class Reconciler:
 
         p, d = self.p, self.p.deployment
         assert d is not None
-        pinned = d.model_copy(update={"model": f"models:/{p.model}/{version}", "canary_percent": canary})
+        update: dict[str, Any] = {"model": f"models:/{p.model}/{version}", "canary_percent": canary}
+        planned = self.planned(version)
+        if planned is not None:
+            update["autoscaling"] = d.autoscaling.model_copy(update=planned)
+        pinned = d.model_copy(update=update)
         with mlflow_errors(f"resolving {pinned.model}"):
             storage = resolve_model(pinned.model, self.deps.mlflow)
         doc = render_inferenceservice(pinned, storage)
@@ -424,6 +428,8 @@ class Reconciler:
         version = self.status["modelVersion"]
         serving = self.status.get("servingVersion")
         wanted = digest(self.spec.get("deployment"), version)
+        if d.plan is not None:
+            self.plan_capacity(version)
         percent = d.canary_percent or p.promotion.canary_percent
         if serving not in (None, version) and d.mode == "serverless" and percent:
             return self.roll_out_canary(version, serving, percent, wanted)
@@ -439,6 +445,115 @@ class Reconciler:
             self.put(deploymentDigest=wanted, inferenceService=d.name, canary=None)
             existing = self.isvc()
         self.watch_ready(existing, version)
+
+    # ---- the capacity plan (spec.deployment.plan) ----------------------------------------------
+    def planned(self, version: str) -> dict[str, Any] | None:
+        """The Autoscaling values the capacity plan of ``version`` gives (None: no plan asked, or
+        none recorded for that version): the status's plan when it is that version's, else a
+        plan recorded in MLflow for it (a version served before, rolled back to)."""
+        from ferry_operator import _plan
+
+        d = self.p.deployment
+        if d is None or d.plan is None:
+            return None
+        want = _plan.inputs(d, version)
+        current = self.status.get("plan") or {}
+        if current.get("digest") == digest(want):
+            return _plan.values_of(current)
+        found = _plan.recorded(self.deps.mlflow, self.p.model, version, want)
+        return _plan.autoscaling(found[1], d.autoscaling.metric, d.mode) if found is not None else None
+
+    def plan_capacity(self, version: str) -> None:
+        """``status.plan`` for ``version`` as ``spec.deployment.plan`` asks, or Stop while its Job
+        runs: a matching plan recorded for the version is used; otherwise ``ferry plan`` runs as a
+        Job, and its recorded plan is read once the Job completes. A failed Job fails the stage
+        (PlanFailed); ``ferry.dev/retry`` runs it again."""
+        from ferry.errors import ConfigError
+        from ferry_operator import _plan
+
+        p, d, cluster = self.p, self.p.deployment, self.deps.cluster
+        assert d is not None and d.plan is not None
+        want = _plan.inputs(d, version)
+        wanted = digest(want)
+        if (self.status.get("plan") or {}).get("digest") == wanted:
+            return
+        name = _plan.job_name(p.name, version)
+        found = _plan.recorded(self.deps.mlflow, p.model, version, want)
+        job = None
+        if found is None:
+            if len(name) > 63:
+                self.fail("Failed", "Planned", "PlanFailed", f"the capacity plan's Job would be named {name!r}, "
+                          f"longer than Kubernetes' 63 characters; give the pipeline a shorter name")
+            job = cluster.find(_plan.JOB, name, p.namespace)
+            if job is not None and self.stale_plan_job(job, wanted):
+                cluster.delete(_plan.JOB, name, p.namespace)
+                self.phase("Deploying", f"planning capacity of v{version}: replacing Job {name}")
+                self.step.again(self.deps.poll_s)
+                raise Stop()
+            if job is not None and job["metadata"].get("deletionTimestamp"):
+                self.phase("Deploying", f"planning capacity of v{version}: waiting until the last Job {name} is gone")
+                self.step.again(self.deps.poll_s)
+                raise Stop()
+            if job is None:
+                self.start_plan_job(name, version, wanted)
+                raise Stop()
+            outcome, told = _plan.job_outcome(job)
+            if outcome == "Running":
+                self.phase("Deploying", f"planning capacity of v{version} (Job {name}: {told})")
+                self.condition("Planned", False, "Planning", f"Job {name} measures v{version}")
+                raise Stop()
+            if outcome == "Failed":
+                self.put(planFailedJob=job["metadata"]["uid"])
+                self.fail("Failed", "Planned", "PlanFailed", f"the capacity plan of {p.model} v{version} failed: Job "
+                          f"{name}: {told or 'no message'} (its log says why: kubectl logs -n {p.namespace} job/{name}); "
+                          f"set the annotation {RETRY_ANNOTATION} to a new value to plan again")
+            found = _plan.recorded(self.deps.mlflow, p.model, version, want)
+            if found is None:
+                self.put(planFailedJob=job["metadata"]["uid"])
+                self.fail("Failed", "Planned", "PlanFailed", f"Job {name} completed but {p.model} v{version} has no "
+                          f"plan recorded for slo {d.plan.slo_p99_ms:g} ms, peak {d.plan.peak_rps:g}/s and headroom "
+                          f"{d.plan.headroom:g} with the Deployment's settings (tag ferry.plan.run_id); set the "
+                          f"annotation {RETRY_ANNOTATION} to a new value to plan again")
+        run_id, doc = found
+        try:
+            values = _plan.autoscaling(doc, d.autoscaling.metric, d.mode)
+        except ConfigError as exc:
+            self.fail("Failed", "Planned", "PlanFailed", f"the capacity plan of {p.model} v{version} (run {run_id}) "
+                      f"gives no autoscaling: {exc}")
+        self.put(plan=_plan.status_of(run_id, version, values, wanted), planFailedJob=None)
+        figures = (f"min {values['min_replicas']}, max {values['max_replicas']} replicas, {values['metric']} target "
+                   f"{values['target']}")
+        how = f"Job {name}" if job is not None else "recorded before"
+        self.condition("Planned", True, "Planned", f"{p.model} v{version}: {figures} (run {run_id}, {how})")
+        self.step.event("Planned", f"{p.model} v{version}: {figures}, for p99 <= {d.plan.slo_p99_ms:g} ms at "
+                                   f"{d.plan.peak_rps:g} requests/s (MLflow run {run_id}, {how})")
+
+    def stale_plan_job(self, job: dict[str, Any], wanted: str) -> bool:
+        """A Job of this name that is not the one to run now: made for other inputs, or its failure
+        reported already (the stage is being retried)."""
+        from ferry_operator import _plan
+
+        meta = job["metadata"]
+        if meta.get("deletionTimestamp"):
+            return False
+        if (meta.get("annotations") or {}).get(_plan.DIGEST_ANNOTATION) != wanted:
+            return True
+        return meta.get("uid") == self.status.get("planFailedJob")
+
+    def start_plan_job(self, name: str, version: str, wanted: str) -> None:
+        from ferry.kube._errors import Action
+        from ferry_operator import _plan
+
+        p, d = self.p, self.p.deployment
+        assert d is not None
+        doc = _plan.render_job(name, p.namespace, p.model, version, d, p.job.tracking, owner_reference(self.body),
+                               wanted)
+        self.deps.cluster.call("POST", _plan.JOB.path(p.namespace), Action("create", _plan.JOB, p.namespace, name),
+                               body=doc)
+        self.phase("Deploying", f"planning capacity of v{version} (Job {name})")
+        self.condition("Planned", False, "Planning", f"Job {name} measures v{version}")
+        self.step.event("Planning", f"Job {name} measures {p.model} v{version} against p99 <= "
+                                    f"{d.plan.slo_p99_ms:g} ms (ferry plan)")
 
     def watch_ready(self, isvc: dict[str, Any] | None, version: str) -> None:
         """Serving once KServe says Ready for the applied generation; Ready=False (KServe's reason)
