@@ -44,8 +44,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "registry": {"spec", "render", "serve"},
     "optimize": {"spec", "runtime", "local", "serve"},
     "sweep": {"spec", "render", "runtime", "code", "local", "kube"},
+    "plan": {"local", "registry"},
     "cli": {"spec", "ferry", "images", "scaffold", "render", "validate", "runtime", "code", "local", "kube", "serve",
-            "gitops", "registry", "optimize", "sweep"},
+            "gitops", "registry", "optimize", "sweep", "plan"},
     "demo": {"spec", "render", "validate", "local", "registry", "optimize", "sweep", "cli"},
     "__main__": {"cli"},
 }

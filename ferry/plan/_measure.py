@@ -6,9 +6,10 @@
 The sweep follows perf_analyzer's method: each concurrency is warmed up, then measured in
 windows until the last three agree within 10 % on throughput and on p99 (or ``max_windows``
 were taken: the point says it is not ``stable``); a point's figures pool the last three windows.
-It stops once p99 exceeds the SLO, once throughput grows less than 10 % over the previous step
-(the server is saturated: more clients only queue), at the concurrency cap, or when more than a
-small share of the answers are errors.
+It stops once p99 exceeds the SLO, once throughput grew less than 10 % over the best before it
+at two steps in a row (the server is saturated: more clients only queue; one flat step alone
+may be a dynamic batcher that has not started to fill its batches), at the concurrency cap, or
+when more than a small share of the answers are errors.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ferry.plan._load import ClosedLoopClients, OpenLoopArrivals, Request, Windo
 from ferry.plan._types import Curve, OpenLoop, Point
 
 STABILITY = 0.10  # the last three windows' throughput and p99 each within 10 % of their mean
-GROWTH = 0.10  # a step whose throughput grew less than this over the previous one ends the sweep
+GROWTH = 0.10  # a step whose throughput grew less than this over the best before it is flat ...
+SATURATED = 2  # ... and this many flat steps in a row end the sweep
 MAX_ERROR_SHARE = 0.01  # a step with more errors than this ends the sweep
 KEPT = 3  # windows a point's figures come from
 
@@ -271,6 +273,7 @@ async def _sweep(request: Request, slo_p99_ms: float, metrics_url: str, model: s
     if max_concurrency < 1:
         raise ConfigError(f"the concurrency cap must be at least 1 (got {max_concurrency})")
     points: list[Point] = []
+    flat = 0  # steps in a row that did not grow
     interval = min(0.5, max(0.05, window_s / 5))
     async with _ServerWatch(metrics_url, model, server_pids, interval) as watch:
         concurrency = 1
@@ -295,13 +298,16 @@ async def _sweep(request: Request, slo_p99_ms: float, metrics_url: str, model: s
                 return Curve(tuple(points), f"p99 {point.p99_ms:.1f} ms above the SLO of {slo_p99_ms:g} ms at "
                                             f"concurrency {concurrency}")
             if len(points) > 1:
-                before = points[-2]
-                grew = point.throughput_rps / before.throughput_rps - 1 if before.throughput_rps > 0 else math.inf
-                if grew < growth:
+                # saturation, confirmed: two steps in a row that each grew less than ``growth``
+                # over the best before them (one flat step may be batching not yet settled)
+                best = max(points[:-1], key=lambda p: p.throughput_rps)
+                grew = point.throughput_rps / best.throughput_rps - 1 if best.throughput_rps > 0 else math.inf
+                flat = flat + 1 if grew < growth else 0
+                if flat >= SATURATED:
                     moved = f"grew only {grew:.1%}" if grew >= 0 else f"fell {-grew:.1%}"
-                    return Curve(tuple(points), f"throughput {moved} from concurrency {before.concurrency} "
-                                                f"to {concurrency} ({before.throughput_rps:.1f} -> "
-                                                f"{point.throughput_rps:.1f} rps; the sweep stops under {growth:.0%})")
+                    return Curve(tuple(points), f"throughput stopped growing: at concurrency {concurrency} it {moved} "
+                                                f"over the best before ({best.throughput_rps:.1f} rps at concurrency "
+                                                f"{best.concurrency}), the second step in a row under {growth:.0%}")
             if concurrency >= max_concurrency:
                 return Curve(tuple(points), f"reached the concurrency cap of {max_concurrency} (p99 {point.p99_ms:.1f} ms "
                                             f"within the SLO of {slo_p99_ms:g} ms)")
