@@ -249,3 +249,52 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path, damag
     assert line.startswith(f"error: model 'broken-digits' ({folder}) cannot be loaded: ") and reason in line, err
     assert "Traceback" not in err and [line for line in err.splitlines() if reason in line] == [line], err
 
+
+# ---- no third-party progress bars ------------------------------------------------------------------
+def _bars(text: str) -> list[str]:
+    """The lines (or carriage-return updates) of ``text`` that a progress bar drew."""
+    return [part for line in text.splitlines() for part in line.split("\r") if any(m in part for m in PROGRESS_BAR_MARKS)]
+
+
+def test_serve_prints_no_progress_bar_while_fetching_the_model(servers):
+    """Both servers fetched their model from the MLflow server (MLflow draws a tqdm bar per
+    download unless told not to); their stderr holds none."""
+    for srv in servers.values():
+        assert "loaded and warmed up" in srv.stderr  # the stderr of the whole start-up, download included
+        assert _bars(srv.stderr) == [], srv.stderr
+
+
+def _deploy_file(tmp_path: Path) -> Path:
+    deploy_file = tmp_path / "deploy.py"
+    deploy_file.write_text("from ferry import Deployment\nd = Deployment(name='one', model='models:/one-out/1')\n")
+    return deploy_file
+
+
+def test_deploy_prints_no_progress_bar(store, tmp_path, ferry_cli, crd_dir):
+    tracking, _ = store
+    result = ferry_cli("deploy", str(_deploy_file(tmp_path)), "-o", str(tmp_path / "out"), "--crd-dir", str(crd_dir),
+                       env={"MLFLOW_TRACKING_URI": tracking})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "one" / "inferenceservice.yaml").is_file()  # the model's MLmodel was fetched
+    assert _bars(result.stderr) == [] and _bars(result.stdout) == [], result.stderr
+
+
+@pytest.mark.parametrize("before", [None, "true"], ids=["unset", "set"])
+def test_the_progress_bar_switch_is_scoped_to_the_command(store, tmp_path, crd_dir, monkeypatch, before):
+    """In one process, as a caller embedding the CLI runs it: the bars stay off during the
+    command, and the caller's environment is as it was afterwards."""
+    from typer.testing import CliRunner
+
+    from ferry.cli import app
+
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if before is None:
+        monkeypatch.delenv(key, raising=False)
+    else:
+        monkeypatch.setenv(key, before)
+    tracking, _ = store
+    result = CliRunner().invoke(app, ["deploy", str(_deploy_file(tmp_path)), "-o", str(tmp_path / "out"), "--crd-dir",
+                                      str(crd_dir)], env={"MLFLOW_TRACKING_URI": tracking})
+    assert result.exit_code == 0, result.output
+    assert _bars(result.stderr) == [], result.stderr
+    assert os.environ.get(key) == before

@@ -4,6 +4,9 @@ needs of Ferry to run it (the serving runtime and the storage initializer)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
@@ -29,6 +32,24 @@ from ferry.cli.cluster import ContextOption, KubeconfigOption, connect
 from ferry.cli.local import CrdDirOption
 
 serving_app = typer.Typer()
+PROGRESS_BAR_SWITCH = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # mlflow.environment_variables, read at each download
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """MLflow's artifact download progress bars (tqdm, on stderr) off for the block, whatever the
+    environment says: a server's log and a script's stderr are no terminal, and a bar's
+    carriage-return updates land there as lines of noise. The environment is as it was
+    afterwards, so a caller that runs a command in its own process keeps its own setting."""
+    before = os.environ.get(PROGRESS_BAR_SWITCH)
+    os.environ[PROGRESS_BAR_SWITCH] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR_SWITCH, None)
+        else:
+            os.environ[PROGRESS_BAR_SWITCH] = before
 
 
 @serving_app.command(epilog=exit_codes(0, 2, 10, 130))
@@ -55,8 +76,6 @@ def serve(
     from ferry.local import embedded_tracking_uri
 
     if not settings.MLFLOW_TRACKING_URI.is_set():
-        import os
-
         os.environ["MLFLOW_TRACKING_URI"] = embedded_tracking_uri()  # models:/ from the embedded store
     if model_uri.startswith(("models:/", "runs:/")):
         from ferry.cli.models import registry_client
@@ -64,9 +83,10 @@ def serve(
         registry_client(fail_fast=False)  # MLflow out of reach: its own exit code (10), before any loading
     from ferry.serve import serve as run_server
 
-    run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
-               max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, grpc_port=grpc_port,
-               device=device, dtype=dtype, workers=workers)
+    with no_progress_bars():  # the model's download, in the server and in each worker (they inherit it)
+        run_server(model_uri, name=name, host=host, port=port, max_batch_size=max_batch_size,
+                   max_latency_ms=max_latency_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                   grpc_port=grpc_port, device=device, dtype=dtype, workers=workers)
 
 
 @serving_app.command(epilog=exit_codes(0, 2, 10, 143))
@@ -83,7 +103,6 @@ def fetch(
     Ferry serves) before it appears in DEST; nothing is left half-written. A failure is one
     line on stderr; the exit code says which kind."""
     import logging
-    import os
 
     if len(pairs) % 2:
         _stderr().print("[bold red]error:[/] give URI DEST pairs (KServe passes the storageUri and /mnt/models)")
@@ -239,7 +258,8 @@ def deploy(
     client = registry_client()
     rendered = []
     for spec in specs:
-        resolved = resolve_model(spec.model, client)
+        with no_progress_bars():  # the model's MLmodel is read from the registry's store
+            resolved = resolve_model(spec.model, client)
         source = resolved.source or resolved.storage_uri
         if urlparse(source).scheme in ("", "file"):
             _stderr().print(f"[yellow]warning:[/] {spec.name}: the registry keeps {resolved.storage_uri} at {source}, a "
