@@ -115,9 +115,24 @@ def server(request, model):
     assert srv.stop() == 0
 
 
-def test_readiness_false_until_loaded(server):
-    assert server.saw_not_ready  # /v2/health/ready answered 503 while the model loaded
+def test_live_once_ready(server):
     assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+
+
+def test_readiness_false_until_loaded_and_warmed_up(tmp_path):
+    """A model whose every call takes 0.4 s: its warm-up (two calls) keeps /v2/health/ready at
+    503 for 0.8 s after the server listens, whatever the machine's speed (a model that loads in
+    a few milliseconds may be ready before the first poll)."""
+    from tests._models import save_sleep_model
+
+    model = save_sleep_model(tmp_path / "slow", base_ms=400)
+    srv = Server(str(model), f"sqlite:///{tmp_path / 'mlflow.db'}", "--name", "slow")
+    try:
+        srv.wait_ready()
+        assert srv.saw_not_ready  # /v2/health/ready answered 503 while the model loaded
+        assert httpx.get(f"{srv.url}/v2/health/live").json() == {"live": True}
+    finally:
+        assert srv.stop() == 0
 
 
 def test_v2_and_v1_with_kserve_client_match_the_model(server, model):
