@@ -140,8 +140,13 @@ def _report(result: Any, measured: Any, settings: Any, model_uri: str, spec: Any
     folder.mkdir(parents=True, exist_ok=True)
     doc = to_json(measured.curve, measured.open_loop, result, settings, model_uri, measured.cold_start_s)
     (folder / "plan.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    picture = plot(measured.curve, result, folder / "plan.png")
-    console.print(f"curve and plan: {folder / 'plan.json'}, {picture}")
+    try:
+        picture = plot(measured.curve, result, folder / "plan.png")
+    except ImportError:  # the serving image has no matplotlib: the plan stands without its picture
+        picture = None
+        _stderr().print("[yellow]warning:[/] plan.png not drawn: matplotlib is not installed "
+                        "(pip install 'ferry[optimize]' adds it)")
+    console.print(f"curve and plan: {folder / 'plan.json'}" + (f", {picture}" if picture is not None else ""))
     held = measured.open_loop is None or measured.open_loop.p99_ms <= result.slo_p99_ms
     if record:
         from ferry.cli.models import registry_client
