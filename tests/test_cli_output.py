@@ -51,10 +51,10 @@ def ferry(*args: str, env: dict[str, str] | None = None) -> Any:
 
 # ---- one table of exit codes; each command lists those it can return ----------------------------
 TALKS_TO_MLFLOW = {"submit", "deploy", "promote", "rollback", "optimize", "models list", "models show",
-                   "models history", "serve", "fetch", "bundle"}  # or the store code bundles go to
+                   "models history", "serve", "fetch", "bundle", "plan"}  # or the store code bundles go to
 APPLIES = {"submit", "deploy", "runtime"}  # send objects to the API server
 LOCKING = {"promote", "rollback"}  # another promotion may hold the lock
-FAILS_WITH_1 = {"render", "validate", "run", "submit", "status", "deploy", "promote", "optimize", "sweep"}
+FAILS_WITH_1 = {"render", "validate", "run", "submit", "status", "deploy", "promote", "optimize", "sweep", "plan"}
 
 
 def _listed_codes(command: click.Command) -> list[int]:

@@ -24,7 +24,7 @@ from tests._waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-FAST = ["--window", "0.3", "--warmup", "0.2", "--max-windows", "3", "--max-concurrency", "4", "--duration", "1"]
+FAST = ["--window", "0.3", "--warmup", "0.2", "--max-windows", "3", "--max-clients", "4", "--duration", "1"]
 PLAN = {"sloP99Ms": 2000, "peakRps": 40, "headroom": 0.2}
 DEPLOYMENT = {"resources": {"cpu": "500m", "memory": "1Gi"}, "maxBatchSize": 8, "maxLatencyMs": 2,
               "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "concurrency", "target": 5}}

@@ -52,7 +52,7 @@ def test_plan_measures_records_and_rewrites_the_deployment(planned, tmp_path):
     (tmp_path / "deploy.py").write_text(DEPLOY)
     before = (tmp_path / "deploy.py").read_text()
     result = ferry("plan", "models:/tiny@champion", "--slo-p99-ms", "250", "--peak-rps", "2000", "--deployment",
-                   "deploy.py", "--max-concurrency", "8", "-o", "out", *FAST)
+                   "deploy.py", "--max-clients", "8", "-o", "out", *FAST)
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "out" / "plan.json").read_text())
     points = doc["curve"]["points"]

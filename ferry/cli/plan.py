@@ -50,7 +50,7 @@ def plan_command(
                              "Autoscaling(...) is rewritten with the plan.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Which Deployment of --deployment FILE, when it defines several.")] = None,
     url: Annotated[str | None, typer.Option(
-        "--url", help="Measure a running server at this base URL (http://host:port) instead of starting one.")] = None,
+        "--url", help="Measure the server running at this base URL instead of starting one.")] = None,
     model_name: Annotated[str | None, typer.Option(
         "--model-name", help="With --url: the model's name in that server's API (default: NAME of models:/NAME...).")] = None,
     payload: Annotated[str | None, typer.Option(
@@ -70,10 +70,10 @@ def plan_command(
     window: Annotated[float, typer.Option("--window", min=0.1, help="Seconds of one measurement window.")] = 2.0,
     warmup: Annotated[float, typer.Option("--warmup", min=0.0, help="Seconds of warm-up before each step.")] = 1.0,
     max_windows: Annotated[int, typer.Option("--max-windows", min=3, help="Windows a step may take to become stable.")] = 10,
-    max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, help="The sweep's last concurrency.")] = 256,
+    max_concurrency: Annotated[int, typer.Option("--max-clients", min=1, help="The sweep's last step: this many clients at once.")] = 256,
     duration: Annotated[float, typer.Option("--duration", min=0.5, help="Seconds of the open-loop check at the chosen rate.")] = 10.0,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for plan.json and plan.png (default: $FERRY_HOME/plans/<model>-<time>).")] = None,
+        "--out", "-o", help="Folder for plan.json and plan.png (default: a new one under $FERRY_HOME).")] = None,
     record: Annotated[bool, typer.Option(
         "--record/--no-record", help="Keep the plan as an MLflow run linked to the model version.")] = True,
 ) -> None:
