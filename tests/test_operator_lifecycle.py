@@ -267,7 +267,9 @@ def full_status() -> dict[str, Any]:
             "deploymentDigest": "d3", "servingVersion": "1", "traffic": "v2=20%,v1=80%",
             "canary": {"version": "2", "previousVersion": "1", "percent": 20, "digest": "d3", "appliedAt": stamp,
                        "readySince": stamp},
-            "retry": "x", "failedStage": "Canary", "failedInputs": "d4"}
+            "plan": {"runId": "r2", "version": "2", "minReplicas": 1, "maxReplicas": 5, "metric": "concurrency",
+                     "target": 8, "digest": "d5"},
+            "planFailedJob": "uid-1", "retry": "x", "failedStage": "Canary", "failedInputs": "d4"}
 
 
 def test_every_status_field_the_operator_writes_is_kept_by_the_api_server(site: Site) -> None:

@@ -47,7 +47,7 @@ SURFACE = {
         "model_versions", "promote", "read_history", "resolve_actor", "resolve_model", "rollback",
     ],
     "ferry.gitops": ["commit", "deployment_for", "write_environment"],
-    "ferry.serve": ["DynamicBatcher", "InferenceError", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"],
+    "ferry.serve": ["DynamicBatcher", "InferenceError", "LoadFailed", "LoadedModel", "Metrics", "ModelServer", "TensorInfo", "load_model", "serve"],
     "ferry.optimize": ["Candidate", "Measurement", "OptimizeResult", "PruneOptions", "optimize", "rich_table"],
     "ferry.local": [
         "JobResult", "LocalExecutor", "LocalStore", "Replica", "apply_overrides", "free_port", "operator_env",
