@@ -136,7 +136,9 @@ def test_the_plan_job_measures_the_version_and_the_service_scales_by_it(site: Si
         assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"], predictor["scaleTarget"]) \
             == (want["min_replicas"], want["max_replicas"], "concurrency", want["target"])
         run_id = MlflowClient(tracking_uri=site.mlflow_url).get_model_version("op-sized", "1").tags["ferry.plan.run_id"]
-        plan = site.status("sized")["plan"]  # read back through the API server: declared in the status schema
+        # read back through the API server (declared in the status schema), once the pass that applied the
+        # InferenceService has written the status at its end
+        plan = wait_until(lambda: site.status("sized").get("plan"), "status.plan recorded")
         assert {k: v for k, v in plan.items() if k != "digest"} == {
             "runId": run_id, "version": "1", "minReplicas": want["min_replicas"], "maxReplicas": want["max_replicas"],
             "metric": "concurrency", "target": want["target"]}
@@ -171,7 +173,8 @@ def test_a_version_with_a_matching_plan_recorded_creates_no_job(site: Site, tmp_
         predictor = isvc["spec"]["predictor"]
         assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleTarget"]) == (
             want["min_replicas"], want["max_replicas"], want["target"])
-        assert site.status("known")["plan"]["version"] == "1"
+        # the pass that applied the InferenceService writes the status at its end
+        wait_until(lambda: (site.status("known").get("plan") or {}).get("version") == "1", "status.plan recorded")
     jobs = site.cp.raw("GET", f"/apis/batch/v1/namespaces/{site.ns}/jobs")["items"]
     assert jobs == []
     assert not [e for e in site.requests() if (e.get("objectRef") or {}).get("resource") == "jobs"
