@@ -122,8 +122,20 @@ def fetch(
             _stderr().print(f"ferry fetch: error: {' '.join(str(exc).split())}", markup=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
+            import shutil
+            import sys
+
+            from ferry.registry._fetch import STAGING_PREFIX
+
+            # MLflow's download threads may still be writing: the staging folder goes (again, should
+            # one of them have made it anew), and the process ends now rather than waiting for them
+            # at exit, as a stopped container must
+            for staging in Path(dest).glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(staging, ignore_errors=True)
             _stderr().print(f"ferry fetch: stopped while fetching {uri}; nothing was left in {dest}", markup=False)
-            raise typer.Exit(143) from None
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(143)
         _stdout().print(done.line(), markup=False)
 
 
