@@ -275,14 +275,18 @@ def find_job(cluster: Cluster, name: str, namespace: str | None = None) -> dict[
         return max(found, key=lambda job: (job.get("metadata") or {}).get("creationTimestamp") or "")
     missing = [e for e in errors if isinstance(e, NotInstalled)]
     if len(missing) == len(JOB_KINDS):
-        raise NotInstalled(f"neither PyTorchJob nor TrainJob is installed in this cluster: {PYTORCHJOB.installed_by}; "
-                           f"or {TRAINJOB.installed_by}", reason="KindNotInstalled")
+        raise _neither_installed()
     refused = [e for e in errors if isinstance(e, Forbidden)]
     if refused:
         raise refused[0]
     ns = namespace or cluster.namespace
     raise NotFound(f"no PyTorchJob or TrainJob {name!r} in namespace {ns!r}; `ferry list -A` lists the jobs "
                    "Ferry submitted", reason="ObjectNotFound")
+
+
+def _neither_installed() -> NotInstalled:
+    return NotInstalled(f"neither PyTorchJob nor TrainJob is installed in this cluster: {PYTORCHJOB.installed_by}; "
+                        f"or {TRAINJOB.installed_by}", reason="KindNotInstalled")
 
 
 def job_kind(cluster: Cluster, name: str, namespace: str | None = None, kind: Kind | None = None) -> Kind:
@@ -551,8 +555,7 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
         refused = [e for e in errors if isinstance(e, Forbidden)]
         if refused:
             raise refused[0]
-        raise NotInstalled(f"neither PyTorchJob nor TrainJob is installed in this cluster: {PYTORCHJOB.installed_by}; "
-                           f"or {TRAINJOB.installed_by}", reason="KindNotInstalled")
+        raise _neither_installed()
     for error in errors:
         if isinstance(error, Forbidden):
             skipped(error)
